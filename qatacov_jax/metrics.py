@@ -1,0 +1,397 @@
+"""Streaming segmentation and detection metrics with the papers' 95% confidence intervals.
+
+Evaluation must fit a 27k-image test set (Group-II) at any resolution, so nothing per pixel or
+per image is kept. Each batch is reduced on the devices (`batch_statistics`, jit-friendly) to
+
+* pixel confusion counts at the decision threshold (exact comparisons, not binned),
+* a fixed-bin histogram of the predicted probability for ground-truth positive and negative
+  pixels (for AUC, ROC and PR curves),
+* the same two things per image for COVID-19 *detection*, where an image is called positive
+  when any pixel is >= threshold (i.e. its maximum probability is), against its label,
+
+and the host adds them into int64 accumulators (`MetricAccumulator`). Memory is
+O(num_bins), independent of the number of images.
+
+AUC resolution: probabilities are binned into `num_bins` equal bins on [0, 1] (default
+1000, i.e. width 0.001). The binned ROC is exact at the bin edges; the only approximation
+is that a positive and a negative that fall into the *same* bin count as a tie (1/2). The
+difference to the exact (Mann-Whitney) AUC is therefore at most
+`0.5 * sum_b pos_b * neg_b / (P * N)`, which `auc_from_histograms` returns as
+`auc_bin_error` alongside every AUC.
+
+Confidence intervals follow Degerli et al. eq. (13): r = z * sqrt(m (1 - m) / N), z = 1.96.
+The paper's Table 3 fixes what N is: its CIs are reproduced exactly (see
+`tests/test_metrics.py`) from its Table 4 confusion matrix when N is the number of
+*positives* for sensitivity, the number of *negatives* for specificity, and *all* samples for
+every other metric (precision, F1, F2, accuracy, IoU, DSC, AUC). The same rule is applied to
+pixel-level metrics with pixels as the samples (the paper prints no pixel CIs; with ~10^8
+pixels they are tiny).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DEFAULT_NUM_BINS = 1000
+DEFAULT_THRESHOLD = 0.5
+Z_95 = 1.96
+
+METRIC_NAMES = (
+    "sensitivity",
+    "specificity",
+    "precision",
+    "f1",
+    "f2",
+    "accuracy",
+    "iou",
+    "dsc",
+)
+
+_COUNT_KEYS = ("tp", "fp", "tn", "fn")
+
+
+def confidence_radius(metric: float, n: int, z: float = Z_95) -> float:
+    """Half-width r = z * sqrt(m (1 - m) / N) of the paper's confidence interval (eq. 13).
+
+    Args:
+      metric: the metric as a fraction in [0, 1] (not a percentage).
+      n: the number of samples the metric is a rate over (see module docstring).
+
+    Returns:
+      r as a fraction; NaN when the metric is undefined or n is 0.
+    """
+    if n <= 0 or not math.isfinite(metric):
+        return float("nan")
+    m = min(max(metric, 0.0), 1.0)
+    return z * math.sqrt(m * (1.0 - m) / n)
+
+
+def _ratio(num: float, den: float) -> float:
+    # Undefined rates (e.g. sensitivity with no positives) are NaN, written as null in JSON,
+    # rather than a made-up 0 or 1.
+    return num / den if den > 0 else float("nan")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfusionCounts:
+    """A binary confusion matrix (of pixels or of images)."""
+
+    tp: int = 0
+    fp: int = 0
+    tn: int = 0
+    fn: int = 0
+
+    def __add__(self, other: ConfusionCounts) -> ConfusionCounts:
+        return ConfusionCounts(*(getattr(self, k) + getattr(other, k) for k in _COUNT_KEYS))
+
+    @property
+    def positives(self) -> int:
+        return self.tp + self.fn
+
+    @property
+    def negatives(self) -> int:
+        return self.tn + self.fp
+
+    @property
+    def total(self) -> int:
+        return self.tp + self.fp + self.tn + self.fn
+
+    def metrics(self) -> dict[str, float]:
+        """Sensitivity, specificity, precision, F1, F2, accuracy, IoU and DSC as fractions."""
+        tp, fp, tn, fn = self.tp, self.fp, self.tn, self.fn
+        sens = _ratio(tp, tp + fn)
+        prec = _ratio(tp, tp + fp)
+
+        def f_beta(beta: float) -> float:
+            # Written with counts so that it is defined whenever tp + fp + fn > 0 (as DSC).
+            b2 = beta * beta
+            return _ratio((1 + b2) * tp, (1 + b2) * tp + b2 * fn + fp)
+
+        return {
+            "sensitivity": sens,
+            "specificity": _ratio(tn, tn + fp),
+            "precision": prec,
+            "f1": f_beta(1.0),
+            "f2": f_beta(2.0),
+            "accuracy": _ratio(tp + tn, self.total),
+            "iou": _ratio(tp, tp + fp + fn),
+            "dsc": _ratio(2 * tp, 2 * tp + fp + fn),
+        }
+
+    def ci_sample_size(self, metric: str) -> int:
+        """The N of the CI formula for `metric`, as the paper uses it (module docstring)."""
+        if metric == "sensitivity":
+            return self.positives
+        if metric == "specificity":
+            return self.negatives
+        return self.total
+
+    def metrics_with_ci(self, z: float = Z_95) -> dict[str, dict[str, float]]:
+        """metric -> {"value", "ci95", "n"}; value and ci95 as fractions."""
+        out = {}
+        for name, value in self.metrics().items():
+            n = self.ci_sample_size(name)
+            out[name] = {"value": value, "ci95": confidence_radius(value, n, z), "n": n}
+        return out
+
+    def to_dict(self) -> dict[str, int]:
+        return {k: int(getattr(self, k)) for k in _COUNT_KEYS}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ConfusionCounts:
+        return cls(*(int(d[k]) for k in _COUNT_KEYS))
+
+
+# --------------------------------------------------------------------------- device side
+
+
+def _bin_index(p: jax.Array, num_bins: int) -> jax.Array:
+    """Bin b holds [b / n, (b + 1) / n); p = 1 goes to the last bin."""
+    return jnp.clip(jnp.floor(p * num_bins).astype(jnp.int32), 0, num_bins - 1)
+
+
+def _histogram(idx: jax.Array, select: jax.Array, num_bins: int) -> jax.Array:
+    # Unselected elements go to an overflow bin that is dropped: cheaper than a weighted
+    # bincount and keeps exact integer counts.
+    idx = jnp.where(select, idx, num_bins).ravel()
+    return jnp.bincount(idx, length=num_bins + 1)[:num_bins].astype(jnp.int32)
+
+
+def _counts(pred: jax.Array, truth: jax.Array, select: jax.Array) -> dict[str, jax.Array]:
+    s = select.astype(jnp.int32)
+    return {
+        "tp": jnp.sum(s * (pred & truth)),
+        "fp": jnp.sum(s * (pred & ~truth)),
+        "tn": jnp.sum(s * (~pred & ~truth)),
+        "fn": jnp.sum(s * (~pred & truth)),
+    }
+
+
+def batch_statistics(
+    probs: jax.Array,
+    masks: jax.Array,
+    labels: jax.Array,
+    valid: jax.Array,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    num_bins: int = DEFAULT_NUM_BINS,
+) -> dict[str, jax.Array]:
+    """Reduces one batch to the sufficient statistics of all metrics (pure, jit-friendly).
+
+    Args:
+      probs: (B, H, W, 1) or (B, H, W) predicted probabilities in [0, 1].
+      masks: same shape, ground-truth mask in {0, 1} (> 0.5 is positive).
+      labels: (B,) int, 1 = COVID-19 (the detection ground truth).
+      valid: (B,) bool, False on padding rows of the last batch (they count nowhere).
+      threshold: a pixel is predicted positive when p >= threshold; an image when any pixel is.
+      num_bins: histogram resolution on [0, 1] (static).
+
+    Returns:
+      dict of int32 arrays: `pixel_{tp,fp,tn,fn}` (), `pixel_pos_hist`/`pixel_neg_hist`
+      (num_bins,), `sample_{tp,fp,tn,fn}` (), `sample_pos_hist`/`sample_neg_hist` (num_bins,).
+      Per-batch counts fit int32 (B*H*W < 2^31); the host sums them in int64.
+    """
+    b = probs.shape[0]
+    probs = probs.reshape(b, -1).astype(jnp.float32)
+    truth = masks.reshape(b, -1) > 0.5
+    pix_valid = jnp.broadcast_to(valid.reshape(b, 1), truth.shape)
+    pred = probs >= threshold
+    idx = _bin_index(probs, num_bins)
+
+    out = {f"pixel_{k}": v for k, v in _counts(pred, truth, pix_valid).items()}
+    out["pixel_pos_hist"] = _histogram(idx, truth & pix_valid, num_bins)
+    out["pixel_neg_hist"] = _histogram(idx, ~truth & pix_valid, num_bins)
+
+    score = jnp.max(probs, axis=1)  # detection score: positive iff any pixel >= threshold
+    positive = labels.reshape(b) == 1
+    valid = valid.reshape(b)
+    out.update({f"sample_{k}": v for k, v in _counts(score >= threshold, positive, valid).items()})
+    sidx = _bin_index(score, num_bins)
+    out["sample_pos_hist"] = _histogram(sidx, positive & valid, num_bins)
+    out["sample_neg_hist"] = _histogram(sidx, ~positive & valid, num_bins)
+    return out
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+def auc_from_histograms(pos_hist: np.ndarray, neg_hist: np.ndarray) -> tuple[float, float]:
+    """ROC AUC from per-bin counts, and the bound on its binning error.
+
+    Args:
+      pos_hist, neg_hist: (num_bins,) counts of positives / negatives per probability bin.
+
+    Returns:
+      (auc, bin_error): auc counts same-bin positive/negative pairs as ties; the exact AUC of
+      the unbinned scores lies within +- bin_error of it. Both NaN without positives or
+      negatives.
+    """
+    pos = np.asarray(pos_hist, np.float64)
+    neg = np.asarray(neg_hist, np.float64)
+    p, n = pos.sum(), neg.sum()
+    if p == 0 or n == 0:
+        return float("nan"), float("nan")
+    neg_below = np.cumsum(neg) - neg  # negatives in strictly lower bins
+    auc = float(np.sum(pos * (neg_below + 0.5 * neg)) / (p * n))
+    bin_error = float(0.5 * np.sum(pos * neg) / (p * n))
+    return auc, bin_error
+
+
+@dataclasses.dataclass(frozen=True)
+class Curves:
+    """ROC and precision-recall points at the bin edges, thresholds descending.
+
+    Shapes (num_bins + 1,): threshold t_k = k / num_bins for k = num_bins .. 0; a score is
+    positive when its bin starts at or above t_k (for t_k a bin edge, exactly p >= t_k).
+    """
+
+    thresholds: np.ndarray
+    tpr: np.ndarray  # = recall
+    fpr: np.ndarray
+    precision: np.ndarray  # NaN where nothing is predicted positive
+
+
+def curves_from_histograms(pos_hist: np.ndarray, neg_hist: np.ndarray) -> Curves:
+    pos = np.asarray(pos_hist, np.float64)
+    neg = np.asarray(neg_hist, np.float64)
+    num_bins = pos.shape[0]
+    # Positives at or above bin k, for k = num_bins (none) down to 0 (all).
+    tp = np.concatenate([[0.0], np.cumsum(pos[::-1])])
+    fp = np.concatenate([[0.0], np.cumsum(neg[::-1])])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr = tp / pos.sum() if pos.sum() else np.full_like(tp, np.nan)
+        fpr = fp / neg.sum() if neg.sum() else np.full_like(fp, np.nan)
+        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), np.nan)
+    thresholds = np.arange(num_bins, -1, -1, dtype=np.float64) / num_bins
+    return Curves(thresholds, tpr, fpr, precision)
+
+
+def average_precision(curves: Curves) -> float:
+    """Area under the PR curve as the step sum over recall increments (sklearn's definition)."""
+    recall = curves.tpr
+    if not np.isfinite(recall).all():
+        return float("nan")
+    d_recall = np.diff(recall)
+    prec = np.nan_to_num(curves.precision[1:], nan=0.0)
+    return float(np.sum(d_recall * prec))
+
+
+class MetricAccumulator:
+    """Host-side running sums of `batch_statistics`; O(num_bins) memory.
+
+    Typical use::
+
+        acc = MetricAccumulator(threshold=0.5)
+        for batch in batches:
+            acc.update(stats_fn(probs, batch["mask"], batch["label"], batch["valid"]))
+        report = acc.summary()
+    """
+
+    def __init__(
+        self, threshold: float = DEFAULT_THRESHOLD, num_bins: int = DEFAULT_NUM_BINS
+    ) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}.")
+        if num_bins < 2:
+            raise ValueError(f"num_bins must be >= 2, got {num_bins}.")
+        self.threshold = float(threshold)
+        self.num_bins = int(num_bins)
+        self.pixel = ConfusionCounts()
+        self.sample = ConfusionCounts()
+        z = np.zeros(self.num_bins, np.int64)
+        self.hists = {k: z.copy() for k in ("pixel_pos", "pixel_neg", "sample_pos", "sample_neg")}
+
+    @property
+    def num_images(self) -> int:
+        return self.sample.total
+
+    def update(self, stats: Mapping[str, Any]) -> None:
+        """Adds one batch's `batch_statistics` (device or NumPy arrays)."""
+        stats = jax.device_get(dict(stats))
+        for level in ("pixel", "sample"):
+            add = ConfusionCounts(*(int(stats[f"{level}_{k}"]) for k in _COUNT_KEYS))
+            setattr(self, level, getattr(self, level) + add)
+        for k in self.hists:
+            h = np.asarray(stats[f"{k}_hist"], np.int64)
+            if h.shape != (self.num_bins,):
+                raise ValueError(
+                    f"Histogram {k} has shape {h.shape}, expected ({self.num_bins},): "
+                    "batch_statistics and the accumulator must use the same num_bins."
+                )
+            self.hists[k] += h
+
+    def merge(self, other: MetricAccumulator) -> MetricAccumulator:
+        """The accumulator of both test sets together (cumulative over folds)."""
+        if (self.threshold, self.num_bins) != (other.threshold, other.num_bins):
+            raise ValueError("Cannot merge accumulators with different threshold or num_bins.")
+        out = MetricAccumulator(self.threshold, self.num_bins)
+        out.pixel, out.sample = self.pixel + other.pixel, self.sample + other.sample
+        out.hists = {k: self.hists[k] + other.hists[k] for k in self.hists}
+        return out
+
+    def curves(self, level: str) -> Curves:
+        return curves_from_histograms(self.hists[f"{level}_pos"], self.hists[f"{level}_neg"])
+
+    def summary(self, z: float = Z_95) -> dict[str, Any]:
+        """JSON-ready results: per level, metrics with CIs, AUC (+ bin error), AP, counts."""
+        out: dict[str, Any] = {
+            "threshold": self.threshold,
+            "num_bins": self.num_bins,
+            "auc_bin_width": 1.0 / self.num_bins,
+            "num_images": self.num_images,
+        }
+        for level, counts in (("pixel", self.pixel), ("detection", self.sample)):
+            key = "pixel" if level == "pixel" else "sample"
+            metrics = counts.metrics_with_ci(z)
+            auc, err = auc_from_histograms(self.hists[f"{key}_pos"], self.hists[f"{key}_neg"])
+            metrics["auc"] = {
+                "value": auc,
+                "ci95": confidence_radius(auc, counts.total, z),
+                "n": counts.total,
+                "bin_error": err,
+            }
+            metrics["average_precision"] = {"value": average_precision(self.curves(key))}
+            out[level] = {"metrics": metrics, "confusion": counts.to_dict()}
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Lossless state (counts and histograms), to merge folds later without re-running."""
+        return {
+            "threshold": self.threshold,
+            "num_bins": self.num_bins,
+            "pixel": self.pixel.to_dict(),
+            "sample": self.sample.to_dict(),
+            "hists": {k: v.tolist() for k, v in self.hists.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MetricAccumulator:
+        acc = cls(float(d["threshold"]), int(d["num_bins"]))
+        acc.pixel = ConfusionCounts.from_dict(d["pixel"])
+        acc.sample = ConfusionCounts.from_dict(d["sample"])
+        acc.hists = {k: np.asarray(v, np.int64) for k, v in d["hists"].items()}
+        return acc
+
+
+def fold_average(summaries: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean and standard deviation over folds of every metric value in `summary()` outputs."""
+    out: dict[str, Any] = {}
+    for level in ("pixel", "detection"):
+        names = summaries[0][level]["metrics"].keys()
+        out[level] = {}
+        for name in names:
+            vals = np.asarray([s[level]["metrics"][name]["value"] for s in summaries], float)
+            finite = vals[np.isfinite(vals)]
+            out[level][name] = {
+                "mean": float(finite.mean()) if finite.size else float("nan"),
+                "std": float(finite.std()) if finite.size else float("nan"),
+                "folds": [float(v) for v in vals],
+            }
+    return out
