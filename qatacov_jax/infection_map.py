@@ -1,0 +1,129 @@
+"""Infection maps: the network's probability map painted onto the chest X-ray.
+
+Degerli et al. (section "Infection map generation"): the prediction is coloured with the jet
+colour map, its *hue and saturation* are combined with the *value* (brightness) of the CXR in
+HSV space, and the result converted back to RGB. The anatomy stays readable (brightness is
+the X-ray's) while the colour says how likely infection is: dark blue (low) -> cyan -> green
+-> yellow -> red (high).
+
+Display floor: the paper leaves pixels with zero probability as the plain CXR. A sigmoid
+output is never exactly zero, so we use a display floor instead: pixels with p < floor
+(default 0.1, `DEFAULT_DISPLAY_FLOOR`) show the CXR *exactly* (bit-identical), everything
+else is coloured. 0.1 keeps the colour to where the network sees something while still
+showing a blue margin of low-confidence pixels around a predicted lesion; pass 0 to colour
+everything or the decision threshold (0.5) to colour only the binary mask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DEFAULT_DISPLAY_FLOOR = 0.1
+
+# The jet colour map as piecewise-linear control points (x, value) per channel; these are the
+# published breakpoints of MATLAB/matplotlib "jet".
+_JET = {
+    "red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+    "green": ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+    "blue": ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+}
+
+
+def jet(p: np.ndarray) -> np.ndarray:
+    """Jet colours of probabilities.
+
+    Args:
+      p: (...) float in [0, 1] (values outside are clipped).
+
+    Returns:
+      (..., 3) float32 RGB in [0, 1]. Interpolated exactly (no 256-entry table).
+    """
+    p = np.clip(np.asarray(p, np.float64), 0.0, 1.0)
+    channels = []
+    for name in ("red", "green", "blue"):
+        xs, ys = zip(*_JET[name], strict=True)
+        channels.append(np.interp(p, xs, ys))
+    return np.stack(channels, axis=-1).astype(np.float32)
+
+
+def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) RGB in [0, 1] -> (..., 3) HSV in [0, 1] (hue as a fraction of a turn)."""
+    rgb = np.asarray(rgb, np.float64)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    v = rgb.max(-1)
+    c = v - rgb.min(-1)  # chroma
+    safe_c = np.where(c > 0, c, 1.0)
+    s = np.where(v > 0, c / np.where(v > 0, v, 1.0), 0.0)
+    h = np.select(
+        [c == 0, v == r, v == g],
+        [0.0, ((g - b) / safe_c) % 6.0, (b - r) / safe_c + 2.0],
+        (r - g) / safe_c + 4.0,
+    )
+    return np.stack([h / 6.0, s, v], axis=-1)
+
+
+def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """(..., 3) HSV in [0, 1] -> (..., 3) RGB in [0, 1]."""
+    hsv = np.asarray(hsv, np.float64)
+    h, s, v = hsv[..., 0] % 1.0, hsv[..., 1], hsv[..., 2]
+    # Standard sector formula: each channel is v - v*s*clip(min(k, 4-k), 0, 1).
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = (n + h * 6.0) % 6.0
+        out.append(v - v * s * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0))
+    return np.stack(out, axis=-1)
+
+
+def _as_rgb_uint8(cxr: np.ndarray) -> np.ndarray:
+    cxr = np.asarray(cxr)
+    if cxr.dtype != np.uint8:
+        if not np.issubdtype(cxr.dtype, np.floating):
+            raise ValueError(f"CXR must be uint8 or float in [0, 1], got dtype {cxr.dtype}.")
+        cxr = np.round(np.clip(cxr, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if cxr.ndim == 3 and cxr.shape[-1] == 1:
+        cxr = cxr[..., 0]
+    if cxr.ndim == 2:
+        return np.repeat(cxr[..., None], 3, axis=-1)
+    if cxr.ndim == 3 and cxr.shape[-1] == 3:
+        return cxr
+    raise ValueError(f"CXR must be (H, W), (H, W, 1) or (H, W, 3), got shape {cxr.shape}.")
+
+
+def infection_map(
+    cxr: np.ndarray, prob: np.ndarray, *, floor: float = DEFAULT_DISPLAY_FLOOR
+) -> np.ndarray:
+    """Paints a probability map onto a CXR (hue/saturation from jet, value from the CXR).
+
+    Args:
+      cxr: (H, W) or (H, W, 1|3) X-ray, uint8 or float in [0, 1].
+      prob: (H, W) or (H, W, 1) infection probability in [0, 1], same H, W as `cxr`.
+      floor: display floor; pixels with prob < floor are returned unchanged.
+
+    Returns:
+      (H, W, 3) uint8 RGB. Where prob < floor it equals the CXR (grey -> 3 equal channels).
+    """
+    base = _as_rgb_uint8(cxr)
+    prob = np.asarray(prob, np.float32)
+    if prob.ndim == 3 and prob.shape[-1] == 1:
+        prob = prob[..., 0]
+    if prob.shape != base.shape[:2]:
+        raise ValueError(
+            f"Probability map {prob.shape} and CXR {base.shape[:2]} differ in size; resize the "
+            "map to the image first (inference.Predictor does)."
+        )
+    hsv = rgb_to_hsv(jet(prob))
+    hsv[..., 2] = base.max(-1) / 255.0  # the CXR's HSV value (= grey level for grey CXRs)
+    coloured = np.round(hsv_to_rgb(hsv) * 255.0).astype(np.uint8)
+    return np.where((prob < floor)[..., None], base, coloured)
+
+
+def binary_mask_image(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """(H, W[, 1]) probability -> (H, W) uint8 mask, 255 where prob >= threshold, else 0.
+
+    0/255 (not 0/1) so the PNG is viewable; the datasets binarise masks with `mask > 0`, so
+    it reads back as the same mask.
+    """
+    prob = np.asarray(prob)
+    if prob.ndim == 3 and prob.shape[-1] == 1:
+        prob = prob[..., 0]
+    return np.where(prob >= threshold, 255, 0).astype(np.uint8)
