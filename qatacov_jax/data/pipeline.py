@@ -1,0 +1,345 @@
+"""The grain input pipeline: TFDS records -> model-ready, mesh-sharded global batches.
+
+Per example: decode -> resize to `image_size` (image bilinear, mask nearest) -> training
+augmentation (shift/rotation, identical on image and mask) -> the encoder's `Preprocessing`.
+Then batch -> worker processes + prefetch -> `shard_batch` onto the mesh.
+
+The order of training examples is a pure function of (seed, global position), computed in
+`TrainPlan`: epoch e is the balanced pool (every control once; every COVID-19 image once
+unaugmented plus augmented copies up to the control count, as the paper's Table 2) shuffled
+with seed (seed, e). Global position g lands in global batch g // B; process p reads only the
+positions of its own slice of every batch, so each host loads just its shard and the stream
+is identical for any number of worker processes. Augmentation draws from a generator seeded
+by (seed, g) for the same reason, and grain's iterator state (a position) resumes it exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+from jax.sharding import Mesh
+from PIL import Image
+
+from qatacov_jax.data import sources
+from qatacov_jax.data.augment import augment as random_augment
+from qatacov_jax.preprocessing import Preprocessing
+from qatacov_jax.sharding import check_batch_size, shard_batch
+
+AUGMENT_MODES = ("copies", "all", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainPlan:
+    """Maps a global stream position to (record, augment?) for the balanced, shuffled epochs.
+
+    Attributes:
+      records: (N,) record indices of the training pool (into the TFDS split).
+      labels: (N,) int 0/1 labels of those records.
+      balance: oversample the minority class to the majority count per epoch.
+      augment: one of `AUGMENT_MODES`.
+      seed: shuffling seed.
+    """
+
+    records: np.ndarray
+    labels: np.ndarray
+    balance: bool
+    augment: str
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.augment not in AUGMENT_MODES:
+            raise ValueError(
+                f"config.data.augment must be one of {AUGMENT_MODES}, got {self.augment!r}."
+            )
+        if len(self.records) == 0:
+            raise ValueError("The training split is empty; check the dataset and fold.")
+
+    @property
+    def epoch_length(self) -> int:
+        if not self.balance:
+            return len(self.records)
+        counts = np.bincount(self.labels, minlength=2)
+        return int(counts.max() * np.count_nonzero(counts))
+
+    def epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
+        """(records (E,), augment flags (E,)) of epoch `e`, shuffled."""
+        rng = np.random.default_rng([self.seed, e])
+        if self.balance:
+            target = np.bincount(self.labels, minlength=2).max()
+            recs, flags = [], []
+            for cls in np.unique(self.labels):
+                idx = self.records[self.labels == cls]
+                extra = target - len(idx)
+                # Whole extra rounds of the class, then a random subset for the remainder,
+                # redrawn every epoch so every image gets its share of copies over time.
+                copies = np.concatenate(
+                    [np.tile(idx, extra // len(idx)), rng.permutation(idx)[: extra % len(idx)]]
+                )
+                recs += [idx, copies]
+                flags += [np.zeros(len(idx), bool), np.ones(len(copies), bool)]
+            records, copy = np.concatenate(recs), np.concatenate(flags)
+        else:
+            records, copy = self.records, np.zeros(len(self.records), bool)
+        if self.augment == "all":
+            flags = np.ones(len(records), bool)
+        elif self.augment == "none":
+            flags = np.zeros(len(records), bool)
+        else:
+            flags = copy
+        order = rng.permutation(len(records))
+        return records[order], flags[order]
+
+
+class _TrainPositions:
+    """Random-access, practically infinite sequence of this process's training positions."""
+
+    def __init__(self, plan: TrainPlan, global_batch: int, local_batch: int, process: int):
+        self.plan = plan
+        self.global_batch = global_batch
+        self.local_batch = local_batch
+        self.process = process
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        g = (i // self.local_batch) * self.global_batch
+        g += self.process * self.local_batch + i % self.local_batch
+        e, pos = divmod(g, self.plan.epoch_length)
+        if e not in self._cache:
+            self._cache = {e: self.plan.epoch(e)}  # one epoch at a time is enough
+        records, flags = self._cache[e]
+        return {"record": int(records[pos]), "augment": bool(flags[pos]), "position": g}
+
+
+class _EvalPositions:
+    """This process's slice of the padded evaluation order."""
+
+    def __init__(self, records: np.ndarray, global_batch: int, local_batch: int, process: int):
+        self.records = records
+        self.global_batch = global_batch
+        self.local_batch = local_batch
+        self.process = process
+        num_batches = -(-len(records) // global_batch)
+        self.length = num_batches * local_batch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not 0 <= i < self.length:
+            raise IndexError(i)
+        g = (i // self.local_batch) * self.global_batch
+        g += self.process * self.local_batch + i % self.local_batch
+        valid = g < len(self.records)
+        return {
+            "record": int(self.records[g if valid else 0]),
+            "augment": False,
+            "position": g,
+            "valid": valid,
+        }
+
+
+class LoadExample(grain.transforms.Map):
+    """Reads one record and makes it model-ready (picklable, for worker processes)."""
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        mask_key: str,
+        positive: int,
+        image_size: int,
+        preprocessing: Preprocessing,
+        seed: int,
+        max_shift: float,
+        max_rotation: float,
+    ) -> None:
+        self.source = source
+        self.mask_key = mask_key
+        self.positive = positive
+        self.image_size = image_size
+        self.preprocessing = preprocessing
+        self.seed = seed
+        self.max_shift = max_shift
+        self.max_rotation = max_rotation
+
+    def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
+        ex = self.source[element["record"]]
+        image = _resize(ex["image"][..., 0], self.image_size, Image.BILINEAR)
+        mask = _resize(ex[self.mask_key][..., 0], self.image_size, Image.NEAREST)
+        image = image.astype(np.float32) / np.float32(255.0)
+        if element["augment"]:
+            rng = np.random.default_rng([self.seed, element["position"]])
+            image, mask = random_augment(rng, image, mask, self.max_shift, self.max_rotation)
+        out = {
+            "image": self.preprocessing(image[..., None]).astype(np.float32),
+            "mask": (mask > 127).astype(np.float32)[..., None],
+            "label": np.int32(int(ex["label"]) == self.positive),
+        }
+        if "valid" in element:
+            out["valid"] = np.bool_(element["valid"])
+            out["index"] = np.int32(element["position"])
+        return out
+
+
+def _resize(array: np.ndarray, size: int, method: int) -> np.ndarray:
+    """(H, W) uint8 -> (size, size) uint8."""
+    if array.shape == (size, size):
+        return array
+    return np.asarray(Image.fromarray(array).resize((size, size), method))
+
+
+class ShardedIterator:
+    """Iterator of global, mesh-sharded batches with grain's exact-resume state.
+
+    `get_state()` / `set_state()` save and restore the position of the underlying grain
+    iterator (a JSON-serialisable dict), so a resumed run sees exactly the batches the
+    interrupted one would have seen next.
+    """
+
+    def __init__(self, dataset: grain.IterDataset, mesh: Mesh) -> None:
+        self._dataset = dataset
+        self._iterator = iter(dataset)
+        self._mesh = mesh
+
+    def __iter__(self) -> Iterator[dict[str, jax.Array]]:
+        return self
+
+    def __next__(self) -> dict[str, jax.Array]:
+        return shard_batch(next(self._iterator), self._mesh)
+
+    def get_state(self) -> dict[str, Any]:
+        return self._iterator.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._iterator.set_state(state)
+
+    def close(self) -> None:
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def _loader(data_cfg: Any, builder, split: str, preprocessing: Preprocessing, seed: int):
+    spec = sources.spec(data_cfg)
+    names = builder.info.features["label"].names
+    return LoadExample(
+        sources.data_source(builder, split),
+        mask_key=sources.MASK_KEY[data_cfg.target],
+        positive=names.index(spec.positive),
+        image_size=data_cfg.image_size,
+        preprocessing=preprocessing,
+        seed=seed,
+        max_shift=data_cfg.max_shift,
+        max_rotation=data_cfg.max_rotation,
+    )
+
+
+def _finish(ds: grain.MapDataset, data_cfg: Any, local_batch: int, drop: bool) -> Any:
+    read = grain.ReadOptions(num_threads=data_cfg.num_threads, prefetch_buffer_size=local_batch * 2)
+    it = ds.to_iter_dataset(read).batch(local_batch, drop_remainder=drop)
+    if data_cfg.num_workers > 0:
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=data_cfg.num_workers, per_worker_buffer_size=data_cfg.prefetch
+            )
+        )
+    return it
+
+
+def _local_batch(global_batch_size: int, mesh: Mesh) -> int:
+    return check_batch_size(global_batch_size, mesh)
+
+
+def train_iterator(
+    data_cfg: Any,
+    *,
+    fold: int | None,
+    global_batch_size: int,
+    preprocessing: Preprocessing,
+    mesh: Mesh,
+    seed: int,
+) -> ShardedIterator:
+    """Infinite training batches, sharded over the mesh's `data` axis.
+
+    Returns:
+      An iterator of dicts: `image` (B, H, W, 3) float32 preprocessed, `mask` (B, H, W, 1)
+      float32 in {0, 1}, `label` (B,) int32 (1 = COVID-19); B = global_batch_size. Supports
+      `get_state()` / `set_state()`.
+    """
+    builder = sources.prepare(data_cfg)
+    split, records = sources.select(data_cfg, builder, fold=fold, split="train")
+    labels = sources.binary_labels(builder, split, sources.spec(data_cfg).positive)[records]
+    plan = TrainPlan(records, labels, bool(data_cfg.balance), data_cfg.augment, seed)
+    local = _local_batch(global_batch_size, mesh)
+    positions = _TrainPositions(plan, global_batch_size, local, jax.process_index())
+    ds = grain.MapDataset.source(positions).map(
+        _loader(data_cfg, builder, split, preprocessing, seed)
+    )
+    return ShardedIterator(_finish(ds, data_cfg, local, drop=True), mesh)
+
+
+def eval_iterator(
+    data_cfg: Any,
+    *,
+    fold: int | None,
+    split: str,
+    global_batch_size: int,
+    preprocessing: Preprocessing,
+    mesh: Mesh,
+) -> ShardedIterator:
+    """One pass over the held-out fold (`split='eval'`) or the test split (`'test'`).
+
+    Returns:
+      An iterator of dicts with the training keys plus `valid` (B,) bool (False on the
+      padding that fills the last batch) and `index` (B,) int32, the example's position in
+      `example_filenames(data_cfg, fold=fold, split=split)`.
+    """
+    if split == "train":
+        raise ValueError("eval_iterator reads 'eval' or 'test'; use train_iterator for training.")
+    builder = sources.prepare(data_cfg)
+    tfds_split, records = sources.select(data_cfg, builder, fold=fold, split=split)
+    local = _local_batch(global_batch_size, mesh)
+    positions = _EvalPositions(records, global_batch_size, local, jax.process_index())
+    ds = grain.MapDataset.source(positions).map(
+        _loader(data_cfg, builder, tfds_split, preprocessing, seed=0)
+    )
+    return ShardedIterator(_finish(ds, data_cfg, local, drop=False), mesh)
+
+
+def num_examples(data_cfg: Any, *, fold: int | None, split: str) -> int:
+    """Examples in a split: for `train`, one epoch of `train_iterator` (after balancing);
+    for `eval` / `test`, the real (unpadded) examples of one `eval_iterator` pass."""
+    builder = sources.prepare(data_cfg)
+    tfds_split, records = sources.select(data_cfg, builder, fold=fold, split=split)
+    if split != "train":
+        return len(records)
+    labels = sources.binary_labels(builder, tfds_split, sources.spec(data_cfg).positive)[records]
+    return TrainPlan(records, labels, bool(data_cfg.balance), data_cfg.augment, 0).epoch_length
+
+
+def example_filenames(data_cfg: Any, *, fold: int | None, split: str) -> list[str]:
+    """File names of an `eval_iterator` pass, indexed by its `index` key."""
+    builder = sources.prepare(data_cfg)
+    tfds_split, records = sources.select(data_cfg, builder, fold=fold, split=split)
+    import tensorflow_datasets as tfds
+
+    skip = {
+        k: tfds.decode.SkipDecoding()
+        for k in ("image", "mask", "lung_mask")
+        if k in builder.info.features
+    }
+    source = builder.as_data_source(tfds_split, decoders=skip)
+    out = []
+    for r in records:
+        name = source[int(r)]["filename"]
+        out.append(name.decode() if isinstance(name, bytes) else str(name))
+    return out
