@@ -1,0 +1,34 @@
+"""The paper's segmentation models in Flax NNX (NHWC, one-logit-per-pixel output).
+
+Public API:
+  create_encoder(name, *, rngs, dtype=None)            -> encoder module
+  create_model(arch, encoder, *, frozen=False, rngs, dtype=None) -> SegmentationModel (logits)
+  ENCODERS, ARCHS                                      -> registries (name -> constructor)
+  TRAINABLE                                            -> the one "trainable" filter (nnx.Param)
+  FrozenParam                                          -> frozen encoder weights (not a Param)
+  count_params(model) -> ParamCount(trainable, non_trainable)
+"""
+
+from qatacov_jax.models.layers import TRAINABLE, FrozenParam, freeze
+from qatacov_jax.models.registry import (
+    ARCHS,
+    ENCODERS,
+    ParamCount,
+    count_params,
+    create_encoder,
+    create_model,
+)
+from qatacov_jax.models.segmentation import SegmentationModel
+
+__all__ = [
+    "ARCHS",
+    "ENCODERS",
+    "TRAINABLE",
+    "FrozenParam",
+    "ParamCount",
+    "SegmentationModel",
+    "count_params",
+    "create_encoder",
+    "create_model",
+    "freeze",
+]

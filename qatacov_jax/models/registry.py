@@ -1,0 +1,116 @@
+"""Model registry: plain dicts of encoders and decoders, and the public constructors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+from flax import nnx
+
+from qatacov_jax.models.densenet import DenseNet121
+from qatacov_jax.models.fpn import FPNDecoder
+from qatacov_jax.models.layers import TRAINABLE, FrozenParam, freeze
+from qatacov_jax.models.nested import NestedDecoder
+from qatacov_jax.models.segmentation import SegmentationModel
+from qatacov_jax.models.unet import UNetDecoder
+
+# name -> encoder class; `chexnet` is DenseNet-121 (its weights differ, not its graph).
+ENCODERS: dict[str, Callable[..., nnx.Module]] = {
+    "densenet121": DenseNet121,
+    "chexnet": DenseNet121,
+}
+
+# arch -> decoder constructor taking (encoder_channels, *, rngs, dtype).
+ARCHS: dict[str, Callable[..., nnx.Module]] = {
+    "unet": UNetDecoder,
+    "unetpp": partial(NestedDecoder, dense_skips=True),
+    "dla": partial(NestedDecoder, dense_skips=False),
+    "fpn": FPNDecoder,
+}
+
+
+def _lookup(table: dict[str, Any], name: str, what: str) -> Any:
+    if name not in table:
+        raise ValueError(f"Unknown {what} {name!r}; valid names: {sorted(table)}.")
+    return table[name]
+
+
+def create_encoder(name: str, *, rngs: nnx.Rngs, dtype: Any = None) -> nnx.Module:
+    """Builds an encoder with random (Keras-style) initial weights.
+
+    Args:
+      name: one of `ENCODERS` (`densenet121`, `chexnet`, `inceptionv3`, `resnet50`).
+      rngs: NNX RNG streams for the initialisers.
+      dtype: compute dtype (e.g. `jnp.bfloat16`); parameters are always float32.
+
+    Returns:
+      The encoder module. `encoder.out_channels` is a 5-tuple; calling it on `(B, H, W, 3)`
+      returns 5 features, finest first, with strides 2, 4, 8, 16, 32.
+    """
+    return _lookup(ENCODERS, name, "encoder")(rngs=rngs, dtype=dtype)
+
+
+def create_model(
+    arch: str,
+    encoder: str | nnx.Module,
+    *,
+    frozen: bool = False,
+    rngs: nnx.Rngs,
+    dtype: Any = None,
+) -> SegmentationModel:
+    """Builds one of the paper's segmentation models.
+
+    Args:
+      arch: one of `ARCHS` (`unet`, `unetpp`, `dla`, `fpn`).
+      encoder: an encoder module from `create_encoder` (e.g. after loading ported weights
+        into it), or an encoder name, in which case a randomly initialised one is built.
+      frozen: freeze the encoder as segmentation_models 1.x does: its weights become
+        `FrozenParam` (not trainable) *except* BatchNorm scale/offset, which stay trainable.
+        The encoder module passed in is modified in place.
+      rngs: NNX RNG streams for the initialisers.
+      dtype: compute dtype (e.g. `jnp.bfloat16`); parameters are always float32.
+
+    Returns:
+      A `SegmentationModel` whose call maps `(B, H, W, 3)` to `(B, H, W, 1)` float32 per-pixel
+      **logits** (no sigmoid). It starts in training mode; use `model.eval()` for inference.
+    """
+    decoder_cls = _lookup(ARCHS, arch, "architecture")
+    encoder_name = ""
+    if isinstance(encoder, str):
+        encoder_name = encoder
+        encoder = create_encoder(encoder, rngs=rngs, dtype=dtype)
+    else:
+        encoder_name = next((n for n, c in ENCODERS.items() if type(encoder) is c), "")
+    if frozen:
+        freeze(encoder)
+    decoder = decoder_cls(tuple(encoder.out_channels), rngs=rngs, dtype=dtype)
+    return SegmentationModel(
+        encoder, decoder, rngs=rngs, dtype=dtype, arch=arch, encoder_name=encoder_name
+    )
+
+
+class ParamCount(NamedTuple):
+    """Parameter count in the Keras `model.summary()` sense."""
+
+    trainable: int
+    non_trainable: int  # frozen weights + BatchNorm running statistics
+
+    @property
+    def total(self) -> int:
+        return self.trainable + self.non_trainable
+
+
+def _size(state: nnx.State) -> int:
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(state))
+
+
+def count_params(model: nnx.Module) -> ParamCount:
+    """Counts trainable (`TRAINABLE`) and non-trainable (`FrozenParam` + `nnx.BatchStat`)
+    scalars. Works on abstract models from `nnx.eval_shape` (no memory allocated)."""
+    return ParamCount(
+        trainable=_size(nnx.state(model, TRAINABLE)),
+        non_trainable=_size(nnx.state(model, nnx.Any(FrozenParam, nnx.BatchStat))),
+    )
