@@ -5,6 +5,7 @@ Importing this package registers the TFDS builders `qatacov19` (configs `v1`, `v
 """
 
 from qatacov_jax.data.config import default_config
+from qatacov_jax.data.covid_qu_ex import CovidQuEx
 from qatacov_jax.data.features import DataError
 from qatacov_jax.data.pipeline import (
     ShardedIterator,
@@ -13,10 +14,13 @@ from qatacov_jax.data.pipeline import (
     num_examples,
     train_iterator,
 )
+from qatacov_jax.data.qatacov19 import Qatacov19
 from qatacov_jax.data.sources import prepare
 from qatacov_jax.data.synthetic_cxr import SyntheticCxr
 
 __all__ = [
+    "CovidQuEx",
+    "Qatacov19",
     "DataError",
     "ShardedIterator",
     "SyntheticCxr",

@@ -98,3 +98,49 @@ class BadDataLog:
                 len(self.skipped),
                 self.skipped[0],
             )
+
+
+def read_example(
+    image_path: Path,
+    masks: dict[str, Path | None],
+    size: int,
+    bad: BadDataLog,
+) -> dict[str, np.ndarray] | None:
+    """Reads an image and its masks, checks them, and resizes them for storage.
+
+    Args:
+      image_path: the CXR (PNG/JPEG/DICOM; `read_xray`).
+      masks: feature name -> mask file, or None for an all-zero mask (controls).
+      size: storage side.
+      bad: the bad-data policy; an unreadable file or a mask whose size differs from its
+        image is reported there (so `None` is returned only under policy `skip`).
+
+    Returns:
+      {'image': (size, size, 1) uint8, <mask name>: (size, size, 1) uint8 {0,255}} or None.
+    """
+    from qatacov_jax.imageio import ImageReadError, read_xray
+
+    try:
+        image = read_xray(image_path)
+    except ImageReadError as e:
+        bad.bad(e.path, e.reason)
+        return None
+    out = {"image": resize_image(image, size)}
+    for name, mask_path in masks.items():
+        if mask_path is None:
+            out[name] = np.zeros((size, size, 1), np.uint8)
+            continue
+        try:
+            mask = read_xray(mask_path)
+        except ImageReadError as e:
+            bad.bad(e.path, e.reason)
+            return None
+        if mask.shape != image.shape:
+            bad.bad(
+                mask_path,
+                f"mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image {image_path} "
+                f"is {image.shape[1]}x{image.shape[0]}; a mask must match its image",
+            )
+            return None
+        out[name] = resize_mask(mask, size)
+    return out

@@ -56,14 +56,14 @@ SPECS = {
 MASK_KEY = {"infection": "mask", "lung": "lung_mask"}
 
 
-def spec(data_cfg: Any) -> DatasetSpec:
+def spec(data_cfg: Any, *, check_target: bool = True) -> DatasetSpec:
     if data_cfg.dataset not in SPECS:
         raise ValueError(
             f"Unknown dataset {data_cfg.dataset!r} (config.data.dataset); "
             f"valid names: {sorted(SPECS)}."
         )
     s = SPECS[data_cfg.dataset]
-    if data_cfg.target not in s.targets:
+    if check_target and data_cfg.target not in s.targets:
         raise ValueError(
             f"Dataset {data_cfg.dataset!r} has no {data_cfg.target!r} masks "
             f"(config.data.target); it has {list(s.targets)}."
@@ -85,7 +85,7 @@ def manual_dir(data_cfg: Any) -> str:
 
 def make_builder(data_cfg: Any) -> tfds.core.DatasetBuilder:
     """The (possibly not yet prepared) builder named by `data_cfg.dataset`."""
-    spec(data_cfg)
+    spec(data_cfg, check_target=False)
     name = data_cfg.dataset
     ddir = data_dir(data_cfg)
     if name == "synthetic_cxr":
@@ -131,7 +131,22 @@ def prepare(data_cfg: Any) -> tfds.core.DatasetBuilder:
 
             multihost_utils.sync_global_devices(f"prepare {data_cfg.dataset}")
         builder = make_builder(data_cfg)
+    _check_controls(builder)
     return builder
+
+
+def _check_controls(builder: tfds.core.DatasetBuilder) -> None:
+    """A prepared QaTa set must have been built from the control folders asked for now."""
+    wanted = getattr(builder.builder_config, "control_dirs", None)
+    if wanted is None or not builder.info.metadata:
+        return
+    built = list(builder.info.metadata.get("control_dirs", []))
+    if built != list(wanted):
+        raise ValueError(
+            f"The prepared dataset {builder.data_dir} was built with control folders {built}, "
+            f"but config.data.control_dirs is {list(wanted)}. Use a different "
+            "config.data.control_group for a different set of controls."
+        )
 
 
 def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:

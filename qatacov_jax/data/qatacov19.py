@@ -1,0 +1,197 @@
+"""TFDS builder `qatacov19`: the QaTa-COV19 COVID-19 CXRs with infection masks, plus controls.
+
+Manual download: the folder that holds the unpacked Kaggle archive `QaTa-COV19/`:
+
+    QaTa-COV19/QaTa-COV19-v1/Images/<name>.png
+    QaTa-COV19/QaTa-COV19-v1/Ground-truths/mask_<name>.png
+    QaTa-COV19/QaTa-COV19-v2/{Train Set,Test Set}/Images/covid_N.png
+    QaTa-COV19/QaTa-COV19-v2/{Train Set,Test Set}/Ground-truths/mask_covid_N.png
+
+Configs:
+* `v1`: every v1 image that has a ground-truth mask (2,951 of the 4,603 images; the rest
+  have no mask and are left out by design, with a log line) in one `train` split — the
+  paper's 5-fold CV is cut from it by the pipeline;
+* `v2`: the predefined `train` (7,145) / `test` (2,113) split.
+
+Controls (label `control`, all-zero mask) come from folders the user points at
+(`control_dirs`; default `<manual_dir>/controls` when present), searched recursively for
+PNG/JPEG/BMP/TIFF/DICOM (RSNA's files are DICOM). Control Group-I (RSNA, PadChest, Mooney,
+Montgomery, Shenzhen normals) or Group-II (ChestX-ray14) is simply a different set of folders
+with a different `control_group` name. In `v2` each control goes to `test` with the
+COVID-19 test fraction, decided by a hash of its path (stable across rebuilds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from pathlib import Path
+
+import tensorflow_datasets as tfds
+
+from qatacov_jax.data.features import BadDataLog, cxr_features, read_example
+from qatacov_jax.imageio import SUPPORTED_SUFFIXES, is_dicom
+
+LABELS = ["control", "covid19"]
+ROOT = "QaTa-COV19"
+V2_SPLITS = {"train": "Train Set", "test": "Test Set"}
+
+
+@dataclasses.dataclass
+class Qatacov19Config(tfds.core.BuilderConfig):
+    """Which QaTa-COV19 version, which control folders, storage size and bad-data policy."""
+
+    version_name: str = "v1"
+    control_dirs: tuple[str, ...] = ()
+    stored_size: int = 256
+    bad_data: str = "fail"
+
+
+def qatacov19_config(
+    version_name: str,
+    *,
+    manual_dir: str | None = None,
+    control_dirs: tuple[str, ...] = (),
+    control_group: str = "controls",
+    stored_size: int = 256,
+    bad_data: str = "fail",
+) -> Qatacov19Config:
+    """A config named `v1`/`v2`, or `v1_<group>` when control folders are given (so prepared
+    datasets with different controls live in different directories)."""
+    if version_name not in ("v1", "v2"):
+        raise ValueError(f"QaTa-COV19 version must be 'v1' or 'v2', got {version_name!r}.")
+    dirs = tuple(str(_resolve(d, manual_dir)) for d in control_dirs)
+    name = version_name
+    if dirs:
+        if not control_group.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(
+                f"control_group {control_group!r} must be letters, digits, '-' or '_' "
+                "(it names the prepared dataset directory)."
+            )
+        name += f"_{control_group}"
+    if stored_size != 256:
+        name += f"_s{stored_size}"
+    return Qatacov19Config(
+        name=name,
+        description=f"QaTa-COV19 {version_name} with controls from {list(dirs) or 'none'}.",
+        version_name=version_name,
+        control_dirs=dirs,
+        stored_size=stored_size,
+        bad_data=bad_data,
+    )
+
+
+def _resolve(path: str, manual_dir: str | None) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_absolute() and manual_dir:
+        p = Path(manual_dir) / p
+    return p
+
+
+class Qatacov19(tfds.core.GeneratorBasedBuilder):
+    """QaTa-COV19 (v1, v2) COVID-19 CXRs with infection masks, plus user-supplied controls."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    BUILDER_CONFIGS = [qatacov19_config("v1"), qatacov19_config("v2")]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Download QaTa-COV19 from Kaggle (aysendegerli/qatacov19-dataset), unpack it so that "
+        "<manual_dir>/QaTa-COV19/QaTa-COV19-v1 and .../QaTa-COV19-v2 exist, and point "
+        "config.data.manual_dir at <manual_dir>. Put control CXRs under "
+        "<manual_dir>/controls or list their folders in config.data.control_dirs."
+    )
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            features=cxr_features(LABELS, infection=True, lung=False),
+            homepage="https://www.kaggle.com/datasets/aysendegerli/qatacov19-dataset",
+            metadata=tfds.core.MetadataDict(control_dirs=list(self.builder_config.control_dirs)),
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        cfg = self.builder_config
+        manual = Path(dl_manager.manual_dir)
+        root = manual / ROOT / f"QaTa-COV19-{cfg.version_name}"
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"{root} not found. The manual directory {manual} must hold the unpacked "
+                f"'{ROOT}/' folder (see config.data.manual_dir)."
+            )
+        control_dirs = [Path(d) for d in cfg.control_dirs]
+        if not control_dirs and (manual / "controls").is_dir():
+            control_dirs = [manual / "controls"]
+        for d in control_dirs:
+            if not d.is_dir():
+                raise FileNotFoundError(
+                    f"Control folder {d} does not exist (config.data.control_dirs)."
+                )
+        controls = sorted(p for d in control_dirs for p in _image_files(d))
+        if cfg.version_name == "v1":
+            pairs = _pairs(root, "v1")
+            return {"train": self._generate_examples(pairs, controls, "train")}
+        pairs = {split: _pairs(root / folder, split) for split, folder in V2_SPLITS.items()}
+        n_test = len(pairs["test"])
+        test_fraction = n_test / max(1, n_test + len(pairs["train"]))
+        split_controls = {"train": [], "test": []}
+        for p in controls:
+            split_controls["test" if _hash_unit(p) < test_fraction else "train"].append(p)
+        return {
+            split: self._generate_examples(pairs[split], split_controls[split], split)
+            for split in V2_SPLITS
+        }
+
+    def _generate_examples(self, pairs: list[tuple[Path, Path | None]], controls, split: str):
+        cfg = self.builder_config
+        bad = BadDataLog(cfg.bad_data, split)
+        for image_path, mask_path in pairs:
+            if mask_path is None:
+                bad.bad(image_path, "has no ground-truth mask (expected mask_<image name>)")
+                continue
+            ex = read_example(image_path, {"mask": mask_path}, cfg.stored_size, bad)
+            if ex is not None:
+                yield str(image_path), {**ex, "label": "covid19", "filename": image_path.name}
+        for path in controls:
+            ex = read_example(path, {"mask": None}, cfg.stored_size, bad)
+            if ex is not None:
+                yield str(path), {**ex, "label": "control", "filename": str(path)}
+        bad.report()
+
+
+def _pairs(folder: Path, split: str) -> list[tuple[Path, Path | None]]:
+    """(image, mask or None) for every image of a QaTa `Images/` + `Ground-truths/` folder.
+
+    v1 ships more images than masks by design, so there an image without a mask is left out
+    (logged); in v2 every image must have its mask (`None` is reported as bad data).
+    """
+    images_dir, masks_dir = folder / "Images", folder / "Ground-truths"
+    for d in (images_dir, masks_dir):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d} not found; is the QaTa-COV19 archive fully unpacked?")
+    masks = {p.name: p for p in masks_dir.iterdir() if p.is_file()}
+    out, unmasked = [], 0
+    for image in sorted(p for p in images_dir.iterdir() if p.is_file()):
+        mask = masks.get(f"mask_{image.name}")
+        if mask is None and split == "v1":
+            unmasked += 1
+            continue
+        out.append((image, mask))
+    if unmasked:
+        logging.info("%s: %d images have no ground-truth mask and are left out", folder, unmasked)
+    return out
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return [
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and not p.name.startswith(".")
+        and (p.suffix.lower() in SUPPORTED_SUFFIXES or is_dicom(p))
+    ]
+
+
+def _hash_unit(path: Path) -> float:
+    """A stable pseudo-random number in [0, 1) from a file's name and parent folder."""
+    key = f"{path.parent.name}/{path.name}".encode()
+    return int.from_bytes(hashlib.sha1(key).digest()[:8], "big") / 2.0**64
