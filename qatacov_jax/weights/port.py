@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import jax
@@ -47,6 +49,7 @@ from qatacov_jax.weights.torch_state import read_torch_state
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (module attribute, variable name)
+Path_ = tuple[str, ...]  # a path in a nested pure state dict
 
 # Everything an encoder holds except RNG counters (none today, but not weights if added).
 WEIGHT_VARIABLES = nnx.Not(nnx.RngState)
@@ -147,7 +150,7 @@ def read_torch_source(src: Path, architecture: str) -> SourceTensors:
     return out
 
 
-def _flatten(tree: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+def _flatten(tree: Any, prefix: Path_ = ()) -> Iterator[tuple[Path_, Any]]:
     if isinstance(tree, dict):
         for k, v in tree.items():
             yield from _flatten(v, (*prefix, str(k)))
@@ -155,7 +158,7 @@ def _flatten(tree: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[st
         yield prefix, tree
 
 
-def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict[str, Any]:
+def _unflatten(flat: dict[Path_, Any]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for path, value in flat.items():
         node = tree
@@ -166,7 +169,11 @@ def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict[str, Any]:
 
 
 def abstract_encoder(encoder: str) -> nnx.Module:
-    """The encoder `create_encoder` builds, with shapes only (no memory, no compute)."""
+    """The encoder `create_encoder` builds, with shapes only (no memory, no compute).
+
+    `load_encoder_weights` can fill such a module directly, which skips the (slow, eager)
+    random initialisation when the weights are about to be replaced anyway.
+    """
     from qatacov_jax.models import create_encoder
 
     return nnx.eval_shape(lambda: create_encoder(encoder, rngs=nnx.Rngs(0)))
@@ -179,15 +186,25 @@ def encoder_bn_epsilon(module: nnx.Module) -> float:
     return float(eps.pop())
 
 
-def match_to_encoder(src: Path, source: SourceTensors, module: nnx.Module) -> dict[str, Any]:
+@functools.cache
+def encoder_spec(encoder: str) -> tuple[Mapping[Path_, tuple[int, ...]], float]:
+    """(variable path -> shape, BN epsilon) of an encoder; cached: tracing it takes seconds."""
+    module = abstract_encoder(encoder)
+    state = nnx.to_pure_dict(nnx.state(module, WEIGHT_VARIABLES))
+    shapes = {k: tuple(v.shape) for k, v in _flatten(state)}
+    return MappingProxyType(shapes), encoder_bn_epsilon(module)
+
+
+def match_to_encoder(
+    src: Path, source: SourceTensors, expected: Mapping[Path_, tuple[int, ...]]
+) -> dict[str, Any]:
     """Checks the mapped source against the encoder's variables; returns the pure state dict.
 
     Raises:
       WeightsError: naming the first source tensor the encoder has no place for or whose
         shape differs, else the first encoder variable the file does not provide.
     """
-    expected = dict(_flatten(nnx.to_pure_dict(nnx.state(module, WEIGHT_VARIABLES))))
-    flat: dict[tuple[str, ...], np.ndarray] = {}
+    flat: dict[Path_, np.ndarray] = {}
     for key, array in source.tensors.items():
         name = source.names[key]
         want = expected.get(key)
@@ -197,11 +214,11 @@ def match_to_encoder(src: Path, source: SourceTensors, module: nnx.Module) -> di
                 f"unexpected tensor {name!r}: the encoder has no variable {'.'.join(key)} "
                 "(e.g. a conv bias where the architecture has none).",
             )
-        if tuple(array.shape) != tuple(want.shape):
+        if tuple(array.shape) != want:
             raise WeightsError(
                 src,
                 f"tensor {name!r} has shape {tuple(array.shape)} but {'.'.join(key)} needs "
-                f"{tuple(want.shape)}; the file is for a different architecture or variant.",
+                f"{want}; the file is for a different architecture or variant.",
             )
         flat[key] = np.asarray(array, np.float32)
     for key in expected:
@@ -263,11 +280,10 @@ def port(
         source = read_keras_source(src, architecture)
     else:
         source = read_torch_source(src, architecture)
-    module = abstract_encoder(encoder)
-    pure = match_to_encoder(src, source, module)
+    expected, eps_ours = encoder_spec(encoder)
+    pure = match_to_encoder(src, source, expected)
 
     eps_source = tables.SOURCE_BN_EPSILON[(framework, architecture)]
-    eps_ours = encoder_bn_epsilon(module)
     notes = []
     if source.dropped:
         notes.append(f"dropped the classification head ({len(source.dropped)} tensors).")
@@ -365,7 +381,7 @@ def load_encoder_weights(encoder_module: nnx.Module, ported_dir: str | Path) -> 
     target = _unflatten({k: np.zeros(v.shape, np.float32) for k, v in ours.items()})
     restored = dict(_flatten(checkpointer.restore(ckpt, target)))
 
-    def place(key: tuple[str, ...], old: Any) -> Any:
+    def place(key: Path_, old: Any) -> Any:
         value = np.asarray(restored[key]).astype(old.dtype)
         if isinstance(old, jax.Array):
             return jax.device_put(value, old.sharding)
