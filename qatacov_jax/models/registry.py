@@ -12,8 +12,10 @@ from flax import nnx
 
 from qatacov_jax.models.densenet import DenseNet121
 from qatacov_jax.models.fpn import FPNDecoder
+from qatacov_jax.models.inception import InceptionV3
 from qatacov_jax.models.layers import TRAINABLE, FrozenParam, freeze
 from qatacov_jax.models.nested import NestedDecoder
+from qatacov_jax.models.resnet import ResNet50
 from qatacov_jax.models.segmentation import SegmentationModel
 from qatacov_jax.models.unet import UNetDecoder
 
@@ -21,6 +23,8 @@ from qatacov_jax.models.unet import UNetDecoder
 ENCODERS: dict[str, Callable[..., nnx.Module]] = {
     "densenet121": DenseNet121,
     "chexnet": DenseNet121,
+    "inceptionv3": InceptionV3,
+    "resnet50": ResNet50,
 }
 
 # arch -> decoder constructor taking (encoder_channels, *, rngs, dtype).
