@@ -244,9 +244,21 @@ def _loader(data_cfg: Any, builder, split: str, preprocessing: Preprocessing, se
 
 
 def _finish(ds: grain.MapDataset, data_cfg: Any, local_batch: int, drop: bool) -> Any:
-    read = grain.ReadOptions(num_threads=data_cfg.num_threads, prefetch_buffer_size=local_batch * 2)
-    it = ds.to_iter_dataset(read).batch(local_batch, drop_remainder=drop)
+    # Batching on the MapDataset (before worker slicing) makes each worker produce whole,
+    # consecutive batches that grain interleaves back in order: the stream of batches is the
+    # same for any num_workers (batching after the split would mix workers' examples).
+    batched = ds.batch(local_batch, drop_remainder=drop)
+    read = grain.ReadOptions(
+        num_threads=data_cfg.num_threads, prefetch_buffer_size=max(2, data_cfg.prefetch)
+    )
+    it = batched.to_iter_dataset(read)
     if data_cfg.num_workers > 0:
+        from absl import flags
+
+        # Grain's workers read absl flags; outside an absl app (pytest, notebooks, plain
+        # scripts) they are unparsed and grain would fail, so accept the defaults.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(
             grain.MultiprocessingOptions(
                 num_workers=data_cfg.num_workers, per_worker_buffer_size=data_cfg.prefetch
