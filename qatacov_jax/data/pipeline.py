@@ -167,6 +167,7 @@ class LoadExample(grain.transforms.Map):
         self.positive = positive
         self.image_size = image_size
         self.preprocessing = preprocessing
+        self.scale, self.shift = _channel_affine(preprocessing)
         self.seed = seed
         self.max_shift = max_shift
         self.max_rotation = max_rotation
@@ -180,7 +181,7 @@ class LoadExample(grain.transforms.Map):
             rng = np.random.default_rng([self.seed, element["position"]])
             image, mask = random_augment(rng, image, mask, self.max_shift, self.max_rotation)
         out = {
-            "image": self.preprocessing(image[..., None]).astype(np.float32),
+            "image": image[..., None] * self.scale + self.shift,
             "mask": (mask > 127).astype(np.float32)[..., None],
             "label": np.int32(int(ex["label"]) == self.positive),
         }
@@ -188,6 +189,21 @@ class LoadExample(grain.transforms.Map):
             out["valid"] = np.bool_(element["valid"])
             out["index"] = np.int32(element["position"])
         return out
+
+
+def _channel_affine(preprocessing: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    """(scale (3,), shift (3,)) with preprocessing(grey) == grey * scale + shift.
+
+    Every preprocessing mode is a per-channel affine map of a grey image; doing it as one
+    broadcast multiply-add is ~5x cheaper than the general call. Derived by probing the
+    `Preprocessing` itself (so it can never drift from it) and checked to be affine.
+    """
+    probe = np.asarray([0.0, 1.0, 0.37], np.float32).reshape(3, 1, 1, 1)
+    out = np.asarray(preprocessing(probe), np.float32)[:, 0, 0, :]  # (3 probes, 3 channels)
+    shift, scale = out[0], out[1] - out[0]
+    if not np.allclose(out[2], 0.37 * scale + shift, rtol=1e-5, atol=1e-5):
+        raise ValueError(f"Preprocessing {preprocessing} is not a per-channel affine map.")
+    return scale, shift
 
 
 def _resize(array: np.ndarray, size: int, method: int) -> np.ndarray:
@@ -232,7 +248,7 @@ def _loader(data_cfg: Any, builder, split: str, preprocessing: Preprocessing, se
     spec = sources.spec(data_cfg)
     names = builder.info.features["label"].names
     return LoadExample(
-        sources.data_source(builder, split),
+        sources.data_source(builder, split, keep=("image", sources.MASK_KEY[data_cfg.target])),
         mask_key=sources.MASK_KEY[data_cfg.target],
         positive=names.index(spec.positive),
         image_size=data_cfg.image_size,

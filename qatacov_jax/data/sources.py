@@ -172,9 +172,19 @@ def _download_and_prepare(builder: tfds.core.DatasetBuilder, data_cfg: Any) -> N
     )
 
 
-def data_source(builder: tfds.core.DatasetBuilder, split: str):
-    """Random-access source of decoded examples (dicts of NumPy arrays)."""
-    return builder.as_data_source(split)
+def data_source(builder: tfds.core.DatasetBuilder, split: str, *, keep: tuple[str, ...]):
+    """Random-access source of examples (dicts of NumPy arrays).
+
+    Only the image features named in `keep` are decoded; the others stay PNG bytes (PNG
+    decoding is most of the per-example cost, and e.g. the lung mask is dead weight when
+    training on infection).
+    """
+    skip = {
+        k: tfds.decode.SkipDecoding()
+        for k in ("image", "mask", "lung_mask")
+        if k in builder.info.features and k not in keep
+    }
+    return builder.as_data_source(split, decoders=skip or None)
 
 
 @functools.lru_cache(maxsize=32)
