@@ -82,24 +82,29 @@ def _keras_feature_fn(model: Any, outputs: list[Any]) -> FeatureFn:
     return run
 
 
-def keras_densenet121(*, seed: int, chexnet_head: bool = False) -> tuple[Any, FeatureFn]:
-    """keras.applications DenseNet121 (weights=None, include_top=False); with `chexnet_head`,
-    CheXNet-Keras' model: pooling='avg' + Dense(14, sigmoid, name='predictions')."""
+def keras_densenet121(*, seed: int) -> tuple[Any, FeatureFn]:
+    """keras.applications DenseNet121(weights=None, include_top=False)."""
     keras = _keras()
     keras.utils.set_random_seed(seed)
-    base = keras.applications.DenseNet121(
-        weights=None,
-        include_top=False,
-        input_shape=(None, None, 3),
-        pooling="avg" if chexnet_head else None,
+    model = keras.applications.DenseNet121(
+        weights=None, include_top=False, input_shape=(None, None, 3)
     )
-    model = base
-    if chexnet_head:
-        out = keras.layers.Dense(14, activation="sigmoid", name="predictions")(base.output)
-        model = keras.Model(base.inputs, out)
     perturb_keras_batchnorm(model, seed)
     taps = [model.get_layer(n).output for n in DENSENET_TAPS]
     return model, _keras_feature_fn(model, taps)
+
+
+def keras_chexnet(densenet: Any) -> Any:
+    """CheXNet-Keras' model on top of a `keras_densenet121` model (sharing its weights):
+    global average pooling of `bn` + Dense(14, sigmoid, name='predictions').
+
+    The pooling reads `bn` directly, as in the old Keras CheXNet was built with, so the
+    final `relu` layer is not part of the model and not in its saved `layer_names`.
+    """
+    keras = _keras()
+    pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(densenet.get_layer("bn").output)
+    out = keras.layers.Dense(14, activation="sigmoid", name="predictions")(pooled)
+    return keras.Model(densenet.inputs, out)
 
 
 def keras_inceptionv3(*, seed: int) -> tuple[Any, FeatureFn]:
@@ -228,3 +233,49 @@ def chexnet_checkpoint(model: Any) -> dict[str, Any]:
             continue  # torch 0.3 (CheXNet's) had no such buffer
         state["module.densenet121." + _NEW_DENSE_KEY.sub(r"\1.\2.", key)] = value
     return {"epoch": 7, "arch": "densenet121", "best_loss": 0.1, "state_dict": state}
+
+
+def save_torch_densenet121_files(seed: int, x: np.ndarray, out_dir: Path) -> dict[str, Path]:
+    """Writes a perturbed torchvision DenseNet-121 as `densenet121-random.pth` (state dict)
+    and, with CheXNet's head swapped in, as CheXNet's `model.pth.tar`; plus its 5 features
+    on `x` as `feature_{i}.npy`. Returns the file paths by kind."""
+    import torch
+
+    model, features = torch_densenet121(seed=seed)
+    files = {
+        "torchvision": out_dir / "densenet121-random.pth",
+        "chexnet": out_dir / "model.pth.tar",
+    }
+    torch.save(model.state_dict(), files["torchvision"])
+    model.classifier = torch.nn.Sequential(torch.nn.Linear(1024, 14), torch.nn.Sigmoid())
+    torch.save(chexnet_checkpoint(model), files["chexnet"])
+    for i, f in enumerate(features(x)):
+        np.save(out_dir / f"feature_{i}.npy", f)
+    return files
+
+
+def torch_densenet121_in_subprocess(seed: int, x: np.ndarray, out_dir: Path) -> dict[str, Path]:
+    """`save_torch_densenet121_files` in a fresh Python process.
+
+    Importing torchvision into a process that has already loaded TensorFlow segfaults
+    (torchvision 0.29 + tensorflow-cpu 2.21, seen here), and in a shared pytest worker
+    another test may have imported TensorFlow first; a subprocess sidesteps the clash.
+    """
+    import subprocess
+    import sys
+
+    np.save(out_dir / "input.npy", x)
+    code = (
+        "import sys, numpy as np; from pathlib import Path; sys.path.insert(0, sys.argv[1]);"
+        "import reference_models as r; d = Path(sys.argv[2]);"
+        "r.save_torch_densenet121_files(int(sys.argv[3]), np.load(d / 'input.npy'), d)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent), str(out_dir), str(seed)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"torch reference subprocess failed:\n{result.stderr[-4000:]}")
+    return {"torchvision": out_dir / "densenet121-random.pth", "chexnet": out_dir / "model.pth.tar"}
