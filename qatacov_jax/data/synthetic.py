@@ -149,11 +149,13 @@ def generate(seed: int, index: int, size: int, positive_fraction: float = 0.3) -
         if rng.random() < 0.2:
             findings.append("effusion")
             side = rng.choice((-1.0, 1.0))
-            level = rng.uniform(0.08, 0.18)
-            # Meniscus: the fluid line climbs towards the lateral chest wall.
-            line = level - 0.5 * (side * u - 0.1).clip(0, None) ** 2 * 4
-            eff = _soft((v - line) / 0.03, 0.5) * (side * u > 0.02) * lungs * (1.0 - mediastinum)
-            img = img + rng.uniform(0.2, 0.3) * eff
+            level = rng.uniform(0.0, 0.12)
+            # Meniscus: the fluid line climbs towards the lateral chest wall; the fluid is
+            # water-dense and homogeneous, so it hides the lung base (not the heart).
+            line = level - 2.0 * (side * u - 0.1).clip(0, None) ** 2
+            eff = _soft((v - line) / 0.02, 0.5) * (side * u > 0.02) * lungs
+            eff = eff * (1.0 - heart) * (1.0 - mediastinum)
+            img = img + rng.uniform(0.22, 0.3) * eff
         if rng.random() < 0.2:
             findings.append("nodules")
             for _ in range(rng.integers(1, 4)):
