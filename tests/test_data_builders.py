@@ -114,6 +114,18 @@ def test_covid_qu_ex_infection_and_lung(tmp_path):
         data.num_examples(_cfg(tmp_path, "covid_qu_ex/lung"), fold=None, split="test")
 
 
+def test_registered_config_names_are_used_by_default(tmp_path):
+    make_qatacov19(tmp_path / "manual")
+    make_covid_qu_ex(tmp_path / "manual", per_class=1)
+    v1 = data.prepare(_cfg(tmp_path, "qatacov19/v1", stored_size=256))
+    assert v1.builder_config.name == "v1" and len(v1.as_data_source("train")) == 3
+    assert v1.as_data_source("train")[0]["image"].shape == (256, 256, 1)
+    qu = data.prepare(_cfg(tmp_path, "covid_qu_ex/infection", stored_size=256))
+    assert qu.builder_config.name == "infection"
+    cfg = _cfg(tmp_path, "synthetic_cxr")
+    assert sources.make_builder(cfg).builder_config.name == "s128_n320x80_seed0_p30"
+
+
 def test_missing_manual_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="manual"):
         data.prepare(_cfg(tmp_path, "covid_qu_ex/infection"))

@@ -93,7 +93,9 @@ def make_builder(data_cfg: Any) -> tfds.core.DatasetBuilder:
         config = synthetic_config(
             s.image_size, s.num_train, s.num_test, s.seed, s.positive_fraction
         )
-        return SyntheticCxr(config=config, data_dir=ddir, file_format="array_record")
+        return SyntheticCxr(
+            config=_config_arg(SyntheticCxr, config), data_dir=ddir, file_format="array_record"
+        )
     if name.startswith("qatacov19/"):
         from qatacov_jax.data.qatacov19 import Qatacov19, qatacov19_config
 
@@ -105,13 +107,27 @@ def make_builder(data_cfg: Any) -> tfds.core.DatasetBuilder:
             stored_size=data_cfg.stored_size,
             bad_data=data_cfg.bad_data,
         )
-        return Qatacov19(config=config, data_dir=ddir, file_format="array_record")
+        return Qatacov19(
+            config=_config_arg(Qatacov19, config), data_dir=ddir, file_format="array_record"
+        )
     from qatacov_jax.data.covid_qu_ex import CovidQuEx, covid_qu_ex_config
 
     config = covid_qu_ex_config(
         name.split("/")[1], stored_size=data_cfg.stored_size, bad_data=data_cfg.bad_data
     )
-    return CovidQuEx(config=config, data_dir=ddir, file_format="array_record")
+    return CovidQuEx(
+        config=_config_arg(CovidQuEx, config), data_dir=ddir, file_format="array_record"
+    )
+
+
+def _config_arg(cls: type, config: tfds.core.BuilderConfig) -> tfds.core.BuilderConfig | str:
+    """TFDS refuses a config *object* named like a registered one: pass the name instead."""
+    registered = cls.builder_configs.get(config.name)
+    if registered is None:
+        return config
+    if registered != config:
+        raise ValueError(f"Config {config} clashes with the registered {registered}.")
+    return config.name
 
 
 def prepare(data_cfg: Any) -> tfds.core.DatasetBuilder:
