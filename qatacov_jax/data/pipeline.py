@@ -113,9 +113,14 @@ class _TrainPositions:
         g = (i // self.local_batch) * self.global_batch
         g += self.process * self.local_batch + i % self.local_batch
         e, pos = divmod(g, self.plan.epoch_length)
-        if e not in self._cache:
-            self._cache = {e: self.plan.epoch(e)}  # one epoch at a time is enough
-        records, flags = self._cache[e]
+        # Reader threads call this concurrently, so read the cache once into a local and
+        # replace it wholesale (never mutate it); two epochs cover a batch that straddles.
+        cache = self._cache
+        if e not in cache:
+            cache = {k: v for k, v in cache.items() if k == e - 1}
+            cache[e] = self.plan.epoch(e)
+            self._cache = cache
+        records, flags = cache[e]
         return {"record": int(records[pos]), "augment": bool(flags[pos]), "position": g}
 
 
