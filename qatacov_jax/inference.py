@@ -1,0 +1,227 @@
+"""Batched, jitted inference on all devices, and any-size images in and out.
+
+`make_predict_fn` splits the model(s) once into a graph definition and a state, replicates
+the state over the mesh and jits one pure function over a batch sharded on the `data` axis;
+per call there is no Python walk over the object graph (which `nnx.jit` would do). Several
+models (e.g. the lung and the infection model of the COVID-QU-Ex pipeline, which both look
+at the plain CXR) run in the *same* jitted call, so XLA schedules them together.
+
+`Predictor` adds what real inputs need: X-rays of any size and aspect are resized to each
+model's input size, batches are padded to a fixed size (one compilation, every device busy),
+and probability maps are resized back to each image's original resolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+from PIL import Image
+
+from qatacov_jax.preprocessing import Preprocessing
+from qatacov_jax.sharding import data_sharding, replicate
+
+Models = nnx.Module | Mapping[str, nnx.Module]
+
+
+def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+    if x.shape[0] == rows:
+        return x
+    # Repeat the first row rather than zeros: padding stays a plausible input (no NaN risks
+    # in exotic preprocessings) and its outputs are dropped anyway.
+    pad = np.repeat(x[:1], rows - x.shape[0], axis=0)
+    return np.concatenate([x, pad], axis=0)
+
+
+def make_predict_fn(
+    model: Models,
+    mesh: Mesh,
+    *,
+    preprocessing: Preprocessing | Mapping[str, Preprocessing] | None = None,
+    batch_size: int | None = None,
+) -> Callable[[Any], Any]:
+    """A jitted function from a batch of images to per-pixel probabilities on all devices.
+
+    Args:
+      model: a segmentation model (call: (B, H, W, 3) -> logits (B, H, W, 1)), or a mapping
+        name -> model to run several in one call. Put models in eval mode first.
+      mesh: devices to use; the batch is split over its `data` axis, the state replicated.
+      preprocessing: if given (one, or one per model name), inputs are images in [0, 1] with
+        1 or 3 channels and each model's preprocessing is applied inside the jitted function;
+        if None, inputs are already preprocessed (e.g. from `data.eval_iterator`).
+      batch_size: pad every host (NumPy) batch to this many rows, so that the last, short
+        batch reuses the compiled function. Must divide evenly over the mesh. Default: pad
+        only to a multiple of the device count.
+
+    Returns:
+      predict(images): `images` is (B, H, W, C) (a NumPy array or a sharded `jax.Array`), or a
+      mapping name -> such arrays when `model` is a mapping (sizes may differ per model). The
+      result is (B, H, W, 1) float32 probabilities in [0, 1] as a `jax.Array` sharded over
+      `data` (a dict of them for a mapping); padding rows are removed.
+    """
+    multi = isinstance(model, Mapping)
+    models = dict(model) if multi else {"_": model}
+    if preprocessing is None or isinstance(preprocessing, Preprocessing):
+        preps = dict.fromkeys(models, preprocessing)
+    else:
+        missing = set(models) - set(preprocessing)
+        if missing:
+            raise ValueError(f"No preprocessing given for model(s) {sorted(missing)}.")
+        preps = {k: preprocessing[k] for k in models}
+    n_dev = mesh.devices.size
+    if batch_size is not None and batch_size % n_dev:
+        raise ValueError(
+            f"batch_size {batch_size} is not divisible by the {n_dev} devices of the mesh; use a "
+            f"multiple of {n_dev}."
+        )
+
+    graphdefs, states = {}, {}
+    for name, m in models.items():
+        graphdefs[name], states[name] = nnx.split(m)
+    states = replicate(states, mesh)
+    in_sharding = data_sharding(mesh)
+
+    def forward(states: dict[str, nnx.State], images: dict[str, jax.Array]) -> dict[str, Any]:
+        out = {}
+        for name, graphdef in graphdefs.items():
+            x = images[name]
+            if preps[name] is not None:
+                x = preps[name](x.astype(jnp.float32))
+            logits = nnx.merge(graphdef, states[name])(x)
+            out[name] = jax.nn.sigmoid(logits.astype(jnp.float32))
+        return out
+
+    jitted = jax.jit(forward, out_shardings=in_sharding)
+
+    def predict(images: Any) -> Any:
+        if multi:
+            if not isinstance(images, Mapping) or set(images) != set(models):
+                raise ValueError(f"Expected a mapping with keys {sorted(models)} of image batches.")
+            batch = dict(images)
+        else:
+            batch = {"_": images}
+        sizes = {int(v.shape[0]) for v in batch.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"All models need the same number of images, got sizes {sizes}.")
+        b = sizes.pop()
+        placed = {}
+        for name, x in batch.items():
+            if isinstance(x, jax.Array) and x.shape[0] % n_dev == 0:
+                placed[name] = x  # already on the mesh (e.g. from the data pipeline)
+                continue
+            x = np.asarray(x)
+            rows = (
+                batch_size if batch_size is not None and b <= batch_size else -(-b // n_dev) * n_dev
+            )
+            placed[name] = jax.device_put(_pad_rows(x, rows), in_sharding)
+        out = jitted(states, placed)
+        out = {k: (v if v.shape[0] == b else v[:b]) for k, v in out.items()}
+        return out if multi else out["_"]
+
+    return predict
+
+
+# ------------------------------------------------------------------ any-size images
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a 2-D float map (area-averaging when shrinking, via PIL).
+
+    Args:
+      image: (H, W) float.
+      size: (height, width) of the result.
+
+    Returns:
+      (height, width) float32.
+    """
+    h, w = size
+    if image.shape == (h, w):
+        return image.astype(np.float32, copy=False)
+    pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F")
+    return np.asarray(pil.resize((w, h), Image.BILINEAR), dtype=np.float32)
+
+
+def resize_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) float [0, 1] X-ray -> (h, w) float32 [0, 1] model input.
+
+    Quantised to 8 bits and resized bilinear exactly as the training data were (the TFDS
+    builders store uint8 images, `data.features.resize_image`), so a model sees the same
+    kind of input at inference as in training, whatever the file's bit depth.
+    """
+    u8 = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    h, w = size
+    if u8.shape != (h, w):
+        u8 = np.asarray(Image.fromarray(u8).resize((w, h), Image.BILINEAR))
+    return u8.astype(np.float32) / 255.0
+
+
+def _as_size(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    h, w = size
+    return (int(h), int(w))
+
+
+class Predictor:
+    """Probability maps of one or more models for X-rays of any size, batched on all devices.
+
+    Example::
+
+        p = Predictor({"infection": model}, {"infection": prep}, {"infection": 224}, mesh)
+        for maps in p.predict_all(images):  # images: iterable of (H, W) float in [0, 1]
+            maps["infection"]  # (H, W) float32 probabilities at the image's resolution
+    """
+
+    def __init__(
+        self,
+        models: Mapping[str, nnx.Module],
+        preprocessing: Mapping[str, Preprocessing],
+        input_size: Mapping[str, int | Sequence[int]],
+        mesh: Mesh,
+        *,
+        batch_size: int | None = None,
+    ) -> None:
+        n_dev = mesh.devices.size
+        self.batch_size = int(batch_size) if batch_size else n_dev
+        if self.batch_size % n_dev:
+            raise ValueError(
+                f"--batch-size {self.batch_size} is not divisible by the {n_dev} devices; use a "
+                f"multiple of {n_dev}."
+            )
+        self.names = tuple(models)
+        self.sizes = {k: _as_size(input_size[k]) for k in self.names}
+        self._predict = make_predict_fn(
+            dict(models), mesh, preprocessing=dict(preprocessing), batch_size=self.batch_size
+        )
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """(H_i, W_i) float [0, 1] images -> per image, name -> (H_i, W_i) probabilities."""
+        if not images:
+            return []
+        batch = {
+            k: np.stack([resize_input(img, self.sizes[k]) for img in images])[..., None]
+            for k in self.names
+        }
+        probs = jax.device_get(self._predict(batch))
+        out = []
+        for i, img in enumerate(images):
+            out.append(
+                {k: np.clip(resize(probs[k][i, ..., 0], img.shape), 0.0, 1.0) for k in self.names}
+            )
+        return out
+
+    def predict_all(self, images: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        """Streams `predict_batch` over an iterable, `batch_size` images at a time."""
+        chunk: list[np.ndarray] = []
+        for img in images:
+            chunk.append(img)
+            if len(chunk) == self.batch_size:
+                yield from self.predict_batch(chunk)
+                chunk = []
+        if chunk:
+            yield from self.predict_batch(chunk)

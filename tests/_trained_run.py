@@ -1,0 +1,47 @@
+"""A tiny quickstart-trained run directory shared by the evaluation and inference tests.
+
+The real quickstart config (U-Net DenseNet-121 on synthetic CXRs) shrunk to a couple of
+steps: the point is a genuine checkpoint written by `train_and_evaluate`, not a good model.
+With pytest-xdist the workers share one copy (file lock), so it is trained once per session.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import filelock
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quickstart_config(data_dir: Path):
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from configs import quickstart
+
+    config = quickstart.get_config()
+    config.data.data_dir = str(data_dir)
+    config.data.synthetic.num_train = 24
+    config.data.synthetic.num_test = 12
+    config.data.synthetic.image_size = 64
+    config.data.num_threads = 2
+    config.num_epochs = 1
+    config.steps_per_epoch = 2
+    config.batch_size = 8
+    return config
+
+
+def trained_run(tmp_path_factory) -> Path:
+    """Path of the run directory (trained on first use, then reused)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if base.name.startswith("popen-gw") else base
+    run = shared / "quickstart_run"
+    with filelock.FileLock(str(shared / "quickstart_run.lock")):
+        if not (run / "results.json").exists():
+            from qatacov_jax.train import train_and_evaluate
+
+            train_and_evaluate(quickstart_config(shared / "tfds"), run)
+            json.loads((run / "results.json").read_text())
+    return run
