@@ -319,10 +319,14 @@ def load_model(
         if step is None:
             raise FileNotFoundError(f"No checkpoint found under {ckpt_dir}.")
         item = "state" if which == "latest" else "model"
-        restored = m.restore(
-            step,
-            args=ocp.args.Composite(**{item: ocp.args.StandardRestore(_pure_target(item, target))}),
+        # `latest/` also holds the optimizer state: a partial restore reads only the model.
+        item_target = _pure_target(item, target)
+        restore = ocp.args.PyTreeRestore(
+            item=item_target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(item_target),
+            partial_restore=True,
         )
+        restored = m.restore(step, args=ocp.args.Composite(**{item: restore}))
     pure = restored[item]["model"] if which == "latest" else restored[item]
     nnx.replace_by_pure_dict(state, pure)
     nnx.update(model, state)
@@ -331,6 +335,5 @@ def load_model(
 
 
 def _pure_target(item: str, model_target: Any) -> Any:
-    # `latest/` holds {"model": ..., "opt": ...}; restoring only the model part of it would
-    # need a partial restore, so the target names the model and orbax skips the rest.
+    # `latest/` holds {"model": ..., "opt": ...}; `best/` the model state alone.
     return {"model": model_target} if item == "state" else model_target
