@@ -144,3 +144,30 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
     assert last is not None and last >= 1
     params = _params(tmp_path)
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+
+
+def test_cross_validation_runs_folds_and_averages(data_dir, tmp_path):
+    from qatacov_jax import cv
+
+    config = train_utils.tiny_config(data_dir)
+    config.num_epochs = 1
+    config.steps_per_epoch = 2
+    summary = cv.cross_validate(config, tmp_path, folds=[0, 1])
+    assert summary["folds"] == [0, 1]
+    for k in (0, 1):
+        fold_results = json.loads((tmp_path / f"fold_{k}" / "results.json").read_text())
+        assert fold_results["fold"] == k
+    f1 = [summary["per_fold"][str(k)]["pixel_f1"] for k in (0, 1)]
+    f1 = [v for v in f1 if v is not None]
+    if f1:
+        np.testing.assert_allclose(summary["mean"]["pixel_f1"], np.mean(f1))
+    pooled = summary["pooled"]["detection"]["counts"]
+    n_eval = sum(summary["per_fold"][str(k)]["num_examples"] for k in (0, 1))
+    assert sum(pooled.values()) == n_eval
+    assert json.loads((tmp_path / "results.json").read_text())["folds"] == [0, 1]
+    # Re-running does not retrain finished folds (their results are read back).
+    stamps = [(tmp_path / f"fold_{k}" / "results.json").stat().st_mtime_ns for k in (0, 1)]
+    again = cv.cross_validate(config, tmp_path, folds=[0, 1])
+    assert stamps == [(tmp_path / f"fold_{k}" / "results.json").stat().st_mtime_ns for k in (0, 1)]
+    for k in ("0", "1"):
+        assert again["per_fold"][k]["loss"] == summary["per_fold"][k]["loss"]
