@@ -32,8 +32,14 @@ def random_weights(encoder: str, seed: int) -> dict[tuple[str, ...], np.ndarray]
     out = {}
     for key in sorted(shapes, key=lambda k: order[k[0]]):
         shape = shapes[key]
-        a = rng.normal(0.0, 0.05, shape)
-        if key[-1] == "var":
+        # Kernels scaled by fan-in so activations stay O(1) through ~50 layers in eval mode.
+        fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+        a = rng.normal(0.0, 0.05 if len(shape) == 1 else 1.0 / np.sqrt(fan_in), shape)
+        if key == ("bn_data", "mean"):  # ResNet-50 normalises raw 0..255 BGR pixels itself
+            a = rng.uniform(100.0, 130.0, shape)
+        elif key == ("bn_data", "var"):
+            a = rng.uniform(3000.0, 5000.0, shape)
+        elif key[-1] == "var":
             a = rng.uniform(0.5, 1.5, shape)
         elif key[-1] == "scale":
             a = rng.uniform(0.6, 1.4, shape)
