@@ -10,6 +10,8 @@ memory does not grow with the number of test images. Outputs (default
                                 with 95% CIs, confusion matrices, AUC with its bin error,
                                 the raw counts/histograms (to merge later), fold averages
     tables.md                   Markdown tables shaped like the paper's Tables 1-4
+    maps/                       infection maps of the first --num-maps examples (<name>_map.png)
+                                and panels CXR | ground truth | prediction (<name>_panel.png)
     pr_roc_pixel.png            pixel-level precision-recall and ROC curves
     pr_roc_detection.png        the same for detection (image score = max probability)
     confusion_detection.png     detection confusion matrix (cumulative over folds)
@@ -37,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
+from PIL import Image
 
 from qatacov_jax.metrics import (
     DEFAULT_NUM_BINS,
@@ -46,6 +49,7 @@ from qatacov_jax.metrics import (
     batch_statistics,
     fold_average,
 )
+from qatacov_jax.preprocessing import Preprocessing
 from qatacov_jax.sharding import replicate
 
 log = logging.getLogger("qatacov_jax.evaluate")
@@ -156,6 +160,8 @@ def evaluate_run(
     which: str = "best",
     data_dir: str | None = None,
     mesh: Mesh | None = None,
+    num_maps: int = 0,
+    maps_dir: Path | None = None,
 ) -> tuple[MetricAccumulator, dict[str, Any]]:
     """Evaluates one run directory on its held-out split.
 
@@ -163,6 +169,7 @@ def evaluate_run(
       split: 'eval' (the held-out fold / validation split) or 'test'; default the run's
         `config.eval_split`.
       data_dir: override of `config.data.data_dir` (the data moved since training).
+      num_maps: also write infection maps of the first `num_maps` examples to `maps_dir`.
 
     Returns:
       (accumulator, info) where info names the model, fold and split.
@@ -190,6 +197,8 @@ def evaluate_run(
     close = getattr(batches, "close", None)
     if close is not None:
         close()
+    if num_maps > 0 and maps_dir is not None:
+        example_maps(model, prep, mesh, config, fold, split, bs, num_maps, maps_dir, threshold)
     if acc.num_images != total:
         raise RuntimeError(
             f"Evaluated {acc.num_images} images of {run_dir} but the split holds {total}; "
@@ -208,6 +217,92 @@ def evaluate_run(
         "checkpoint": which,
     }
     return acc, info
+
+
+def unpreprocess(prep: Preprocessing, images: np.ndarray) -> np.ndarray:
+    """Inverse of `Preprocessing.__call__` for display: (..., 3) model input -> (..., 3) RGB
+    in [0, 1] (every mode is a per-channel affine map, plus a channel flip for BGR)."""
+    x = np.asarray(images, np.float32)
+    if prep.mode == "tf":
+        x = (x + 1.0) / 2.0
+    else:
+        x = (x * np.asarray(prep.std, np.float32) + np.asarray(prep.mean, np.float32)) / prep.scale
+    if prep.channel_order == "BGR":
+        x = x[..., ::-1]
+    return np.clip(x, 0.0, 1.0)
+
+
+def _upscale(img: np.ndarray, min_side: int = 256) -> np.ndarray:
+    k = max(1, -(-min_side // min(img.shape[:2])))
+    return np.repeat(np.repeat(img, k, axis=0), k, axis=1)
+
+
+def example_maps(
+    model: nnx.Module,
+    prep: Preprocessing,
+    mesh: Mesh,
+    config: Any,
+    fold: int | None,
+    split: str,
+    batch_size: int,
+    num_maps: int,
+    out_dir: Path,
+    threshold: float,
+) -> list[Path]:
+    """Infection maps of the first `num_maps` examples of the split, as the paper's Fig. 5.
+
+    Writes `<name>_map.png` (the infection map) and `<name>_panel.png` (CXR | ground truth
+    painted the same way | infection map), upscaled (nearest) to at least 256 px high.
+    """
+    from qatacov_jax import data
+    from qatacov_jax.infection_map import infection_map
+    from qatacov_jax.inference import make_predict_fn
+
+    names = data.example_filenames(config.data, fold=fold, split=split)
+    predict = make_predict_fn(model, mesh)
+    batches = data.eval_iterator(
+        config.data,
+        fold=fold,
+        split=split,
+        global_batch_size=batch_size,
+        preprocessing=prep,
+        mesh=mesh,
+    )
+    written: list[Path] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for batch in batches:
+        probs = np.asarray(jax.device_get(predict(batch["image"])))[..., 0]
+        images, masks, valid, index = (
+            np.asarray(jax.device_get(batch[k])) for k in ("image", "mask", "valid", "index")
+        )
+        for i in np.nonzero(valid)[0]:
+            if len(written) >= 2 * num_maps:
+                break
+            cxr = unpreprocess(prep, images[i])
+            stem = Path(str(names[int(index[i])])).stem or f"example_{int(index[i])}"
+            # The ground truth is painted like a map with probability 1 inside the mask, so
+            # the two are compared colour for colour.
+            truth = infection_map(cxr, masks[i, ..., 0] > 0.5, floor=0.5)
+            pred = infection_map(cxr, probs[i])
+            plain = infection_map(cxr, np.zeros_like(probs[i]))
+            pad = np.full((cxr.shape[0], 2, 3), 255, np.uint8)
+            panel = np.concatenate([plain, pad, truth, pad, pred], axis=1)
+            for suffix, img in (("map", pred), ("panel", panel)):
+                path = out_dir / f"{stem}_{suffix}.png"
+                Image.fromarray(_upscale(img)).save(path)
+                written.append(path)
+        if len(written) >= 2 * num_maps:
+            break
+    close = getattr(batches, "close", None)
+    if close is not None:
+        close()
+    log.info(
+        "wrote %d example infection maps to %s (threshold %s)",
+        len(written) // 2,
+        out_dir,
+        threshold,
+    )
+    return written
 
 
 # ----------------------------------------------------------------------------- reports
@@ -332,9 +427,9 @@ def check_outputs_free(out_dir: Path, overwrite: bool, *, cv_folds: Sequence[str
     if overwrite:
         return
     for sub in ["", *cv_folds]:
-        for name in OUTPUTS:
+        for name in (*OUTPUTS, "maps"):
             p = out_dir / sub / name
-            if p.exists():
+            if p.exists() and not (p.is_dir() and not any(p.iterdir())):
                 raise FileExistsError(
                     f"{p} already exists; refusing to overwrite earlier evaluation results. "
                     "Pass --overwrite or choose another --out."
@@ -400,7 +495,7 @@ def evaluate(
       out_dir: where to write; default `<path>/evaluation/<split or 'default'>`.
       overwrite: replace earlier evaluation outputs.
       **kwargs: forwarded to `evaluate_run` (split, threshold, num_bins, batch_size, which,
-        data_dir).
+        data_dir, num_maps).
 
     Returns:
       The contents of metrics.json (top level).
@@ -418,11 +513,11 @@ def evaluate(
     out = Path(out_dir) if out_dir else path / "evaluation" / (kwargs.get("split") or "default")
     check_outputs_free(out, overwrite, cv_folds=[f.name for f in folds])
     if not cv:
-        acc, info = evaluate_run(path, **kwargs)
+        acc, info = evaluate_run(path, maps_dir=out / "maps", **kwargs)
         return _json_safe(write_outputs(out, acc, info))
     results = []
     for f in folds:
-        acc, info = evaluate_run(f, **kwargs)
+        acc, info = evaluate_run(f, maps_dir=out / f.name / "maps", **kwargs)
         write_outputs(out / f.name, acc, info)
         results.append((acc, info))
     total = results[0][0]
@@ -450,6 +545,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--which", choices=("best", "latest"), default="best")
     p.add_argument("--data-dir", default=None, help="override config.data.data_dir")
     p.add_argument("--out", type=Path, default=None, help="output folder")
+    p.add_argument(
+        "--num-maps",
+        type=int,
+        default=8,
+        help="write infection maps of this many test examples to <out>/maps",
+    )
     p.add_argument("--overwrite", action="store_true")
     return p
 
@@ -478,6 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             which=args.which,
             data_dir=args.data_dir,
+            num_maps=args.num_maps,
         )
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from _trained_run import trained_run
 from flax import nnx
+from PIL import Image
 
 from qatacov_jax import evaluate
 from qatacov_jax.metrics import ConfusionCounts, MetricAccumulator
@@ -90,6 +91,15 @@ def test_reports_and_refusal(tmp_path):
     evaluate.check_outputs_free(tmp_path, overwrite=True)
 
 
+def test_unpreprocess_inverts_every_mode():
+    from qatacov_jax.preprocessing import MODES, Preprocessing
+
+    x = np.random.default_rng(0).random((4, 5, 3)).astype(np.float32)
+    for mode in MODES:
+        prep = Preprocessing.from_mode(mode)
+        np.testing.assert_allclose(evaluate.unpreprocess(prep, prep(x)), x, atol=1e-5)
+
+
 def test_bad_run_dir_is_a_clear_error(tmp_path, capsys):
     assert evaluate.main([str(tmp_path)]) == 2
     assert "config.json" in capsys.readouterr().err
@@ -120,6 +130,11 @@ def test_evaluate_quickstart_run_and_cv(run_dir, tmp_path, capsys):
     )
     for name in evaluate.OUTPUTS:
         assert (out / name).exists()
+    # README's main job ends with these: infection maps of test examples (--num-maps 8).
+    panels = sorted((out / "maps").glob("*_panel.png"))
+    assert len(panels) == min(8, n_test)
+    panel = np.asarray(Image.open(panels[0]))
+    assert panel.ndim == 3 and panel.shape[0] >= 256 and panel.shape[1] > 3 * panel.shape[0]
     assert evaluate.main([str(run_dir), "--split", "test", "--out", str(out)]) == 2  # refuses
 
     # A CV run is a folder of fold_k run dirs: cumulative counts are the folds' sums.
