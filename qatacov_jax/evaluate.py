@@ -492,7 +492,7 @@ def evaluate(
 
     Args:
       path: run directory, or CV run directory holding `fold_k/` run directories.
-      out_dir: where to write; default `<path>/evaluation/<split or 'default'>`.
+      out_dir: where to write; default `<path>/evaluation/<split>`.
       overwrite: replace earlier evaluation outputs.
       **kwargs: forwarded to `evaluate_run` (split, threshold, num_bins, batch_size, which,
         data_dir, num_maps).
@@ -510,7 +510,12 @@ def evaluate(
             f"{path} holds neither config.json nor fold_k/ run directories; pass the --workdir "
             "of scripts/train.py."
         )
-    out = Path(out_dir) if out_dir else path / "evaluation" / (kwargs.get("split") or "default")
+    if out_dir is None:
+        from qatacov_jax.checkpoint import read_config
+
+        split = kwargs.get("split") or read_config(folds[0] if cv else path).get("eval_split")
+        out_dir = path / "evaluation" / str(split or "eval")
+    out = Path(out_dir)
     check_outputs_free(out, overwrite, cv_folds=[f.name for f in folds])
     if not cv:
         acc, info = evaluate_run(path, maps_dir=out / "maps", **kwargs)

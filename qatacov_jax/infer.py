@@ -201,8 +201,14 @@ def run_inference(
     def chunks() -> Iterator[list[tuple[InputItem, np.ndarray | None, str | None]]]:
         # Decoding (PNG/DICOM) runs in threads, one chunk ahead of the devices.
         with ThreadPoolExecutor(max_workers=4) as pool:
-            for i in range(0, total, batch_size):
-                yield list(pool.map(_read, items[i : i + batch_size]))
+
+            def submit(start: int) -> list[Any]:
+                return [pool.submit(_read, it) for it in items[start : start + batch_size]]
+
+            pending = submit(0)
+            for start in range(0, total, batch_size):
+                current, pending = pending, submit(start + batch_size)
+                yield [f.result() for f in current]
 
     for chunk in chunks():
         good = [(it, img) for it, img, err in chunk if err is None]

@@ -184,3 +184,48 @@ def test_infer_end_to_end_on_quickstart_checkpoint(run_dir, tmp_path, capsys):
     (row,) = list(csv.DictReader(open(out2 / "report.csv")))
     assert row["severity"] in ("none", "mild", "moderate", "severe", "critical", "unknown")
     assert (out2 / "grey_lung_mask.png").exists()
+
+
+def test_run_inference_reports_per_file_and_keeps_going(tmp_path):
+    # The prediction is a fixed pattern (left half infected, lung = middle rows) so every
+    # number in the report is known; the real model path is the slow end-to-end test.
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.full((20, 40), 100, np.uint8)).save(src / "a.png")
+    (src / "b.png").write_bytes(b"garbage")
+    Image.fromarray(np.full((10, 10), 50, np.uint8)).save(src / "c.jpg")
+    items, errors = infer.collect_inputs([src])
+    assert not errors
+
+    def predict_batch(images):
+        out = []
+        for img in images:
+            h, w = img.shape
+            inf = np.zeros((h, w), np.float32)
+            inf[:, : w // 2] = 0.9
+            lung = np.zeros((h, w), np.float32)
+            lung[h // 4 : 3 * h // 4] = 0.8
+            out.append({"infection": inf, "lung": lung})
+        return out
+
+    out = tmp_path / "out"
+    rows = infer.run_inference(items, predict_batch, out, batch_size=2, with_lung=True)
+    infer.write_reports(rows, out, {"threshold": 0.5})
+    by = {r["file"].split("/")[-1]: r for r in rows}
+    assert by["b.png"]["status"] == "error" and "not a readable image" in by["b.png"]["error"]
+    a = by["a.png"]
+    assert a["status"] == "ok" and a["covid19"] is True
+    assert a["max_probability"] == pytest.approx(0.9)
+    assert a["infected_percent_of_image"] == pytest.approx(50.0)
+    assert a["lung_percent_of_image"] == pytest.approx(50.0)
+    assert a["infected_percent_of_lung"] == pytest.approx(50.0)
+    assert (a["severity_grade"], a["severity"]) == (2, "moderate")
+    mp = np.asarray(Image.open(a["map"]))
+    assert mp.shape == (20, 40, 3)
+    np.testing.assert_array_equal(mp[:, 20:], 100)  # p = 0 side: the plain X-ray
+    assert (mp[:, :20, 0] > mp[:, :20, 2]).all()  # p = 0.9: red-dominant jet colour
+    lung = np.asarray(Image.open(out / "in" / "a_lung_mask.png"))
+    assert lung.sum() == 255 * 10 * 40
+    rows_csv = list(csv.DictReader(open(out / "report.csv")))
+    assert [r["status"] for r in rows_csv] == [r["status"] for r in rows]
+    assert json.loads((out / "report.json").read_text())["images"][0]["file"].endswith("a.png")
