@@ -211,34 +211,31 @@ def run_inference(
                 yield [f.result() for f in current]
 
     for chunk in chunks():
-        good = [(it, img) for it, img, err in chunk if err is None]
-        for it, _, err in chunk:
-            if err is not None:
+        # Rows keep the input order, failed files included, so the report reads like the input.
+        chunk_rows: dict[int, dict[str, Any]] = {}
+        good = []
+        for i, (it, img, err) in enumerate(chunk):
+            if err is None:
+                good.append((i, it, img))
+            else:
                 log.error("%s: %s", it.path, err)
-                rows.append({"file": str(it.path), "status": "error", "error": err})
+                chunk_rows[i] = {"file": str(it.path), "status": "error", "error": err}
         try:
-            preds = predict_batch([img for _, img in good]) if good else []
+            preds = predict_batch([img for _, _, img in good]) if good else []
         except Exception as e:  # noqa: BLE001 - report the batch's files, go on with the rest
-            for it, _ in good:
+            for i, it, _ in good:
                 log.error("%s: prediction failed (%s: %s)", it.path, type(e).__name__, e)
-                rows.append(
-                    {"file": str(it.path), "status": "error", "error": f"prediction failed: {e}"}
-                )
+                chunk_rows[i] = {
+                    "file": str(it.path),
+                    "status": "error",
+                    "error": f"prediction failed: {e}",
+                }
             preds, good = [], []
-        for (it, img), pred in zip(good, preds, strict=True):
-            rows.append(
-                _write_outputs(
-                    it,
-                    img,
-                    pred,
-                    out_dir,
-                    threshold,
-                    lung_threshold,
-                    display_floor,
-                    scale,
-                    with_lung,
-                )
+        for (i, it, img), pred in zip(good, preds, strict=True):
+            chunk_rows[i] = _write_outputs(
+                it, img, pred, out_dir, threshold, lung_threshold, display_floor, scale, with_lung
             )
+        rows.extend(chunk_rows[i] for i in sorted(chunk_rows))
         done += len(chunk)
         rate = done / max(time.time() - t0, 1e-9)
         log.info("processed %d/%d images (%.1f images/s)", done, total, rate)
