@@ -248,7 +248,8 @@ def save_torch_densenet121_files(seed: int, x: np.ndarray, out_dir: Path) -> dic
     }
     torch.save(model.state_dict(), files["torchvision"])
     model.classifier = torch.nn.Sequential(torch.nn.Linear(1024, 14), torch.nn.Sigmoid())
-    torch.save(chexnet_checkpoint(model), files["chexnet"])
+    # CheXNet's file dates from torch 0.3: the pre-zip (legacy pickle) serialization.
+    torch.save(chexnet_checkpoint(model), files["chexnet"], _use_new_zipfile_serialization=False)
     for i, f in enumerate(features(x)):
         np.save(out_dir / f"feature_{i}.npy", f)
     return files
