@@ -1,6 +1,9 @@
-"""Table 8 of the QaTa-COV19 paper, reproduced: parameter counts (and, later, inference time).
+"""Table 8 of the QaTa-COV19 paper, reproduced: parameter counts, latency, throughput, training.
 
     python benchmarks/table8.py --params-only --json benchmarks/results/table8_params.json
+    python benchmarks/table8.py --dtype float32 --batch-sizes 1 8 --repeats 3 \\
+        --train-configs unet:densenet121:trainable --json benchmarks/results/table8_cpu.json \\
+        --markdown benchmarks/results/table8_cpu.md          # every configuration, timed
 
 `--params-only` builds every configuration abstractly (`nnx.eval_shape`: no weights are
 allocated, takes seconds), counts trainable / non-trainable parameters in the Keras sense,
@@ -12,8 +15,21 @@ Configurations: the paper's 24 (U-Net, UNet++, DLA x CheXNet, DenseNet-121, Ince
 ResNet-50 x frozen / not) plus FPN on each encoder (not in the paper). Choose a subset with
 `--configs unet:densenet121 fpn:resnet50:frozen ...` (`arch:encoder[:frozen|:trainable]`).
 
-Timing (the paper's ms/sample column) is a separate measurement to be added as its own
-function; `main()` dispatches on the flags.
+Without `--params-only` every configuration is also timed (see `qatacov_jax.benchmarking`):
+inference ms/sample at the first `--batch-sizes` entry (latency; batch 1, or one sample per
+device) and at the others (throughput), samples/s, compile time, XLA's FLOPs per sample and
+the achieved FLOP/s (and % of the device's dense peak where it is known); training images/s of
+the full train step (`qatacov_jax.train.make_train_step`: hybrid loss, Adam, donated state)
+for the `--train-configs`; and, once, the end-to-end time from PNG files to infection maps.
+The model is a jitted pure function (`nnx.split` once) with BatchNorm folded into the convs
+(`qatacov_jax.bn_fold`, exact in eval mode; `--no-fold` to time the unfolded graph), inputs
+already on the device(s). Configurations with the same inference graph (CheXNet is
+DenseNet-121's graph; freezing changes training only) are compiled and timed once and the
+figure is shared; the JSON says which graph each figure came from.
+
+`--devices N` runs data-parallel over the mesh of `qatacov_jax.sharding.make_mesh(N)` (on CPU,
+N simulated devices are created for it). `--dtype bfloat16` computes in bfloat16 (parameters
+stay float32).
 """
 
 from __future__ import annotations
@@ -122,26 +138,340 @@ def write_json(path: Path, records: list[dict[str, Any]], *, force: bool) -> Non
     tmp.replace(path)
 
 
+# ------------------------------------------------------------------------------ timing
+
+
+def graph_key(arch: str, encoder: str) -> str:
+    """Configurations with equal keys have the same inference graph (timed once)."""
+    return f"{arch}:{ENCODERS[encoder].__name__}"
+
+
+def build(arch: str, encoder: str, frozen: bool, dtype: str) -> nnx.Module:
+    import jax.numpy as jnp
+
+    return create_model(arch, encoder, frozen=frozen, rngs=nnx.Rngs(0), dtype=jnp.dtype(dtype))
+
+
+def time_inference(
+    arch: str, encoder: str, args: argparse.Namespace, mesh: Any, peak: float | None
+) -> dict[str, Any]:
+    """Latency and throughput of one inference graph at every `--batch-sizes` entry."""
+    from qatacov_jax import benchmarking
+
+    model = build(arch, encoder, False, args.dtype)
+    model.eval()
+    out: dict[str, Any] = {"graph": graph_key(arch, encoder), "batches": []}
+    for batch in args.batch_sizes:
+        r = benchmarking.measure_inference(
+            model,
+            mesh,
+            batch_size=batch,
+            image_size=args.image_size,
+            repeats=args.repeats,
+            fold=not args.no_fold,
+            microbatch=None if args.no_microbatch else "auto",
+        )
+        if r["flops_per_sample"] is not None:
+            r["flop_per_s"] = r["flops_per_sample"] * r["samples_per_s"]
+            if peak:
+                r["percent_of_peak"] = 100.0 * r["flop_per_s"] / (peak * mesh.devices.size)
+        out["batches"].append(r)
+    return out
+
+
+def time_training(
+    arch: str, encoder: str, frozen: bool, args: argparse.Namespace, mesh: Any
+) -> dict[str, Any]:
+    from qatacov_jax import benchmarking
+
+    model = build(arch, encoder, frozen, args.dtype)
+    r = benchmarking.measure_training(
+        model,
+        mesh,
+        batch_size=args.train_batch_size,
+        image_size=args.image_size,
+        repeats=args.train_repeats,
+    )
+    r["graph"] = f"{graph_key(arch, encoder)}:{'frozen' if frozen else 'trainable'}"
+    return r
+
+
+def time_end_to_end(
+    arch: str, encoder: str, args: argparse.Namespace, mesh: Any, workdir: Path
+) -> dict[str, Any]:
+    """PNG files on disk -> infection-map RGB arrays, through the project's inference path.
+
+    Per image: `imageio.read_xray` (decode), `inference.Predictor` (resize to the model's input,
+    preprocessing + model + sigmoid jitted on the mesh, resize back to the file's size) and
+    `infection_map.infection_map` (the paper's HSV overlay). Writing the output PNGs is left
+    out (disk speed, not ours). The first pass (compilation) is not timed.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from qatacov_jax import benchmarking
+    from qatacov_jax.bn_fold import fold_batchnorm
+    from qatacov_jax.imageio import read_xray
+    from qatacov_jax.infection_map import infection_map
+    from qatacov_jax.inference import Predictor
+    from qatacov_jax.preprocessing import Preprocessing
+
+    n, side = args.e2e_images, args.e2e_file_size
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        # Smooth random images (a CXR-like spectrum compresses and decodes like a real one).
+        small = rng.integers(0, 256, (side // 16, side // 16), dtype=np.uint8)
+        path = workdir / f"cxr_{i}.png"
+        Image.fromarray(small).resize((side, side), Image.BICUBIC).save(path)
+        paths.append(path)
+    model = build(arch, encoder, False, args.dtype)
+    model.eval()
+    if not args.no_fold:
+        model = fold_batchnorm(model)
+    batch = max(b for b in args.batch_sizes)
+    predictor = Predictor(
+        {"infection": model},
+        {"infection": Preprocessing.for_encoder(encoder)},
+        {"infection": args.image_size},
+        mesh,
+        batch_size=batch,
+    )
+
+    def run() -> int:
+        done = 0
+        images = (read_xray(p) for p in paths)
+        for img, maps in zip(
+            (read_xray(p) for p in paths), predictor.predict_all(images), strict=True
+        ):
+            infection_map(img, maps["infection"])
+            done += 1
+        return done
+
+    t0 = time.perf_counter()
+    run()  # compiles
+    first = time.perf_counter() - t0
+    timing = benchmarking.time_calls(run, warmup=0, repeats=args.repeats)
+    return {
+        "config": f"{arch}:{encoder}",
+        "images": n,
+        "file_size": [side, side],
+        "batch_size": batch,
+        "first_pass_s": first,
+        "timing": timing.to_dict(),
+        "ms_per_image": 1e3 * timing.median / n,
+        "images_per_s": n / timing.median,
+    }
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def timing_markdown(report: dict[str, Any]) -> str:
+    env, st = report["environment"], report["settings"]
+    batches = st["batch_sizes"]
+    head = [
+        f"Device: {env['device_count']} x {env['device_kind']} ({env['platform']}; host "
+        f"{env['host_cpu']}, {env['host_cores']} cores); jax {env['jax']} / jaxlib "
+        f"{env['jaxlib']}; XLA_FLAGS `{env['xla_flags'] or '(none)'}`; {env['date']}.",
+        f"{st['image_size']}x{st['image_size']}, {st['dtype']}, BatchNorm folded: "
+        f"{'no' if st['no_fold'] else 'yes'}, micro-batching: {st['microbatch'] or 'off'}, "
+        f"{st['repeats']} timed repeats per figure "
+        "(median; p10-p90 in the JSON). Paper: RTX 2080 Ti, TensorFlow, per-sample time.",
+        "",
+        "| arch | encoder | frozen | trainable | non-trainable | paper ms | "
+        + " | ".join(f"ms/sample @{b}" for b in batches)
+        + f" | samples/s @{batches[-1]} | GFLOP/sample | GFLOP/s | % peak | compile s "
+        "| train img/s |",
+        "|---|---|---|---:|---:|---:|" + "---:|" * (len(batches) + 6),
+    ]
+    lines = list(head)
+    for r in report["records"]:
+        inf = report["inference"][r["inference_graph"]]["batches"]
+        tr = report["training"].get(r.get("training_graph") or "")
+        row = paper.table8_row(r["arch"], r["encoder"], r["frozen"])
+        last = inf[-1]
+        lines.append(
+            f"| {r['arch']} | {r['encoder']} | {'yes' if r['frozen'] else 'no'} "
+            f"| {r['trainable']:,} | {r['non_trainable']:,} "
+            f"| {_fmt(row.time_ms if row else None, '.2f')} | "
+            + " | ".join(f"{b['ms_per_sample']:.2f}" for b in inf)
+            + f" | {last['samples_per_s']:.1f} "
+            f"| {_fmt(last['flops_per_sample'] and last['flops_per_sample'] / 1e9, '.2f')} "
+            f"| {_fmt(last.get('flop_per_s') and last['flop_per_s'] / 1e9, '.1f')} "
+            f"| {_fmt(last.get('percent_of_peak'), '.1f')} | {last['compile_s']:.1f} "
+            f"| {_fmt(tr and tr['images_per_s'], '.1f')} |"
+        )
+    if report.get("end_to_end"):
+        e = report["end_to_end"]
+        lines += [
+            "",
+            f"End to end ({e['config']}): {e['images']} PNG files of {e['file_size'][0]}x"
+            f"{e['file_size'][1]} -> infection maps (decode, resize, preprocessing + model on "
+            f"the device(s) at batch {e['batch_size']}, resize back, HSV overlay): "
+            f"{e['ms_per_image']:.1f} ms/image, {e['images_per_s']:.1f} images/s.",
+        ]
+    return "\n".join(lines)
+
+
+def write_text(path: Path, text: str, *, force: bool) -> None:
+    if path.exists() and not force:
+        raise SystemExit(f"{path} already exists; pass --force to overwrite it or choose another.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def run_timing(args: argparse.Namespace, configs: list[Config]) -> dict[str, Any]:
+    import tempfile
+
+    import jax
+
+    from qatacov_jax import benchmarking
+    from qatacov_jax.sharding import make_mesh
+
+    mesh = make_mesh(args.devices)
+    n_dev = mesh.devices.size
+    for b in (*args.batch_sizes, args.train_batch_size):
+        if b % n_dev:
+            raise SystemExit(
+                f"Batch size {b} does not divide over {n_dev} devices; use multiples of {n_dev} "
+                "in --batch-sizes / --train-batch-size (the latency figure then means one "
+                "sample per device)."
+            )
+    env = benchmarking.environment()
+    env["device_count"] = n_dev
+    peak = benchmarking.peak_flops(env["device_kind"], args.dtype)
+    train_set = set(configs) if args.train_configs is None else set(args.train_configs)
+    report: dict[str, Any] = {
+        "environment": env,
+        "settings": {
+            "dtype": args.dtype,
+            "image_size": args.image_size,
+            "batch_sizes": list(args.batch_sizes),
+            "train_batch_size": args.train_batch_size,
+            "repeats": args.repeats,
+            "train_repeats": args.train_repeats,
+            "no_fold": args.no_fold,
+            "microbatch": None if args.no_microbatch else "auto (1 on CPU, off on GPU)",
+            "peak_flops_per_device": peak,
+            "command": "python benchmarks/table8.py " + " ".join(sys.argv[1:]),
+        },
+        "records": [],
+        "inference": {},
+        "training": {},
+    }
+    start = time.perf_counter()
+    for i, (arch, encoder, frozen) in enumerate(configs, start=1):
+        rec = measure_params(arch, encoder, frozen)
+        key = graph_key(arch, encoder)
+        if key not in report["inference"]:
+            report["inference"][key] = time_inference(arch, encoder, args, mesh, peak)
+        rec["inference_graph"] = key
+        rec["training_graph"] = None
+        if (arch, encoder, frozen) in train_set:
+            tkey = f"{key}:{'frozen' if frozen else 'trainable'}"
+            if tkey not in report["training"]:
+                report["training"][tkey] = time_training(arch, encoder, frozen, args, mesh)
+            rec["training_graph"] = tkey
+        report["records"].append(rec)
+        inf = report["inference"][key]["batches"]
+        print(
+            f"[{i}/{len(configs)}] {arch} {encoder} frozen={frozen}: "
+            + ", ".join(f"{b['ms_per_sample']:.2f} ms/sample @{b['batch_size']}" for b in inf)
+            + f" ({time.perf_counter() - start:.0f} s elapsed)",
+            file=sys.stderr,
+            flush=True,
+        )
+        jax.clear_caches()  # compiled graphs of earlier configs are not needed again
+    if args.e2e_images:
+        arch, encoder, _ = configs[0]
+        with tempfile.TemporaryDirectory() as d:
+            report["end_to_end"] = time_end_to_end(arch, encoder, args, mesh, Path(d))
+    report["elapsed_s"] = time.perf_counter() - start
+    return report
+
+
+def _positive(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return v
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params-only", action="store_true", help="count parameters only")
     parser.add_argument("--json", type=Path, help="write the records to this JSON file")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    parser.add_argument("--markdown", type=Path, help="write the Markdown report to this file")
+    parser.add_argument("--force", action="store_true", help="overwrite existing output files")
     parser.add_argument(
         "--configs", nargs="+", metavar="ARCH:ENCODER[:frozen|:trainable]",
         help="subset of configurations (default: the paper's 24 plus FPN)",
     )  # fmt: skip
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--devices", type=_positive, default=1, help="data-parallel devices")
+    parser.add_argument(
+        "--batch-sizes", type=_positive, nargs="+", default=[1, 8],
+        help="global batch sizes; the first is the latency figure, the rest throughput",
+    )  # fmt: skip
+    parser.add_argument("--image-size", type=_positive, default=INPUT_SHAPE[0])
+    parser.add_argument("--repeats", type=_positive, default=10, help="timed calls per figure")
+    parser.add_argument(
+        "--train-configs", nargs="*", metavar="ARCH:ENCODER[:frozen|:trainable]",
+        help="configurations whose training step is timed (default: all timed ones; "
+        "give none to skip training)",
+    )  # fmt: skip
+    parser.add_argument("--train-batch-size", type=_positive, default=8)
+    parser.add_argument("--train-repeats", type=_positive, default=3)
+    parser.add_argument("--no-fold", action="store_true", help="do not fold BatchNorm")
+    parser.add_argument(
+        "--no-microbatch", action="store_true",
+        help="run the whole batch at once on CPU too (see qatacov_jax.fast_forward)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--e2e-images", type=int, default=16,
+        help="PNG files for the end-to-end figure (0: skip)",
+    )  # fmt: skip
+    parser.add_argument("--e2e-file-size", type=_positive, default=1024)
     args = parser.parse_args(argv)
-    if not args.params_only:
-        parser.error("only --params-only is implemented so far (timing is a separate issue).")
+    if args.image_size % 32:
+        parser.error(f"--image-size must be a multiple of 32 (five stride-2 stages), got "
+                     f"{args.image_size}.")  # fmt: skip
+    for path in (args.json, args.markdown):
+        if path is not None and path.exists() and not args.force:
+            parser.error(f"{path} already exists; pass --force to overwrite it or choose another.")
+
+    # XLA reads its flags when the backend starts: set them before anything touches a device.
+    from qatacov_jax import xla_flags
+
+    extra = () if args.devices == 1 else (f"--xla_force_host_platform_device_count={args.devices}",)
+    xla_flags.apply_defaults(extra)
     try:
         configs = (
             [c for text in args.configs for c in parse_config(text)]
             if args.configs
             else default_configs()
         )
+        if args.train_configs is not None:
+            args.train_configs = [c for t in args.train_configs for c in parse_config(t)]
     except ValueError as e:
         parser.error(str(e))
+
+    if not args.params_only:
+        report = run_timing(args, configs)
+        md = timing_markdown(report)
+        print(md)
+        if args.json:
+            write_text(args.json, json.dumps(report, indent=2) + "\n", force=args.force)
+            print(f"wrote {args.json}", file=sys.stderr)
+        if args.markdown:
+            write_text(args.markdown, md + "\n", force=args.force)
+            print(f"wrote {args.markdown}", file=sys.stderr)
+        mismatched = [r for r in report["records"] if check_exact(r) is False]
+        return 1 if mismatched else 0
 
     start = time.perf_counter()
     records = []

@@ -1,0 +1,221 @@
+"""Benchmark harness and inference speed-ups: correctness only (no timing assertions).
+
+Covers `qatacov_jax.benchmarking` (timing statistics, peaks), `qatacov_jax.xla_flags`,
+`qatacov_jax.bn_fold` (exact folding), `qatacov_jax.fast_forward` (micro-batching on 1 and 8
+devices gives the model's own output), bfloat16 within a documented tolerance of float32,
+`benchmarks/table8.py` end to end on 8 simulated devices (JSON schema), and the Keras graphs
+`benchmarks/compare_keras.py` rebuilds (their parameter counts are Table 8's).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from qatacov_jax import benchmarking, xla_flags
+from qatacov_jax.bn_fold import FOLDABLE, count_folded, fold_batchnorm, fold_conv_bn
+from qatacov_jax.fast_forward import make_forward
+from qatacov_jax.models import create_encoder, create_model
+from qatacov_jax.models.layers import batch_norm, conv
+from qatacov_jax.sharding import data_sharding, make_mesh, replicated
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# bfloat16 vs float32 sigmoid probabilities of the same weights (U-Net DenseNet-121, 64x64,
+# BatchNorm statistics perturbed): bfloat16 keeps 8 bits of mantissa, so per-pixel
+# probabilities move by up to a few hundredths. This is the tolerance README documents.
+BF16_MAX_ABS_PROB = 0.05
+BF16_MEAN_ABS_PROB = 0.01
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _perturb_batch_stats(model: nnx.Module, seed: int) -> None:
+    """Non-trivial running statistics, so folding has something to fold."""
+    rng = np.random.default_rng(seed)
+    for _, var in nnx.iter_graph(model):
+        if isinstance(var, nnx.BatchNorm):
+            c = var.mean.get_value().shape
+            var.mean.set_value(jnp.asarray(rng.normal(0, 0.1, c), jnp.float32))
+            var.var.set_value(jnp.asarray(rng.uniform(0.5, 1.5, c), jnp.float32))
+            if var.bias is not None:
+                var.bias.set_value(jnp.asarray(rng.normal(0, 0.1, c), jnp.float32))
+
+
+# ------------------------------------------------------------------ cheap unit tests
+
+
+def test_timing_statistics():
+    t = benchmarking.Timing.from_samples([3.0, 1.0, 2.0, 100.0, 2.0])
+    assert t.median == 2.0 and t.minimum == 1.0 and t.repeats == 5
+    assert t.p10 <= t.median <= t.p90
+    per = t.per_item(4)
+    assert per.median == 0.5 and per.repeats == 5
+    with pytest.raises(ValueError, match="repeats"):
+        benchmarking.Timing.from_samples([])
+
+
+def test_time_calls_counts_repeats():
+    calls = []
+    t = benchmarking.time_calls(lambda: calls.append(1) or jnp.zeros(()), warmup=2, repeats=3)
+    assert len(calls) == 5 and t.repeats == 3
+
+
+def test_peak_flops_known_and_unknown():
+    assert benchmarking.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+    assert benchmarking.peak_flops("NVIDIA H200", "bfloat16") == 989e12
+    assert benchmarking.peak_flops("cpu", "float32") is None
+
+
+def test_environment_records_devices_and_versions():
+    env = benchmarking.environment()
+    for key in ("device_kind", "device_count", "jax", "jaxlib", "xla_flags", "date"):
+        assert key in env
+    assert env["device_count"] == len(jax.devices())
+
+
+def test_xla_flags_user_setting_wins(monkeypatch):
+    merged = xla_flags.merged("--a=1 --b=2", ("--a=9", "--c=3"))
+    assert merged.split() == ["--a=1", "--b=2", "--c=3"]
+    monkeypatch.setenv("XLA_FLAGS", "--x=1")
+    monkeypatch.setenv("QATACOV_XLA_DEFAULTS", "0")
+    assert xla_flags.apply_defaults(("--y=2",)) == "--x=1 --y=2"
+
+
+def test_fold_conv_bn_is_exact():
+    rngs = nnx.Rngs(0)
+    c = conv(5, 7, 3, rngs=rngs, strides=2, padding=((1, 1), (1, 1)))
+    for use_scale in (True, False):
+        bn = batch_norm(7, epsilon=1e-3, rngs=rngs, use_scale=use_scale)
+        rng = np.random.default_rng(1)
+        bn.mean.set_value(jnp.asarray(rng.normal(0, 1, 7), jnp.float32))
+        bn.var.set_value(jnp.asarray(rng.uniform(0.1, 2, 7), jnp.float32))
+        if use_scale:
+            bn.scale.set_value(jnp.asarray(rng.normal(1, 0.5, 7), jnp.float32))
+        bn.bias.set_value(jnp.asarray(rng.normal(0, 1, 7), jnp.float32))
+        bn.eval()
+        x = jnp.asarray(rng.normal(size=(2, 9, 9, 5)), jnp.float32)
+        folded = fold_conv_bn(c, bn)
+        np.testing.assert_allclose(folded(x), bn(c(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "encoder, expected", [("densenet121", 1 + 58), ("inceptionv3", 94), ("resnet50", 1 + 2 * 16)]
+)
+def test_fold_tables_name_real_conv_bn_pairs(encoder, expected):
+    enc = nnx.eval_shape(lambda: create_encoder(encoder, rngs=nnx.Rngs(0)))
+    pairs = list(FOLDABLE[type(enc)](enc))
+    assert len(pairs) == expected
+    for conv_name, bn_name in pairs:
+        assert isinstance(getattr(enc, conv_name), nnx.Conv), conv_name
+        assert isinstance(getattr(enc, bn_name), nnx.BatchNorm), bn_name
+        assert getattr(enc, conv_name).out_features == getattr(enc, bn_name).num_features
+
+
+def test_make_forward_rejects_batch_that_does_not_split():
+    model = nnx.eval_shape(lambda: create_model("unet", "densenet121", rngs=nnx.Rngs(0)))
+    forward, state = make_forward(model, fold=False, microbatch=2, num_devices=1)
+    with pytest.raises(ValueError, match="multiple of 2"):
+        jax.eval_shape(forward, state, jax.ShapeDtypeStruct((3, 64, 64, 3), jnp.float32))
+
+
+# ------------------------------------------------------------------ compiled checks
+
+
+@pytest.mark.slow
+def test_fold_and_microbatch_keep_the_output_on_1_and_8_devices():
+    model = create_model("unet", "densenet121", frozen=True, rngs=nnx.Rngs(0))
+    _perturb_batch_stats(model, seed=0)
+    model.eval()
+    x = np.random.default_rng(0).standard_normal((8, 64, 64, 3), dtype=np.float32)
+    ref_def, ref_state = nnx.split(model)
+    ref = np.asarray(jax.jit(lambda s, v: nnx.merge(ref_def, s)(v))(ref_state, x))
+    assert np.abs(ref).max() > 1e-3  # a non-degenerate output
+
+    folded = fold_batchnorm(model)
+    assert count_folded(folded) == 59 + 10  # encoder pairs + 5 decoder blocks x 2
+    fwd, state = make_forward(model, fold=True, microbatch=1)
+    np.testing.assert_allclose(jax.jit(fwd)(state, x), ref, rtol=1e-4, atol=1e-4)
+
+    mesh = make_mesh(8)
+    fwd8, state8 = make_forward(model, fold=True, microbatch=1, num_devices=8)
+    x16 = np.concatenate([x, x[::-1]])
+    ref16 = np.concatenate([ref, ref[::-1]])
+    out = jax.jit(
+        fwd8,
+        in_shardings=(replicated(mesh), data_sharding(mesh)),
+        out_shardings=data_sharding(mesh),
+    )(jax.device_put(state8, replicated(mesh)), jax.device_put(x16, data_sharding(mesh)))
+    np.testing.assert_allclose(out, ref16, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_bfloat16_within_documented_tolerance_of_float32():
+    f32 = create_model("unet", "densenet121", rngs=nnx.Rngs(0))
+    _perturb_batch_stats(f32, seed=1)
+    bf16 = create_model("unet", "densenet121", rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
+    nnx.update(bf16, nnx.state(f32))
+    x = np.random.default_rng(2).standard_normal((2, 64, 64, 3), dtype=np.float32)
+    probs = []
+    for m in (f32, bf16):
+        fwd, state = make_forward(m, fold=True)
+        probs.append(np.asarray(jax.nn.sigmoid(jax.jit(fwd)(state, x))))
+    assert probs[1].dtype == np.float32
+    diff = np.abs(probs[0] - probs[1])
+    assert diff.max() <= BF16_MAX_ABS_PROB, diff.max()
+    assert diff.mean() <= BF16_MEAN_ABS_PROB, diff.mean()
+
+
+@pytest.mark.slow
+def test_table8_timing_run_on_8_devices(tmp_path):
+    table8 = _load_script("table8")
+    out_json, out_md = tmp_path / "t8.json", tmp_path / "t8.md"
+    argv = [
+        "--configs", "unet:densenet121:trainable", "--image-size", "64", "--devices", "8",
+        "--batch-sizes", "8", "16", "--repeats", "1", "--train-batch-size", "8",
+        "--train-repeats", "1", "--e2e-images", "8", "--e2e-file-size", "96",
+        "--json", str(out_json), "--markdown", str(out_md),
+    ]  # fmt: skip
+    assert table8.main(argv) == 0
+    report = json.loads(out_json.read_text())
+    env = report["environment"]
+    assert env["device_count"] == 8 and env["jax"] == jax.__version__
+    (rec,) = report["records"]
+    assert (rec["trainable"], rec["non_trainable"]) == (12_059_345, 85_632)
+    inf = report["inference"][rec["inference_graph"]]["batches"]
+    assert [b["batch_size"] for b in inf] == [8, 16]
+    for b in inf:
+        assert b["ms_per_sample"] > 0 and b["compile_s"] > 0 and b["flops_per_sample"] > 0
+        assert b["timing"]["repeats"] == 1
+    assert report["training"][rec["training_graph"]]["images_per_s"] > 0
+    assert report["end_to_end"]["images"] == 8
+    assert "| unet | densenet121 | no | 12,059,345 |" in out_md.read_text()
+    # Outputs are never silently replaced.
+    with pytest.raises(SystemExit):
+        table8.main(argv)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["unetpp", "dla"])
+def test_rebuilt_keras_nested_graphs_have_table8_counts(arch):
+    pytest.importorskip("segmentation_models")
+    compare = _load_script("compare_keras")
+    sm, _ = compare._import_keras()
+    from qatacov_jax import paper
+
+    model = compare.keras_model(sm, arch, "densenet121", 224)
+    assert compare.keras_param_counts(model) == paper.EXACT_COUNTS[(arch, "densenet121", False)]
