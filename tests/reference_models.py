@@ -137,15 +137,13 @@ def rewrite_keras_h5(
     src: Path,
     dst: Path,
     *,
-    drop_layers: tuple[str, ...] = (),
     keras_version: str | None = None,
     strip_weight_suffix: bool = False,
 ) -> None:
     """Copies a Keras weights file into the legacy layout written by hand with h5py.
 
-    Used to imitate files from older Keras versions: layers missing from `layer_names` (old
-    Keras DenseNet had no final 'relu' layer), a different `keras_version`, weight names
-    without the TF ':0' suffix.
+    Used to imitate files from older Keras versions: a different `keras_version`, weight
+    names without the TF ':0' suffix, byte-string attributes.
     """
     import h5py
 
@@ -155,9 +153,8 @@ def rewrite_keras_h5(
         if keras_version is not None:
             fout.attrs["keras_version"] = np.bytes_(keras_version)
         names = [n.decode() if isinstance(n, bytes) else n for n in fin.attrs["layer_names"]]
-        kept = [n for n in names if n not in drop_layers]
-        fout.attrs["layer_names"] = np.array([n.encode() for n in kept])
-        for layer in kept:
+        fout.attrs["layer_names"] = np.array([n.encode() for n in names])
+        for layer in names:
             group = fout.create_group(layer) if layer not in fout else fout[layer]
             weight_names = [
                 w.decode() if isinstance(w, bytes) else w

@@ -24,6 +24,7 @@ from qatacov_jax.weights import (
     weights_preprocessing,
 )
 from qatacov_jax.weights.port import abstract_encoder
+from qatacov_jax.weights.tables import keras_layer_modules
 from qatacov_jax.weights.torch_state import normalise_key
 
 
@@ -71,6 +72,33 @@ def test_truncated_hdf5_file(tmp_path, dn_h5):
     data = dn_h5.read_bytes()
     src.write_bytes(data[: len(data) * 6 // 10])
     assert_refused(src, "densenet121", tmp_path, "truncated")
+
+
+def test_keras3_weights_file(tmp_path):
+    import h5py
+
+    src = tmp_path / "model.weights.h5"
+    with h5py.File(src, "w") as f:
+        f.create_group("layers").create_group("dense").create_group("vars")
+    assert_refused(src, "densenet121", tmp_path, "Keras 3", "save_weights")
+
+
+def test_inception_layers_map_by_creation_rank():
+    """Keras numbers auto-named layers per session; only their order is meaningful."""
+    session = ["conv2d", "batch_normalization", "conv2d_1", "conv2d_10", "conv2d_2"]
+    assert keras_layer_modules("inceptionv3", session) == {
+        "conv2d": "conv2d_1",
+        "conv2d_1": "conv2d_2",
+        "conv2d_2": "conv2d_3",
+        "conv2d_10": "conv2d_4",
+        "batch_normalization": "batch_normalization_1",
+    }
+    old_keras = ["conv2d_95", "conv2d_96", "batch_normalization_95", "mixed0"]
+    assert keras_layer_modules("inceptionv3", old_keras) == {
+        "conv2d_95": "conv2d_1",
+        "conv2d_96": "conv2d_2",
+        "batch_normalization_95": "batch_normalization_1",
+    }
 
 
 def test_missing_file(tmp_path):

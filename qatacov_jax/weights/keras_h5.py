@@ -88,7 +88,7 @@ def read_keras_h5(path: str | Path) -> KerasWeights:
     with f:
         root = f["model_weights"] if "model_weights" in f else f
         if "layer_names" not in root.attrs:
-            if "layers" in root and "vars" not in root:
+            if "layers" in root:
                 raise WeightsError(
                     path,
                     "this is a Keras 3 '.weights.h5' file, which stores no layer or weight "
