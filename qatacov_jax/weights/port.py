@@ -168,7 +168,7 @@ def _unflatten(flat: dict[Path_, Any]) -> dict[str, Any]:
     return tree
 
 
-def abstract_encoder(encoder: str) -> nnx.Module:
+def abstract_encoder(encoder: str, *, dtype: Any = None) -> nnx.Module:
     """The encoder `create_encoder` builds, with shapes only (no memory, no compute).
 
     `load_encoder_weights` can fill such a module directly, which skips the (slow, eager)
@@ -176,7 +176,7 @@ def abstract_encoder(encoder: str) -> nnx.Module:
     """
     from qatacov_jax.models import create_encoder
 
-    return nnx.eval_shape(lambda: create_encoder(encoder, rngs=nnx.Rngs(0)))
+    return nnx.eval_shape(lambda: create_encoder(encoder, rngs=nnx.Rngs(0), dtype=dtype))
 
 
 def encoder_bn_epsilon(module: nnx.Module) -> float:

@@ -202,13 +202,3 @@ def torch_target(architecture: str, key: str) -> Target | None:
         variable = TORCH_BN_VARIABLE.get(param)
         return None if variable is None else Target(module, variable)
     return None
-
-
-def guess_architecture(module_names: set[str]) -> str | None:
-    """The architecture whose module names best cover `module_names` (for error messages)."""
-    best, best_hits = None, 0
-    for arch, names in MODULES.items():
-        hits = len(module_names & set(names()))
-        if hits > best_hits:
-            best, best_hits = arch, hits
-    return best
