@@ -73,6 +73,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_split = "eval"  # held-out fold (or validation split) evaluated every epoch
     config.best_metric = "pixel_f1"  # validation metric that picks checkpoints/best
     config.seed = 0
+    # Before each evaluation, replace BatchNorm running averages by the mean statistics of
+    # this many training batches under the current weights ("precise BN"; 0 = off, as the
+    # paper). Only short runs need it: the 0.99-momentum averages lag the weights for the
+    # first few hundred steps.
+    config.bn_recalibration_batches = 0
 
     config.log_every_steps = 50
     config.checkpoint_every_steps = 500  # plus one at the end of every epoch

@@ -120,3 +120,33 @@ def test_bf16_compute_keeps_fp32_params():
     assert {x.dtype for x in jax.tree.leaves(state["model"].to_pure_dict())} == {
         np.dtype(np.float32)
     }
+
+
+def test_batch_norm_recalibration_uses_exact_batch_statistics():
+    from qatacov_jax.train import (
+        make_batch_stats_step,
+        recalibrate_batch_norm,
+        zero_momentum_graphdef,
+    )
+
+    mesh = sharding.make_mesh(2)
+    model = TinySegmenter(rngs=nnx.Rngs(0))
+    stats_step = make_batch_stats_step(zero_momentum_graphdef(model), mesh)
+    assert all(m.momentum == 0.9 for _, m in model.iter_modules() if isinstance(m, nnx.BatchNorm))
+    batches = _batches(3)
+    state = sharding.replicate(nnx.state(model), mesh)
+    new = recalibrate_batch_norm(
+        stats_step, state, iter(sharding.shard_batch(b, mesh) for b in batches), 3
+    )
+    # encoder.bn1 sees conv1's output: its mean over each batch, averaged over batches.
+    want = np.mean(
+        [np.asarray(model.encoder.conv1(b["image"])).mean(axis=(0, 1, 2)) for b in batches], 0
+    )
+    np.testing.assert_allclose(
+        np.asarray(new["encoder"]["bn1"]["mean"][...]), want, rtol=1e-4, atol=1e-6
+    )
+    # Weights untouched, structure unchanged (the jitted train step takes it as is).
+    assert jax.tree.structure(new) == jax.tree.structure(state)
+    np.testing.assert_array_equal(
+        np.asarray(new["head"]["kernel"][...]), np.asarray(state["head"]["kernel"][...])
+    )

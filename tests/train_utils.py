@@ -83,5 +83,6 @@ def tiny_config(data_dir: str, *, num_devices: int | None = 1) -> ml_collections
     config.optim.lr = 1e-2
     config.log_every_steps = 2
     config.checkpoint_every_steps = 3
+    config.bn_recalibration_batches = 2  # exercised in every loop test, resume included
     config.num_devices = num_devices
     return config
