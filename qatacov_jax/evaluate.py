@@ -25,6 +25,7 @@ over all test samples as its Table 3) and the mean/std over folds.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -93,17 +94,25 @@ def make_stats_fn(
     model.eval()
     graphdef, state = nnx.split(model)
     state = replicate(state, mesh)
+    step = _stats_step(graphdef, float(threshold), int(num_bins))
 
+    def stats(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        return step(state, batch["image"], batch["mask"], batch["label"], batch["valid"])
+
+    return stats
+
+
+@functools.lru_cache(maxsize=8)
+def _stats_step(graphdef: nnx.GraphDef, threshold: float, num_bins: int) -> Callable[..., Any]:
+    # Cached on the (hashable) graph definition: the folds of a CV run share one model
+    # structure, so evaluating all of them compiles once.
     @jax.jit
     def step(state, image, mask, label, valid):
         logits = nnx.merge(graphdef, state)(image)
         probs = jax.nn.sigmoid(logits.astype(jnp.float32))
         return batch_statistics(probs, mask, label, valid, threshold=threshold, num_bins=num_bins)
 
-    def stats(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-        return step(state, batch["image"], batch["mask"], batch["label"], batch["valid"])
-
-    return stats
+    return step
 
 
 def accumulate(
