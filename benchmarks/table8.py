@@ -324,7 +324,11 @@ def write_text(path: Path, text: str, *, force: bool) -> None:
     tmp.replace(path)
 
 
-def run_timing(args: argparse.Namespace, configs: list[Config]) -> dict[str, Any]:
+def run_timing(
+    args: argparse.Namespace, configs: list[Config], on_update: Any = None
+) -> dict[str, Any]:
+    """Times `configs`; `on_update(report)` is called after each one (partial reports are
+    written as the run goes, so a long run that is stopped keeps what it measured)."""
     import tempfile
 
     import jax
@@ -386,6 +390,9 @@ def run_timing(args: argparse.Namespace, configs: list[Config]) -> dict[str, Any
             flush=True,
         )
         jax.clear_caches()  # compiled graphs of earlier configs are not needed again
+        if on_update is not None:
+            report["elapsed_s"] = time.perf_counter() - start
+            on_update(report)
     if args.e2e_images:
         arch, encoder, _ = configs[0]
         with tempfile.TemporaryDirectory() as d:
@@ -461,15 +468,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
 
     if not args.params_only:
-        report = run_timing(args, configs)
-        md = timing_markdown(report)
-        print(md)
-        if args.json:
-            write_text(args.json, json.dumps(report, indent=2) + "\n", force=args.force)
-            print(f"wrote {args.json}", file=sys.stderr)
-        if args.markdown:
-            write_text(args.markdown, md + "\n", force=args.force)
-            print(f"wrote {args.markdown}", file=sys.stderr)
+
+        def save(report: dict[str, Any]) -> None:
+            # The existence check above guards what was there before this run; from here on
+            # the files are this run's own partial reports, replaced as it goes.
+            if args.json:
+                write_text(args.json, json.dumps(report, indent=2) + "\n", force=True)
+            if args.markdown:
+                write_text(args.markdown, timing_markdown(report) + "\n", force=True)
+
+        report = run_timing(args, configs, on_update=save)
+        save(report)
+        print(timing_markdown(report))
+        for path in (args.json, args.markdown):
+            if path:
+                print(f"wrote {path}", file=sys.stderr)
         mismatched = [r for r in report["records"] if check_exact(r) is False]
         return 1 if mismatched else 0
 

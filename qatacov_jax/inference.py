@@ -23,6 +23,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from PIL import Image
 
+from qatacov_jax.fast_forward import make_forward
 from qatacov_jax.preprocessing import Preprocessing
 from qatacov_jax.sharding import data_sharding, replicate
 
@@ -80,19 +81,21 @@ def make_predict_fn(
             f"multiple of {n_dev}."
         )
 
-    graphdefs, states = {}, {}
+    # The fastest exact inference form: BatchNorm folded into the convs, and on CPU one
+    # sample per device per step (qatacov_jax.fast_forward; benchmarks/compare_keras.py).
+    forwards, states = {}, {}
     for name, m in models.items():
-        graphdefs[name], states[name] = nnx.split(m)
+        forwards[name], states[name] = make_forward(m, num_devices=n_dev)
     states = replicate(states, mesh)
     in_sharding = data_sharding(mesh)
 
     def forward(states: dict[str, nnx.State], images: dict[str, jax.Array]) -> dict[str, Any]:
         out = {}
-        for name, graphdef in graphdefs.items():
+        for name, fwd in forwards.items():
             x = images[name]
             if preps[name] is not None:
                 x = preps[name](x.astype(jnp.float32))
-            logits = nnx.merge(graphdef, states[name])(x)
+            logits = fwd(states[name], x)
             out[name] = jax.nn.sigmoid(logits.astype(jnp.float32))
         return out
 

@@ -4,11 +4,15 @@ XLA reads `XLA_FLAGS` once, when the first backend is created, so `apply_default
 before anything calls `jax.devices()` or runs a computation (importing jax is fine). Flags the
 user already put in `XLA_FLAGS` win; `QATACOV_XLA_DEFAULTS=0` turns the defaults off.
 
-Why these flags (each measured by `benchmarks/compare_keras.py` / `benchmarks/xla_cpu_flags.py`
-on a 2-core Xeon, jax 0.10.2; see benchmarks/results/):
-  DEFAULT_FLAGS is the set that measured fastest for the U-Net/UNet++/DLA DenseNet-121 graphs
-  in float32 at 224x224. Flags that measured no better (within the noise of a shared machine)
-  are listed in `TRIED_FLAGS` with the reason, so nobody has to measure them again blind.
+What was measured (U-Net DenseNet-121, 224x224, batch 8, float32, 2-core Xeon shared with
+other jobs, jax/jaxlib 0.10.2; every variant compiled in one process with
+`lowered.compile(compiler_options=...)` and timed interleaved): no XLA:CPU flag of this
+jaxlib beat the defaults beyond the machine's noise, and the oneDNN flags produced
+bit-identical outputs to the default build (so this jaxlib does not route convolutions to
+oneDNN at all). `DEFAULT_FLAGS` is therefore empty; what did speed the CPU up is in
+`qatacov_jax.fast_forward` (BatchNorm folding, micro-batching). The flags tried are listed in
+`TRIED_FLAGS`, so nobody has to measure them again blind; the mechanism stays for the day a
+flag wins.
 """
 
 from __future__ import annotations
@@ -19,7 +23,14 @@ import os
 DEFAULT_FLAGS: tuple[str, ...] = ()
 
 # Measured and not adopted: flag -> what the measurement showed.
-TRIED_FLAGS: dict[str, str] = {}
+TRIED_FLAGS: dict[str, str] = {
+    "--xla_cpu_use_onednn=true": "outputs bit-identical to default (not used); time within noise",
+    "--xla_cpu_experimental_onednn_custom_call=true": "bit-identical outputs; time within noise",
+    "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY": "no faster",
+    "--xla_cpu_experimental_xnn_fusion_type=individual_convolution": "no faster (whole model)",
+    "--xla_cpu_experimental_xnn_fusion_type=dot": "single convs within noise",
+    "--xla_cpu_experimental_ynn_fusion_type=individual_convolution": "single convs within noise",
+}
 
 
 def _name(flag: str) -> str:

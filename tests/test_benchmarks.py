@@ -186,8 +186,9 @@ def test_table8_timing_run_on_8_devices(tmp_path):
     out_json, out_md = tmp_path / "t8.json", tmp_path / "t8.md"
     argv = [
         "--configs", "unet:densenet121:trainable", "--image-size", "64", "--devices", "8",
-        "--batch-sizes", "8", "16", "--repeats", "1", "--train-batch-size", "8",
-        "--train-repeats", "1", "--e2e-images", "8", "--e2e-file-size", "96",
+        "--batch-sizes", "8", "16", "--repeats", "1", "--e2e-images", "8",
+        "--e2e-file-size", "96", "--train-configs",  # none: 8-device training is in
+        # test_train_step.py, and its compile is the slowest thing here
         "--json", str(out_json), "--markdown", str(out_md),
     ]  # fmt: skip
     assert table8.main(argv) == 0
@@ -201,7 +202,7 @@ def test_table8_timing_run_on_8_devices(tmp_path):
     for b in inf:
         assert b["ms_per_sample"] > 0 and b["compile_s"] > 0 and b["flops_per_sample"] > 0
         assert b["timing"]["repeats"] == 1
-    assert report["training"][rec["training_graph"]]["images_per_s"] > 0
+    assert rec["training_graph"] is None and report["training"] == {}
     assert report["end_to_end"]["images"] == 8
     assert "| unet | densenet121 | no | 12,059,345 |" in out_md.read_text()
     # Outputs are never silently replaced.
