@@ -60,3 +60,43 @@ def test_densenet121_encoder_alone_matches_keras_notop():
 
     encoder = nnx.eval_shape(lambda: create_encoder("densenet121", rngs=nnx.Rngs(0)))
     assert tuple(count_params(encoder)) == paper.DENSENET121_NOTOP
+
+
+def _table8_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "table8.py"
+    spec = importlib.util.spec_from_file_location("table8_params", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_table8_params_only_writes_records(tmp_path, capsys):
+    import json
+
+    table8 = _table8_script()
+    out = tmp_path / "params.json"
+    argv = ["--params-only", "--json", str(out), "--configs", "unet:chexnet:frozen", "fpn:resnet50"]
+    assert table8.main(argv) == 0
+    records = json.loads(out.read_text())
+    assert [(r["arch"], r["encoder"], r["frozen"]) for r in records] == [
+        ("unet", "chexnet", True),
+        ("fpn", "resnet50", True),
+        ("fpn", "resnet50", False),
+    ]
+    for r in records:
+        assert (r["trainable"], r["non_trainable"]) == EXPECTED[
+            (r["arch"], r["encoder"], r["frozen"])
+        ]
+    table = capsys.readouterr().out
+    assert "| unet | chexnet | yes | 5,189,137 | 6,955,840 | 5.19M | 6.96M | yes |" in table
+    # An existing result is never silently replaced.
+    with pytest.raises(SystemExit):
+        table8.main(argv)
+    assert "already exists" in capsys.readouterr().err
+    assert json.loads(out.read_text()) == records
+    # The default set is the paper's 24 plus FPN on every encoder.
+    configs = table8.default_configs()
+    assert len(configs) == 32 and set(paper.EXACT_COUNTS) <= set(configs)
