@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.image_size = 64
     config.model.preprocessing = "unit"  # random init: no ImageNet statistics to match
     config.batch_size = 8
-    config.num_epochs = 4
+    config.num_epochs = 3  # 192 steps; held-out pixel F1 ~0.7 (0.59, 0.70, 0.71 measured)
     config.optim.lr = 3e-3  # random init learns far faster with a larger step than 1e-4
     # A few hundred steps are too few for the 0.99-momentum BatchNorm averages to catch
     # up with the weights; recalibrating them on 16 training batches before each

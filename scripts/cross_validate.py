@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().addFilter(_DropOrbaxInfo())
+    logging.get_absl_handler().python_handler.addFilter(_DropOrbaxInfo())
     from qatacov_jax.cv import cross_validate
 
     folds = [int(f) for f in _FOLDS.value] if _FOLDS.value else None

@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
     # Orbax narrates every checkpoint write at INFO; keep the console to our progress/metrics.
-    logging.get_absl_handler().addFilter(_DropOrbaxInfo())
+    logging.get_absl_handler().python_handler.addFilter(_DropOrbaxInfo())
     from qatacov_jax.train import train_and_evaluate
 
     results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
