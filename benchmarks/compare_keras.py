@@ -77,12 +77,17 @@ def keras_model(sm: Any, arch: str, encoder: str, image_size: int) -> Any:
 
 def _keras_nested(sm: Any, encoder: str, shape: tuple[int, ...], *, dense_skips: bool) -> Any:
     """Xnet (UNet++, dense skips) / Nestnet (DLA) rebuilt on segmentation_models' backbone."""
-    from segmentation_models import get_submodules
     from segmentation_models.backbones.backbones_factory import Backbones
 
     from qatacov_jax.models.nested import DEPTH, nested_grid
 
-    kw = get_submodules()
+    # The Keras submodules segmentation_models injects into its own builders (set_framework).
+    kw = {
+        "backend": sm._KERAS_BACKEND,
+        "layers": sm._KERAS_LAYERS,
+        "models": sm._KERAS_MODELS,
+        "utils": sm._KERAS_UTILS,
+    }
     layers, models = kw["layers"], kw["models"]
     backbone = Backbones.get_backbone(
         encoder, input_shape=shape, weights=None, include_top=False, **kw

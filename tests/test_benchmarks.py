@@ -213,8 +213,8 @@ def test_table8_timing_run_on_8_devices(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["unetpp", "dla"])
 def test_rebuilt_keras_nested_graphs_have_table8_counts(arch):
+    compare = _load_script("compare_keras")  # sets SM_FRAMEWORK before the import below
     pytest.importorskip("segmentation_models")
-    compare = _load_script("compare_keras")
     sm, _ = compare._import_keras()
     from qatacov_jax import paper
 
