@@ -38,7 +38,15 @@ def main(argv: list[str]) -> None:
     from qatacov_jax.cv import cross_validate
 
     folds = [int(f) for f in _FOLDS.value] if _FOLDS.value else None
-    summary = cross_validate(_CONFIG.value, _WORKDIR.value, folds=folds)
+    from qatacov_jax.checkpoint import RunDirMismatchError
+    from qatacov_jax.train import NonFiniteLossError
+
+    try:
+        summary = cross_validate(_CONFIG.value, _WORKDIR.value, folds=folds)
+    except (RunDirMismatchError, NonFiniteLossError, FileNotFoundError) as e:
+        # Errors that name the file/setting to fix: a message, not a traceback.
+        logging.error("%s", e)
+        sys.exit(2)
     logging.info(
         "Folds %s: pixel F1 %.4f +- %.4f, detection sensitivity %.4f, specificity %.4f; "
         "results in %s/results.json",

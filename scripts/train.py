@@ -38,9 +38,15 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.INFO)
     # Orbax narrates every checkpoint write at INFO; keep the console to our progress/metrics.
     logging.get_absl_handler().python_handler.addFilter(_DropOrbaxInfo())
-    from qatacov_jax.train import train_and_evaluate
+    from qatacov_jax.checkpoint import RunDirMismatchError
+    from qatacov_jax.train import NonFiniteLossError, train_and_evaluate
 
-    results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+        results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (RunDirMismatchError, NonFiniteLossError, FileNotFoundError) as e:
+        # Errors that name the file/setting to fix: a message, not a traceback.
+        logging.error("%s", e)
+        sys.exit(2)
     final = results["final"] or {}
     logging.info(
         "Done: held-out pixel F1 %.4f, detection sensitivity %.4f / specificity %.4f; "
