@@ -190,7 +190,7 @@ def measure_inference(
       `samples_per_s`, `flops_per_sample` (XLA's count, None if unknown).
     """
     from qatacov_jax import sharding
-    from qatacov_jax.fast_forward import make_forward
+    from qatacov_jax.fast_forward import default_microbatch, make_forward
 
     n_dev = mesh.devices.size
     forward, state = make_forward(model, fold=fold, microbatch=microbatch, num_devices=n_dev)
@@ -205,14 +205,18 @@ def measure_inference(
     compiled, compile_s = compile_timed(jitted, state, x)
     timing = time_calls(lambda: compiled(state, x), warmup=warmup, repeats=repeats)
     flops = flop_count(compiled)
+    # cost_analysis counts one SPMD partition (the batch is n_dev of them) and the body of a
+    # loop once: with micro-batching the partition runs that body `steps` times.
+    mb = default_microbatch() if microbatch == "auto" else microbatch
+    steps = batch_size // (n_dev * mb) if mb and batch_size > n_dev * mb else 1
     return {
         "batch_size": batch_size,
         "compile_s": compile_s,
         "timing": timing.to_dict(),
         "ms_per_sample": 1e3 * timing.median / batch_size,
         "samples_per_s": batch_size / timing.median,
-        # cost_analysis counts one SPMD partition; the whole batch is n_dev partitions.
-        "flops_per_sample": None if flops is None else flops * n_dev / batch_size,
+        "microbatch_steps": steps,
+        "flops_per_sample": None if flops is None else flops * n_dev * steps / batch_size,
     }
 
 
