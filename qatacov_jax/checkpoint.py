@@ -209,6 +209,11 @@ class CheckpointStore:
         self, step: int, state: Mapping[str, nnx.State], data_state: Any, meta: Mapping[str, Any]
     ) -> None:
         """Saves model + optimizer state, the data iterator position and loop bookkeeping."""
+        # Orbax's multi-host save uses process-wide barrier names, so two managers saving
+        # at once (latest + best at an epoch end) collide across processes ("barrier ...
+        # already ongoing"). Each save stays asynchronous to training, but the two
+        # managers take turns.
+        self.best.wait_until_finished()
         pure = {k: v.to_pure_dict() for k, v in state.items()}
         self.latest.save(
             step,
@@ -249,6 +254,7 @@ class CheckpointStore:
 
     def save_best(self, step: int, model_state: nnx.State, metrics: Mapping[str, float]) -> None:
         metrics = {k: float(v) for k, v in metrics.items()}
+        self.latest.wait_until_finished()  # see save_latest: the managers take turns
         self.best.save(
             step,
             args=ocp.args.Composite(

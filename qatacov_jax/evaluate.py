@@ -42,6 +42,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from PIL import Image
 
+from qatacov_jax.logs import setup_cli_logging
 from qatacov_jax.metrics import (
     DEFAULT_NUM_BINS,
     DEFAULT_THRESHOLD,
@@ -569,16 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _quiet_orbax(record: logging.LogRecord) -> bool:
-    # Orbax narrates every checkpoint read at INFO; keep the console to our own progress.
-    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_quiet_orbax)
+    setup_cli_logging()
     if not 0.0 < args.threshold <= 1.0:
         print(f"error: --threshold must be in (0, 1], got {args.threshold}", file=sys.stderr)
         return 2

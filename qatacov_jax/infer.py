@@ -37,6 +37,7 @@ from PIL import Image
 
 from qatacov_jax import imageio
 from qatacov_jax.infection_map import DEFAULT_DISPLAY_FLOOR, binary_mask_image, infection_map
+from qatacov_jax.logs import setup_cli_logging
 from qatacov_jax.severity import DEFAULT_SCALE, SeverityScale, quantify
 
 log = logging.getLogger("qatacov_jax.infer")
@@ -358,17 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _quiet_orbax(record: logging.LogRecord) -> bool:
-    # Orbax narrates every checkpoint read at INFO; keep the console to our own progress.
-    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code (0 all good, 1 some inputs failed, 2 refused)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_quiet_orbax)
+    setup_cli_logging()
     for name, value in (("--threshold", args.threshold), ("--lung-threshold", args.lung_threshold)):
         if not 0.0 < value <= 1.0:
             print(f"error: {name} must be in (0, 1], got {value}", file=sys.stderr)

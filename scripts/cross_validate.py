@@ -19,22 +19,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from qatacov_jax.logs import quiet_orbax  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "CV directory (fold_k/ run dirs, results).")
 _FOLDS = flags.DEFINE_list("folds", None, "Folds to run (default: all config.data.num_folds).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _DropOrbaxInfo:
-    def filter(self, record) -> bool:
-        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().python_handler.addFilter(_DropOrbaxInfo())
+    logging.get_absl_handler().python_handler.addFilter(quiet_orbax)
     from qatacov_jax.cv import cross_validate
 
     folds = [int(f) for f in _FOLDS.value] if _FOLDS.value else None

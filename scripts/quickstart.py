@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -24,9 +23,10 @@ def main() -> int:
     p.add_argument("--num-samples", type=int, default=6, help="X-rays to draw maps for")
     p.add_argument("--overwrite", action="store_true", help="replace earlier metrics and maps")
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-
+    from qatacov_jax.logs import setup_cli_logging
     from qatacov_jax.quickstart import QuickstartError, run
+
+    setup_cli_logging("%(asctime)s %(levelname)s %(message)s")
 
     try:
         summary = run(args.workdir, num_samples=args.num_samples, overwrite=args.overwrite)

@@ -22,14 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from qatacov_jax.logs import quiet_orbax  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, results).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-class _DropOrbaxInfo:
-    def filter(self, record) -> bool:
-        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
 
 
 def main(argv: list[str]) -> None:
@@ -37,7 +34,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
     # Orbax narrates every checkpoint write at INFO; keep the console to our progress/metrics.
-    logging.get_absl_handler().python_handler.addFilter(_DropOrbaxInfo())
+    logging.get_absl_handler().python_handler.addFilter(quiet_orbax)
     from qatacov_jax.checkpoint import RunDirMismatchError
     from qatacov_jax.train import NonFiniteLossError, train_and_evaluate
 
