@@ -104,7 +104,9 @@ def run(
     if code != 0:
         raise QuickstartError(f"scripts/infer.py failed with exit code {code}; see the log above.")
 
+    overview = write_overview(samples_dir, maps_dir / samples_dir.name, workdir / "overview.png")
     summary = {
+        "overview": str(overview),
         "run_dir": str(run_dir),
         "evaluation_dir": str(eval_dir),
         "maps_dir": str(maps_dir),
@@ -113,6 +115,29 @@ def run(
     }
     (workdir / "quickstart_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def write_overview(samples_dir: Path, maps_dir: Path, out: Path) -> Path:
+    """One PNG: each sample X-ray (top row) above its infection map (bottom row).
+
+    Args:
+      samples_dir: the X-rays given to infer.py.
+      maps_dir: infer.py's per-image outputs for that folder (`<name>_map.png`).
+    """
+    pairs = []
+    for xray in sorted(samples_dir.glob("*.png")):
+        map_path = maps_dir / f"{xray.stem}_map.png"
+        if map_path.exists():
+            pairs.append((Image.open(xray).convert("RGB"), Image.open(map_path).convert("RGB")))
+    if not pairs:
+        raise QuickstartError(f"no infection maps in {maps_dir} to draw an overview from.")
+    w, h = pairs[0][0].size
+    sheet = Image.new("RGB", (w * len(pairs), 2 * h), "black")
+    for i, (xray, cmap) in enumerate(pairs):
+        sheet.paste(xray.resize((w, h)), (i * w, 0))
+        sheet.paste(cmap.resize((w, h)), (i * w, h))
+    sheet.save(out)
+    return out
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:

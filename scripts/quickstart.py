@@ -35,6 +35,7 @@ def main() -> int:
         return 2
     print(json.dumps(summary["test_metrics"], indent=2))
     print(f"metrics: {summary['evaluation_dir']}/tables.md   maps: {summary['maps_dir']}/")
+    print(f"overview (X-rays above their infection maps): {summary['overview']}")
     return 0
 
 
