@@ -6,7 +6,15 @@ imported anywhere, hence here.
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Workers of `pytest -n 2` compile many of the same programs (the quickstart train step,
+# the full-size encoders); JAX's persistent compilation cache lets the second one load the
+# first one's executable instead of compiling again (keys include the program and versions).
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "qatacov_jax_test_xla_cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
