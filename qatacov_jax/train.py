@@ -65,38 +65,30 @@ def build_model(
     from qatacov_jax import models
 
     m = config.model
-    rngs = nnx.Rngs(seed)
-    dtype = compute_dtype(config)
-    encoder = models.create_encoder(m.encoder, rngs=rngs, dtype=dtype)
-    if m.get("encoder_weights"):
-        weights_dir = Path(m.encoder_weights)
-        if not weights_dir.exists():
-            raise FileNotFoundError(
-                f"config.model.encoder_weights={weights_dir} does not exist. Port weights first "
-                "(scripts/port_weights.py) or set --config.model.encoder_weights=None for "
-                "random initialisation."
-            )
-        from qatacov_jax.weights import load_encoder_weights
+    weights_dir = Path(m.encoder_weights) if m.get("encoder_weights") else None
+    if weights_dir is not None and not weights_dir.exists():
+        raise FileNotFoundError(
+            f"config.model.encoder_weights={weights_dir} does not exist. Port weights first "
+            "(scripts/port_weights.py) or set --config.model.encoder_weights=None for "
+            "random initialisation."
+        )
+    if weights_dir is not None:
+        from qatacov_jax.weights import load_encoder_weights, weights_preprocessing
 
-        if load_weights:
-            preprocessing = load_encoder_weights(encoder, weights_dir)
-        else:
-            preprocessing = Preprocessing.from_dict(_read_manifest_preprocessing(weights_dir))
+        # Checked before any model is built: the manifest must be for this architecture.
+        preprocessing = weights_preprocessing(m.encoder, weights_dir)
     elif m.get("preprocessing"):
         preprocessing = Preprocessing.from_mode(m.preprocessing)
     else:
         preprocessing = Preprocessing.for_encoder(m.encoder)
+
+    rngs = nnx.Rngs(seed)
+    dtype = compute_dtype(config)
+    encoder = models.create_encoder(m.encoder, rngs=rngs, dtype=dtype)
+    if weights_dir is not None and load_weights:
+        preprocessing = load_encoder_weights(encoder, weights_dir)
     model = models.create_model(m.arch, encoder, frozen=bool(m.frozen), rngs=rngs, dtype=dtype)
     return model, preprocessing
-
-
-def _read_manifest_preprocessing(weights_dir: Path) -> dict[str, Any]:
-    import json
-
-    manifest = weights_dir / "manifest.json"
-    if not manifest.exists():
-        raise FileNotFoundError(f"{manifest} not found: {weights_dir} is not a ported-weights dir.")
-    return json.loads(manifest.read_text())["preprocessing"]
 
 
 def count_trainable(model: nnx.Module) -> tuple[int, int]:

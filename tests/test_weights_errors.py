@@ -260,3 +260,33 @@ def test_port_weights_script(tmp_path, dn_h5, capsys):
     assert read_manifest(out).encoder == "chexnet"
     assert module.main([str(dn_h5), "--encoder", "chexnet", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_training_config_loads_ported_weights_and_their_preprocessing(dn_ported):
+    """config.model.encoder_weights -> the training model's encoder holds the ported values,
+    and the pipeline gets the manifest's preprocessing; weights of another architecture are
+    refused before any model is built."""
+    import jax
+
+    from configs import default
+    from qatacov_jax import train
+    from qatacov_jax.weights import abstract_encoder, read_manifest
+
+    config = default.variant("unet", "densenet121")
+    config.model.encoder_weights = str(dn_ported)
+    model, prep = train.build_model(config, seed=0)
+    assert prep == read_manifest(dn_ported).preprocessing
+    expected = abstract_encoder("densenet121")
+    load_encoder_weights(expected, dn_ported)
+    got = jax.tree.leaves(nnx.state(model.encoder))
+    want = jax.tree.leaves(nnx.state(expected))
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+    config.model.encoder = "resnet50"
+    with pytest.raises(WeightsError, match="densenet121"):
+        train.build_model(config, seed=0)
+    config.model.encoder_weights = str(dn_ported.parent / "missing")
+    with pytest.raises(FileNotFoundError, match="port_weights.py"):
+        train.build_model(config, seed=0)
