@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from qatacov_jax.logs import quiet_orbax  # noqa: E402
+from qatacov_jax.logs import run_or_exit, start_absl_script  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "CV directory (fold_k/ run dirs, results).")
@@ -28,22 +28,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().python_handler.addFilter(quiet_orbax)
+    start_absl_script(argv)
     from qatacov_jax.cv import cross_validate
 
     folds = [int(f) for f in _FOLDS.value] if _FOLDS.value else None
-    from qatacov_jax.checkpoint import RunDirMismatchError
-    from qatacov_jax.train import NonFiniteLossError
-
-    try:
-        summary = cross_validate(_CONFIG.value, _WORKDIR.value, folds=folds)
-    except (RunDirMismatchError, NonFiniteLossError, FileNotFoundError) as e:
-        # Errors that name the file/setting to fix: a message, not a traceback.
-        logging.error("%s", e)
-        sys.exit(2)
+    summary = run_or_exit(cross_validate, _CONFIG.value, _WORKDIR.value, folds=folds)
     logging.info(
         "Folds %s: pixel F1 %.4f +- %.4f, detection sensitivity %.4f, specificity %.4f; "
         "results in %s/results.json",

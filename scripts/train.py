@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from qatacov_jax.logs import quiet_orbax  # noqa: E402
+from qatacov_jax.logs import run_or_exit, start_absl_script  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, results).")
@@ -30,20 +30,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
-    # Orbax narrates every checkpoint write at INFO; keep the console to our progress/metrics.
-    logging.get_absl_handler().python_handler.addFilter(quiet_orbax)
-    from qatacov_jax.checkpoint import RunDirMismatchError
-    from qatacov_jax.train import NonFiniteLossError, train_and_evaluate
+    start_absl_script(argv)
+    from qatacov_jax.train import train_and_evaluate
 
-    try:
-        results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (RunDirMismatchError, NonFiniteLossError, FileNotFoundError) as e:
-        # Errors that name the file/setting to fix: a message, not a traceback.
-        logging.error("%s", e)
-        sys.exit(2)
+    results = run_or_exit(train_and_evaluate, _CONFIG.value, _WORKDIR.value)
     final = results["final"] or {}
     logging.info(
         "Done: held-out pixel F1 %.4f, detection sensitivity %.4f / specificity %.4f; "
