@@ -195,7 +195,7 @@ def time_inference(
             image_size=args.image_size,
             repeats=args.repeats,
             fold=not args.no_fold,
-            microbatch=None if args.no_microbatch else "auto",
+            microbatch=args.microbatch or None,
         )
         if r["flops_per_sample"] is not None:
             r["flop_per_s"] = r["flops_per_sample"] * r["samples_per_s"]
@@ -385,7 +385,7 @@ def run_timing(
             "repeats": args.repeats,
             "train_repeats": args.train_repeats,
             "no_fold": args.no_fold,
-            "microbatch": None if args.no_microbatch else "auto (1 on CPU, off on GPU)",
+            "microbatch": args.microbatch or None,
             "peak_flops_per_device": peak,
             "command": "python benchmarks/table8.py " + " ".join(sys.argv[1:]),
         },
@@ -461,8 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-repeats", type=_positive, default=3)
     parser.add_argument("--no-fold", action="store_true", help="do not fold BatchNorm")
     parser.add_argument(
-        "--no-microbatch", action="store_true",
-        help="run the whole batch at once on CPU too (see qatacov_jax.fast_forward)",
+        "--microbatch", type=int, default=0,
+        help="run inference this many samples per device at a time (0: the whole batch at "
+        "once, the fastest measured; see qatacov_jax.fast_forward)",
     )  # fmt: skip
     parser.add_argument(
         "--e2e-images", type=int, default=16,

@@ -1,16 +1,16 @@
-"""The fastest inference form of a segmentation model: BatchNorm folded, CPU micro-batching.
+"""The fastest inference form of a segmentation model: BatchNorm folded, optional micro-batching.
 
 `make_forward(model)` returns `(forward, state)`: a pure function `forward(state, images)` to
-wrap in `jax.jit` (with any shardings) and the state to pass it. Two measured speed-ups
-(benchmarks/results/, `benchmarks/compare_keras.py`):
+wrap in `jax.jit` (with any shardings) and the state to pass it. Measured with
+`benchmarks/compare_keras.py` (results in benchmarks/results/):
 
 * BatchNorm folded into the preceding convs (`qatacov_jax.bn_fold`), exact in eval mode.
-* On CPU, the batch is run one micro-batch at a time (`jax.lax.map`). XLA:CPU's convolutions
-  slow down sharply once a layer's activations outgrow the core caches: on a 2-core Xeon a
-  3x3 conv 128->32 at 56x56 took ~2 ms per image at batch 1 and ~4 ms per image at batch 8,
-  and the whole U-Net DenseNet-121 was ~15% faster per image at micro-batch 1. Inference
-  BatchNorm is per-sample, so the result is the same as one big batch. On GPUs the full batch
-  is what keeps the device busy, so micro-batching is off there.
+* Optional micro-batching: the batch run a few samples at a time (`jax.lax.map`), the same
+  result since inference BatchNorm is per-sample. It paid off (~15%) while jaxlib's YNNPACK
+  convolutions were in use on CPU, whose per-image time grew with the batch; with XLA's own
+  convolutions (`qatacov_jax.xla_flags`) the whole batch at once is fastest everywhere
+  (U-Net DenseNet-121, 224, batch 8, 2-core Xeon: 51 ms/image whole, 53 at micro-batch 4,
+  69 at micro-batch 1), so it is off by default and kept as an option for memory-bound runs.
 
 With several devices the batch `(B, ...)` is viewed as `(D, B/D, ...)` and mapped over its
 second axis, so every step still gives each device one micro-batch of its own shard.
@@ -28,8 +28,8 @@ from qatacov_jax.bn_fold import fold_batchnorm
 
 
 def default_microbatch() -> int | None:
-    """1 on CPU (cache-sized work per conv), None (whole batch at once) on accelerators."""
-    return 1 if jax.default_backend() == "cpu" else None
+    """None: the whole batch at once, the fastest measured on CPU and GPU (module docstring)."""
+    return None
 
 
 def make_forward(

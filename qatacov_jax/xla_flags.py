@@ -2,25 +2,47 @@
 
 XLA reads `XLA_FLAGS` once, when the first backend is created, so `apply_defaults()` must run
 before anything calls `jax.devices()` or runs a computation (importing jax is fine). Flags the
-user already put in `XLA_FLAGS` win; `QATACOV_XLA_DEFAULTS=0` turns the defaults off.
+user already put in `XLA_FLAGS` win; `QATACOV_XLA_DEFAULTS=0` turns the defaults off. The
+command-line scripts call it first thing; library users call it themselves, before JAX starts.
 
-What was measured (U-Net DenseNet-121, 224x224, batch 8, float32, 2-core Xeon shared with
-other jobs, jax/jaxlib 0.10.2; every variant compiled in one process with
-`lowered.compile(compiler_options=...)` and timed interleaved): no XLA:CPU flag of this
-jaxlib beat the defaults beyond the machine's noise, and the oneDNN flags produced
-bit-identical outputs to the default build (so this jaxlib does not route convolutions to
-oneDNN at all). `DEFAULT_FLAGS` is therefore empty; what did speed the CPU up is in
-`qatacov_jax.fast_forward` (BatchNorm folding, micro-batching). The flags tried are listed in
-`TRIED_FLAGS`, so nobody has to measure them again blind; the mechanism stays for the day a
-flag wins.
+What was measured (U-Net DenseNet-121, 224x224, batch 8, float32, 2-core Xeon with AVX-512,
+jax/jaxlib 0.10.2; `benchmarks/compare_keras.py` and per-conv micro-benchmarks):
+
+* jaxlib 0.10.2 hands every convolution to YNNPACK by default (`__ynn_fusion` in the
+  compiled HLO). On this CPU that path was 1.7x slower than XLA's own (Eigen) convolution
+  for a 3x3 conv 128->32 at 56x56 (12.7 vs 7.5 ms at batch 8) and 3-5x slower for 1x1
+  convs; the whole U-Net went from 92 to 59 ms per image when it is switched off. Hence
+  `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` ("-" removes one entry
+  from the default list). Removing YNNPACK's other fusion types as well changed nothing
+  measurable. Older jaxlibs do not know the flag (XLA aborts on an unknown flag), so it is
+  only added from jaxlib 0.10 on.
+* No oneDNN flag of this jaxlib changed the outputs or the time (this build does not route
+  convolutions to oneDNN); they are listed in `TRIED_FLAGS` so nobody has to measure them
+  again blind.
 """
 
 from __future__ import annotations
 
 import os
 
-# Applied by default (see the module docstring for how they were chosen).
-DEFAULT_FLAGS: tuple[str, ...] = ()
+# YNNPACK convolutions off (see the module docstring); understood from jaxlib 0.10.
+YNN_CONV_OFF = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+
+
+def _jaxlib_version() -> tuple[int, ...]:
+    """jaxlib's (major, minor) without importing jax's backend (0, 0 if unknown)."""
+    from importlib import metadata
+
+    try:
+        return tuple(int(p) for p in metadata.version("jaxlib").split(".")[:2])
+    except (metadata.PackageNotFoundError, ValueError):
+        return (0, 0)
+
+
+def default_flags() -> tuple[str, ...]:
+    """The flags `apply_defaults` adds for the installed jaxlib."""
+    return (YNN_CONV_OFF,) if _jaxlib_version() >= (0, 10) else ()
+
 
 # Measured and not adopted: flag -> what the measurement showed.
 TRIED_FLAGS: dict[str, str] = {
@@ -29,7 +51,8 @@ TRIED_FLAGS: dict[str, str] = {
     "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY": "no faster",
     "--xla_cpu_experimental_xnn_fusion_type=individual_convolution": "no faster (whole model)",
     "--xla_cpu_experimental_xnn_fusion_type=dot": "single convs within noise",
-    "--xla_cpu_experimental_ynn_fusion_type=individual_convolution": "single convs within noise",
+    "--xla_cpu_experimental_ynn_fusion_type=dot": "same as YNN_CONV_OFF within noise",
+    "--xla_cpu_prefer_vector_width=512": "single convs within noise",
 }
 
 
@@ -37,7 +60,7 @@ def _name(flag: str) -> str:
     return flag.split("=", 1)[0]
 
 
-def merged(existing: str, defaults: tuple[str, ...] = DEFAULT_FLAGS) -> str:
+def merged(existing: str, defaults: tuple[str, ...] = ()) -> str:
     """`existing` XLA_FLAGS plus every default whose flag name it does not already set."""
     have = {_name(f) for f in existing.split()}
     extra = [f for f in defaults if _name(f) not in have]
@@ -45,11 +68,11 @@ def merged(existing: str, defaults: tuple[str, ...] = DEFAULT_FLAGS) -> str:
 
 
 def apply_defaults(extra: tuple[str, ...] = ()) -> str:
-    """Adds `DEFAULT_FLAGS` (and `extra`) to `XLA_FLAGS` unless set already; returns the result.
+    """Adds `default_flags()` (and `extra`) to `XLA_FLAGS` unless set already; returns the result.
 
     Call before JAX creates its backend. With `QATACOV_XLA_DEFAULTS=0` only `extra` is added.
     """
-    defaults = () if os.environ.get("QATACOV_XLA_DEFAULTS", "1") == "0" else DEFAULT_FLAGS
+    defaults = () if os.environ.get("QATACOV_XLA_DEFAULTS", "1") == "0" else default_flags()
     flags = merged(os.environ.get("XLA_FLAGS", ""), (*defaults, *extra))
     if flags:
         os.environ["XLA_FLAGS"] = flags

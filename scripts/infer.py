@@ -12,6 +12,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from qatacov_jax import xla_flags  # noqa: E402
+
+xla_flags.apply_defaults()  # CPU speed flags; must precede JAX's backend start
+
 from qatacov_jax.infer import main  # noqa: E402
 
 if __name__ == "__main__":

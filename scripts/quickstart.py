@@ -16,6 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `configs` lives at the root
 
+from qatacov_jax import xla_flags  # noqa: E402
+
+xla_flags.apply_defaults()  # CPU speed flags; must precede JAX's backend start
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)

@@ -19,6 +19,10 @@ from pathlib import Path
 # The repository root holds both the `qatacov_jax` package and `configs/`.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from qatacov_jax import xla_flags  # noqa: E402
+
+xla_flags.apply_defaults()  # CPU speed flags; must precede JAX's backend start
+
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 

@@ -8,7 +8,12 @@ imported anywhere, hence here.
 import os
 import tempfile
 
+from qatacov_jax import xla_flags
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The same CPU convolution path as the scripts (qatacov_jax/xla_flags.py): tests exercise what
+# users run, and it is faster.
+xla_flags.apply_defaults()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Workers of `pytest -n 2` compile many of the same programs (the quickstart train step,
