@@ -12,10 +12,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from qatacov_jax.models.layers import ConvBnRelu, conv, he_uniform, upsample
+from qatacov_jax.models.layers import (
+    ConvBnRelu,
+    conv,
+    conv_of_upsampled_concat,
+    he_uniform,
+    upsample,
+)
 
 PYRAMID_FILTERS = 256
 SEGMENTATION_FILTERS = 128
@@ -86,8 +91,11 @@ class FPNDecoder(nnx.Module):
             x = getattr(self, f"fpn_stage_p{stage}")(x, skip)
             levels.append(getattr(self, f"segm_stage{stage}")(x))
         s5, s4, s3, s2 = levels
-        x = jnp.concatenate([s2, upsample(s3, 2), upsample(s4, 4), upsample(s5, 8)], axis=-1)
-        x = self.final_stage(x)
+        # final_stage(concat([s2, up2(s3), up4(s4), up8(s5)])), each upsampled level
+        # convolved on its own grid (same function, fewer multiply-adds, no upsampled copies).
+        final = self.final_stage
+        x = conv_of_upsampled_concat(final.conv, [(s2, 1), (s3, 2), (s4, 4), (s5, 8)])
+        x = nnx.relu(final.bn(x))
         b, h, w, c = x.shape
         # Keras UpSampling2D(interpolation='bilinear') = half-pixel bilinear, as jax.image.
         return jax.image.resize(x, (b, 2 * h, 2 * w, c), method="bilinear")

@@ -1,0 +1,112 @@
+"""The decoders' conv on the low-resolution grid equals upsample -> concatenate -> conv.
+
+`qatacov_jax.models.layers.conv_of_upsampled_concat` replaces the Keras graphs'
+UpSampling2D + Concatenate + Conv2D in every U-Net/UNet++/DLA node and in the FPN's final
+stage (a speed-up measured by benchmarks/compare_keras.py). These tests hold it to the
+literal computation: every upsampling factor used, uneven and tiny maps (borders are where
+the phase taps differ), with and without bias and skips, in training mode (BatchNorm batch
+statistics) and with gradients, and in bfloat16.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from qatacov_jax.models.layers import (
+    ConvBnRelu,
+    DecoderBlock,
+    conv,
+    conv3x3_of_upsampled,
+    conv_of_upsampled_concat,
+    upsample,
+)
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def literal_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=DN)
+
+
+def normal(rng: np.random.Generator, *shape: int) -> jax.Array:
+    return jnp.asarray(rng.standard_normal(shape), jnp.float32)
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 8])
+@pytest.mark.parametrize("hw", [(1, 1), (2, 5), (7, 7)])
+def test_conv3x3_of_upsampled_equals_upsample_then_conv(factor, hw):
+    rng = np.random.default_rng(factor)
+    x, kernel = normal(rng, 2, *hw, 3), normal(rng, 3, 3, 3, 4)
+    expected = literal_conv(upsample(x, factor), kernel)
+    got = conv3x3_of_upsampled(x, kernel, factor)
+    assert got.shape == expected.shape == (2, factor * hw[0], factor * hw[1], 4)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [(2, 5)],  # the U-Net's top node: nothing to concatenate
+        [(2, 5), (1, 3)],  # U-Net node: upsampled + one skip
+        [(2, 5), (1, 3), (1, 2), (1, 1)],  # UNet++ node: several skips, convolved together
+        [(1, 4), (2, 3), (4, 2), (8, 5)],  # FPN final stage
+    ],
+)
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_conv_of_upsampled_concat_equals_the_keras_graph(parts, use_bias):
+    rng = np.random.default_rng(len(parts))
+    size = 16
+    xs = [(normal(rng, 2, size // f, size // f, c), f) for f, c in parts]
+    layer = conv(sum(c for _, c in parts), 6, 3, rngs=nnx.Rngs(0), use_bias=use_bias)
+    if use_bias:
+        layer.bias.set_value(normal(rng, 6))
+    expected = layer(jnp.concatenate([upsample(x, f) if f > 1 else x for x, f in xs], -1))
+    np.testing.assert_allclose(conv_of_upsampled_concat(layer, xs), expected, rtol=1e-5, atol=1e-5)
+
+
+def literal_block(block: DecoderBlock, x: jax.Array, skips: list[jax.Array]) -> jax.Array:
+    """The Keras node as written: upsample, concatenate, two Conv-BN-ReLU."""
+    y = jnp.concatenate([upsample(x, 2), *skips], axis=-1)
+    return block.conv2(block.conv1(y))
+
+
+def test_decoder_block_matches_literal_graph_in_training_with_gradients():
+    rng = np.random.default_rng(0)
+    x, skip = normal(rng, 3, 4, 4, 5), normal(rng, 3, 8, 8, 2)
+    block = DecoderBlock(7, 4, rngs=nnx.Rngs(0))
+    twin = nnx.clone(block)
+    block.train()
+    twin.train()
+
+    def loss(m, f):
+        return jnp.sum(f(m, x, [skip]) ** 2)
+
+    ours, grads = nnx.value_and_grad(loss)(block, lambda m, *a: m(*a))
+    ref, ref_grads = nnx.value_and_grad(loss)(twin, literal_block)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5)
+    flat = nnx.to_flat_state(nnx.state(grads))
+    ref_flat = nnx.to_flat_state(nnx.state(ref_grads))
+    for (path, g), (_, rg) in zip(flat, ref_flat, strict=True):
+        rg = np.asarray(rg.get_value())
+        # float32 sums in a different order: compare against each gradient's own scale.
+        np.testing.assert_allclose(g.get_value(), rg, atol=1e-5 * np.abs(rg).max(), err_msg=path)
+    # BatchNorm's running statistics were updated from the same batch statistics.
+    np.testing.assert_allclose(
+        block.conv1.bn.mean.get_value(), twin.conv1.bn.mean.get_value(), atol=1e-6
+    )
+
+
+def test_bfloat16_compute_matches_float32_within_bf16_rounding():
+    rng = np.random.default_rng(3)
+    x, skip = normal(rng, 2, 6, 6, 8), normal(rng, 2, 12, 12, 8)
+    layer32 = ConvBnRelu(16, 8, rngs=nnx.Rngs(0)).conv
+    layer16 = ConvBnRelu(16, 8, rngs=nnx.Rngs(0), dtype=jnp.bfloat16).conv
+    y32 = conv_of_upsampled_concat(layer32, [(x, 2), (skip, 1)])
+    y16 = conv_of_upsampled_concat(layer16, [(x, 2), (skip, 1)])
+    assert y16.dtype == jnp.bfloat16
+    scale = float(jnp.abs(y32).max())
+    np.testing.assert_allclose(y16.astype(jnp.float32), y32, atol=0.02 * scale)
