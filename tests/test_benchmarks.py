@@ -221,3 +221,26 @@ def test_rebuilt_keras_nested_graphs_have_table8_counts(arch):
 
     model = compare.keras_model(sm, arch, "densenet121", 224)
     assert compare.keras_param_counts(model) == paper.EXACT_COUNTS[(arch, "densenet121", False)]
+
+
+@pytest.mark.parametrize("microbatch", [None, 2])
+def test_compare_keras_report_has_a_micro_batch_column_only_when_timed(microbatch):
+    compare = _load_script("compare_keras")
+    timing = {"median": 0.05, "p10": 0.04, "p90": 0.06}
+    env = dict.fromkeys(("jax", "tensorflow", "segmentation_models", "device_kind"), "x")
+    env.update(device_count=1, host_cpu="cpu", host_cores=2, date="today", xla_flags="")
+    row = {
+        "arch": "unet", "encoder": "densenet121", "keras_timing": timing,
+        "ours_timing": {**timing, "median": 0.04}, "keras_over_ours": 1.25,
+        "ours_microbatch_timing": None if microbatch is None else {**timing, "median": 0.1},
+    }  # fmt: skip
+    report = {
+        "environment": env, "image_size": 224, "batch_size": 8, "rounds": 3,
+        "bn_folded": True, "microbatch": microbatch, "rows": [row],
+    }  # fmt: skip
+    table = [line for line in compare.markdown(report).splitlines() if line.startswith("|")]
+    columns = 5 if microbatch else 4
+    assert all(line.count("|") == columns + 1 for line in table), table
+    assert "| unet densenet121 | 50.0 (40.0-60.0) | 40.0 (40.0-60.0) | 1.25x |" in table[2]
+    if microbatch:
+        assert table[2].endswith(" 100.0, 0.50x |")
