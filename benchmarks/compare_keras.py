@@ -167,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", type=Path)
     p.add_argument("--force", action="store_true", help="overwrite existing --json/--markdown")
     args = p.parse_args(argv)
+    if args.microbatch < 0 or (args.microbatch and args.batch_size % args.microbatch):
+        p.error(
+            f"--microbatch must be 0 (off) or divide --batch-size {args.batch_size}, "
+            f"got {args.microbatch}."
+        )
     if args.image_size % 32:
         p.error(f"--image-size must be a multiple of 32, got {args.image_size}.")
     for path in (args.json, args.markdown):

@@ -434,6 +434,13 @@ def _positive(text: str) -> int:
     return v
 
 
+def _non_negative(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or a positive integer, got {text}")
+    return v
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params-only", action="store_true", help="count parameters only")
@@ -461,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-repeats", type=_positive, default=3)
     parser.add_argument("--no-fold", action="store_true", help="do not fold BatchNorm")
     parser.add_argument(
-        "--microbatch", type=int, default=0,
+        "--microbatch", type=_non_negative, default=0,
         help="run inference this many samples per device at a time (0: the whole batch at "
         "once, the fastest measured; see qatacov_jax.fast_forward)",
     )  # fmt: skip

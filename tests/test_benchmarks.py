@@ -244,3 +244,18 @@ def test_compare_keras_report_has_a_micro_batch_column_only_when_timed(microbatc
     assert "| unet densenet121 | 50.0 (40.0-60.0) | 40.0 (40.0-60.0) | 1.25x |" in table[2]
     if microbatch:
         assert table[2].endswith(" 100.0, 0.50x |")
+
+
+@pytest.mark.parametrize(
+    "script, argv, message",
+    [
+        ("table8", ["--microbatch", "-1"], "must be 0 (off) or a positive integer"),
+        ("compare_keras", ["--microbatch", "3"], "must be 0 (off) or divide --batch-size 8"),
+    ],
+)
+def test_bad_microbatch_is_refused_naming_the_option(script, argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _load_script(script).main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--microbatch" in err and message in err
