@@ -19,9 +19,10 @@ inference mode (its fastest path: no `predict` loop overhead), TensorFlow's oneD
 
 Ours is the jitted pure inference function (`qatacov_jax.fast_forward`: `nnx.split` once,
 BatchNorm folded, the whole batch at once; XLA flags from `qatacov_jax.xla_flags`), inputs
-already on the device; `--microbatch N` adds a row for ours run N samples at a time. Each
-round times one call of every model in turn, so the machine's load (this one is shared) hits all of them alike; medians
-and the Keras/ours ratio (> 1: ours is faster) are reported.
+already on the device; `--microbatch N` adds a column for ours run N samples at a time.
+Each round times one call of every model in turn, so the machine's load (this one is
+shared) hits all of them alike; medians and the Keras/ours ratio (> 1: ours is faster) are
+reported.
 """
 
 from __future__ import annotations

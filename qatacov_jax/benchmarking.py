@@ -176,12 +176,12 @@ def measure_inference(
     repeats: int,
     warmup: int = 1,
     fold: bool = True,
-    microbatch: int | None | str = "auto",
+    microbatch: int | None = None,
 ) -> dict[str, Any]:
     """Times the model's forward pass as a jitted pure function on a batch already on device.
 
     The model is split once (`fast_forward.make_forward`: BatchNorm folded unless `fold` is
-    False, CPU micro-batching per `microbatch`); `jax.jit` compiles the pure function with the
+    False, micro-batching per `microbatch`, off by default); `jax.jit` compiles the pure function with the
     state replicated and the batch `(batch_size, image_size, image_size, 3)` split over the
     mesh's `data` axis. The model must be in eval mode (BatchNorm running statistics).
 
@@ -190,7 +190,7 @@ def measure_inference(
       `samples_per_s`, `flops_per_sample` (XLA's count, None if unknown).
     """
     from qatacov_jax import sharding
-    from qatacov_jax.fast_forward import default_microbatch, make_forward
+    from qatacov_jax.fast_forward import make_forward
 
     n_dev = mesh.devices.size
     forward, state = make_forward(model, fold=fold, microbatch=microbatch, num_devices=n_dev)
@@ -207,8 +207,9 @@ def measure_inference(
     flops = flop_count(compiled)
     # cost_analysis counts one SPMD partition (the batch is n_dev of them) and the body of a
     # loop once: with micro-batching the partition runs that body `steps` times.
-    mb = default_microbatch() if microbatch == "auto" else microbatch
-    steps = batch_size // (n_dev * mb) if mb and batch_size > n_dev * mb else 1
+    steps = (
+        batch_size // (n_dev * microbatch) if microbatch and batch_size > n_dev * microbatch else 1
+    )
     return {
         "batch_size": batch_size,
         "compile_s": compile_s,

@@ -27,16 +27,11 @@ from flax import nnx
 from qatacov_jax.bn_fold import fold_batchnorm
 
 
-def default_microbatch() -> int | None:
-    """None: the whole batch at once, the fastest measured on CPU and GPU (module docstring)."""
-    return None
-
-
 def make_forward(
     model: nnx.Module,
     *,
     fold: bool = True,
-    microbatch: int | None | str = "auto",
+    microbatch: int | None = None,
     num_devices: int = 1,
 ) -> tuple[Callable[[Any, jax.Array], jax.Array], Any]:
     """Splits an (eval-mode) model into a pure inference function and its state.
@@ -44,8 +39,8 @@ def make_forward(
     Args:
       model: a segmentation model; call `(B, H, W, 3) -> (B, H, W, 1)` logits.
       fold: fold BatchNorm into convs (a folded copy is made; `model` is untouched).
-      microbatch: samples per device per step; "auto" = `default_microbatch()`; None = the
-        whole batch in one step.
+      microbatch: samples per device per step; None (default, the fastest measured on CPU
+        and GPU) = the whole batch in one step.
       num_devices: devices the batch will be sharded over (the leading axis is split D ways).
 
     Returns:
@@ -57,26 +52,25 @@ def make_forward(
     else:
         model.eval()
     graphdef, state = nnx.split(model)
-    mb = default_microbatch() if microbatch == "auto" else microbatch
 
     def forward(state: Any, images: jax.Array) -> jax.Array:
         net = nnx.merge(graphdef, state)
         b = images.shape[0]
-        if mb is None or b <= mb * num_devices:
+        if microbatch is None or b <= microbatch * num_devices:
             return net(images)
         per_dev = b // num_devices
-        if b % num_devices or per_dev % mb:
+        if b % num_devices or per_dev % microbatch:
             raise ValueError(
                 f"Batch {b} does not split into {num_devices} device(s) x micro-batches of "
-                f"{mb}; use a batch size that is a multiple of {num_devices * mb}."
+                f"{microbatch}; use a batch size that is a multiple of {num_devices * microbatch}."
             )
-        # (B, ...) -> (steps, D * mb, ...) with each step holding mb samples of every device's
-        # shard, in device order, so a step's batch stays sharded like the input.
-        steps = per_dev // mb
-        x = images.reshape(num_devices, steps, mb, *images.shape[1:])
-        x = x.swapaxes(0, 1).reshape(steps, num_devices * mb, *images.shape[1:])
+        # (B, ...) -> (steps, D * microbatch, ...), each step holding `microbatch` samples of
+        # every device's shard, in device order, so a step's batch stays sharded like the input.
+        steps = per_dev // microbatch
+        x = images.reshape(num_devices, steps, microbatch, *images.shape[1:])
+        x = x.swapaxes(0, 1).reshape(steps, num_devices * microbatch, *images.shape[1:])
         y = jax.lax.map(net, x)
-        y = y.reshape(steps, num_devices, mb, *y.shape[2:]).swapaxes(0, 1)
+        y = y.reshape(steps, num_devices, microbatch, *y.shape[2:]).swapaxes(0, 1)
         return y.reshape(b, *y.shape[3:])
 
     return forward, state

@@ -251,9 +251,13 @@ def conv_of_upsampled_concat(conv: nnx.Conv, parts: Sequence[tuple[jax.Array, in
         channels = slice(first, first + x.shape[-1])
         if f == 1:
             part = jax.lax.conv_general_dilated(
-                x, cast_kernel[:, :, channels], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                x,
+                cast_kernel[:, :, channels],
+                (1, 1),
+                "SAME",
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
                 precision=conv.precision,
-            )  # fmt: skip
+            )
         else:
             part = conv3x3_of_upsampled(x, kernel[:, :, channels], f, precision=conv.precision)
         y = part if y is None else y + part
