@@ -96,6 +96,19 @@ def test_xla_flags_user_setting_wins(monkeypatch):
     assert xla_flags.apply_defaults(("--y=2",)) == "--x=1 --y=2"
 
 
+def test_ynn_convolutions_are_switched_off_only_where_jaxlib_knows_the_flag(monkeypatch):
+    monkeypatch.setattr(xla_flags, "_jaxlib_version", lambda: (0, 9))
+    assert xla_flags.default_flags() == ()  # older XLA aborts on a flag it does not know
+    monkeypatch.setattr(xla_flags, "_jaxlib_version", lambda: (0, 10))
+    assert xla_flags.default_flags() == (xla_flags.YNN_CONV_OFF,)
+    monkeypatch.delenv("QATACOV_XLA_DEFAULTS", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "--x=1")
+    assert xla_flags.apply_defaults() == f"--x=1 {xla_flags.YNN_CONV_OFF}"
+    # A user's own setting of the same flag wins.
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
+    assert xla_flags.apply_defaults() == "--xla_cpu_experimental_ynn_fusion_type=dot"
+
+
 def test_fold_conv_bn_is_exact():
     rngs = nnx.Rngs(0)
     c = conv(5, 7, 3, rngs=rngs, strides=2, padding=((1, 1), (1, 1)))
