@@ -6,8 +6,8 @@
         --markdown benchmarks/results/compare_keras_cpu.md
 
 Opt-in and installs nothing: it needs the test extra's reference frameworks
-(`segmentation-models==1.0.1` on `tf-keras`, see REFERENCE.md s.5) and stops with a clear
-message if they are missing.
+(`segmentation-models==1.0.1` on `tf-keras`, see docs/reference_frameworks.md) and stops with
+a clear message if they are missing.
 
 The Keras side is the authors' stack: `segmentation_models` 1.0.1 `Unet` and `FPN` as they
 are; UNet++ (`Xnet`) and DLA (`Nestnet`) come from a fork that does not install on tf-keras,
@@ -17,9 +17,9 @@ segmentation_models' own backbone and skip taps. Each rebuilt graph is checked a
 exact parameter counts of Table 8 before it is timed. Keras runs as `tf.function` in
 inference mode (its fastest path: no `predict` loop overhead), TensorFlow's oneDNN kernels on.
 
-Ours is the jitted pure inference function (`qatacov_jax.fast_forward`: `nnx.split` once,
-BatchNorm folded, the whole batch at once; XLA flags from `qatacov_jax.xla_flags`), inputs
-already on the device; `--microbatch N` adds a column for ours run N samples at a time.
+Ours is the jitted pure inference function (`qatacov_jax.models.folding`: `nnx.split` once,
+BatchNorm folded, the whole batch at once; XLA flags from `qatacov_jax.runtime.xla_flags`), inputs
+already on the device.
 Each round times one call of every model in turn, so the machine's load (this one is
 shared) hits all of them alike; medians and the Keras/ours ratio (> 1: ours is faster) are
 reported.
@@ -28,7 +28,6 @@ reported.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -37,7 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from qatacov_jax import xla_flags  # noqa: E402
+from qatacov_jax.runtime import xla_flags  # noqa: E402
+from qatacov_jax.runtime.files import write_json, write_text  # noqa: E402
 
 xla_flags.apply_defaults()  # before JAX starts its backend
 
@@ -133,20 +133,18 @@ def keras_param_counts(model: Any) -> tuple[int, int]:
     )
 
 
-def our_predict(
-    arch: str, encoder: str, x: Any, *, fold: bool, microbatch: int | None
-) -> tuple[Any, Any, Any]:
+def our_predict(arch: str, encoder: str, x: Any, *, fold: bool) -> tuple[Any, Any, Any]:
     """Our model's jitted, compiled inference function, its state and the on-device batch."""
     import jax
     from flax import nnx
 
-    from qatacov_jax.fast_forward import make_forward
     from qatacov_jax.models import count_params, create_model
+    from qatacov_jax.models.folding import make_forward
 
     model = create_model(arch, encoder, rngs=nnx.Rngs(0))
     counts = count_params(model)
     model.eval()
-    forward, state = make_forward(model, fold=fold, microbatch=microbatch)
+    forward, state = make_forward(model, fold=fold)
     xj = jax.device_put(x)
     compiled = jax.jit(forward).lower(state, xj).compile()
     return (lambda: compiled(state, xj)), counts, xj
@@ -160,19 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--rounds", type=int, default=10, help="timed calls of each model")
     p.add_argument("--no-fold", action="store_true", help="time ours without BatchNorm folding")
-    p.add_argument(
-        "--microbatch", type=int, default=0,
-        help="also time ours run this many samples at a time (0: only the whole batch)",
-    )  # fmt: skip
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     p.add_argument("--force", action="store_true", help="overwrite existing --json/--markdown")
     args = p.parse_args(argv)
-    if args.microbatch < 0 or (args.microbatch and args.batch_size % args.microbatch):
-        p.error(
-            f"--microbatch must be 0 (off) or divide --batch-size {args.batch_size}, "
-            f"got {args.microbatch}."
-        )
     if args.image_size % 32:
         p.error(f"--image-size must be a multiple of 32, got {args.image_size}.")
     for path in (args.json, args.markdown):
@@ -182,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     sm, tf = _import_keras()
     import jax
 
-    from qatacov_jax import benchmarking, paper
+    from qatacov_jax.benchmarking import paper
+    from qatacov_jax.benchmarking import timing as benchmarking
 
     x = np.random.default_rng(0).standard_normal(
         (args.batch_size, args.image_size, args.image_size, 3), dtype=np.float32
@@ -203,16 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         kfn = tf.function(lambda v, m=km: m(v, training=False))
         kfn(xt).numpy()  # trace + first run
         runners[f"{arch}/keras"] = lambda f=kfn, v=xt: f(v).numpy()
-        ours, counts, _ = our_predict(arch, args.encoder, x, fold=not args.no_fold, microbatch=None)
+        ours, counts, _ = our_predict(arch, args.encoder, x, fold=not args.no_fold)
         jax.block_until_ready(ours())
         runners[f"{arch}/ours"] = ours
-        if args.microbatch:
-            # The same model run a few samples at a time, so the report shows what it is worth.
-            mb, _, _ = our_predict(
-                arch, args.encoder, x, fold=not args.no_fold, microbatch=args.microbatch
-            )
-            jax.block_until_ready(mb())
-            runners[f"{arch}/ours_microbatch"] = mb
         info[arch] = {
             "keras_params": list(kcounts),
             "our_params": [counts.trainable, counts.non_trainable],
@@ -236,11 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     for arch in args.archs:
         k = benchmarking.Timing.from_samples(samples[f"{arch}/keras"]).per_item(args.batch_size)
         o = benchmarking.Timing.from_samples(samples[f"{arch}/ours"]).per_item(args.batch_size)
-        w = samples.get(f"{arch}/ours_microbatch")
-        w = None if w is None else benchmarking.Timing.from_samples(w).per_item(args.batch_size)
         rows.append(
             {
-                "ours_microbatch_timing": None if w is None else w.to_dict(),
                 "arch": arch,
                 "encoder": args.encoder,
                 "keras_ms_per_sample": 1e3 * k.median,
@@ -260,17 +240,14 @@ def main(argv: list[str] | None = None) -> int:
         "image_size": args.image_size,
         "rounds": args.rounds,
         "bn_folded": not args.no_fold,
-        "microbatch": args.microbatch or None,
         "rows": rows,
     }
     md = markdown(report)
     print(md)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
     if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(md + "\n")
+        write_text(args.markdown, md + "\n")
     return 0
 
 
@@ -283,27 +260,18 @@ def markdown(report: dict[str, Any]) -> str:
         f"{env['device_count']} x {env['device_kind']} ({env['host_cpu']}, "
         f"{env['host_cores']} cores), {report['rounds']} interleaved rounds, {env['date']}.",
         f"XLA_FLAGS: `{env['xla_flags'] or '(none)'}`; BatchNorm folded: "
-        f"{'yes' if report['bn_folded'] else 'no'}; ours runs the whole batch at once"
-        + (
-            f" (and, last column, {report['microbatch']} samples at a time)."
-            if report["microbatch"]
-            else "."
-        ),
+        f"{'yes' if report['bn_folded'] else 'no'}; ours runs the whole batch at once.",
         "",
-        "| model | Keras ms/sample (p10-p90) | ours ms/sample (p10-p90) | Keras / ours |"
-        + (" ours, micro-batched: ms/sample, Keras / it |" if report["microbatch"] else ""),
-        "|---|---:|---:|---:|" + ("---:|" if report["microbatch"] else ""),
+        "| model | Keras ms/sample (p10-p90) | ours ms/sample (p10-p90) | Keras / ours |",
+        "|---|---:|---:|---:|",
     ]
     for r in report["rows"]:
-        k, o, w = r["keras_timing"], r["ours_timing"], r["ours_microbatch_timing"]
-        row = (
+        k, o = r["keras_timing"], r["ours_timing"]
+        lines.append(
             f"| {r['arch']} {r['encoder']} | {1e3 * k['median']:.1f} "
             f"({1e3 * k['p10']:.1f}-{1e3 * k['p90']:.1f}) | {1e3 * o['median']:.1f} "
             f"({1e3 * o['p10']:.1f}-{1e3 * o['p90']:.1f}) | {r['keras_over_ours']:.2f}x |"
         )
-        if w is not None:
-            row += f" {1e3 * w['median']:.1f}, {k['median'] / w['median']:.2f}x |"
-        lines.append(row)
     return "\n".join(lines)
 
 

@@ -21,8 +21,8 @@ import jax
 import numpy as np
 
 from qatacov_jax import data
-from qatacov_jax.preprocessing import Preprocessing
-from qatacov_jax.sharding import make_mesh
+from qatacov_jax.data.preprocessing import Preprocessing
+from qatacov_jax.runtime.sharding import make_mesh
 
 
 def main() -> None:

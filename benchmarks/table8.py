@@ -8,26 +8,26 @@
 `--params-only` builds every configuration abstractly (`nnx.eval_shape`: no weights are
 allocated, takes seconds), counts trainable / non-trainable parameters in the Keras sense,
 writes one JSON record per configuration and prints a Markdown table beside the paper's
-printed values and the exact counts of REFERENCE s.1. It exits non-zero if any of the 24
-paper configurations differs from its exact count.
+printed values and the exact counts of docs/original_models.md, "Exact parameter counts". It
+exits non-zero if any of the 24 paper configurations differs from its exact count.
 
 Configurations: the paper's 24 (U-Net, UNet++, DLA x CheXNet, DenseNet-121, Inception-v3,
 ResNet-50 x frozen / not) plus FPN on each encoder (not in the paper). Choose a subset with
 `--configs unet:densenet121 fpn:resnet50:frozen ...` (`arch:encoder[:frozen|:trainable]`).
 
-Without `--params-only` every configuration is also timed (see `qatacov_jax.benchmarking`):
+Without `--params-only` every configuration is also timed (see `qatacov_jax.benchmarking.timing`):
 inference ms/sample at the first `--batch-sizes` entry (latency; batch 1, or one sample per
 device) and at the others (throughput), samples/s, compile time, XLA's FLOPs per sample and
 the achieved FLOP/s (and % of the device's dense peak where it is known); training images/s of
-the full train step (`qatacov_jax.train.make_train_step`: hybrid loss, Adam, donated state)
+the full train step (`qatacov_jax.training.loop.make_train_step`: hybrid loss, Adam, donated state)
 for the `--train-configs`; and, once, the end-to-end time from PNG files to infection maps.
 The model is a jitted pure function (`nnx.split` once) with BatchNorm folded into the convs
-(`qatacov_jax.bn_fold`, exact in eval mode; `--no-fold` to time the unfolded graph), inputs
+(`qatacov_jax.models.folding`, exact in eval mode; `--no-fold` to time the unfolded graph), inputs
 already on the device(s). Configurations with the same inference graph (CheXNet is
 DenseNet-121's graph; freezing changes training only) are compiled and timed once and the
 figure is shared; the JSON says which graph each figure came from.
 
-`--devices N` runs data-parallel over the mesh of `qatacov_jax.sharding.make_mesh(N)` (on CPU,
+`--devices N` runs data-parallel over the mesh of `qatacov_jax.runtime.sharding.make_mesh(N)` (on CPU,
 N simulated devices are created for it). `--dtype bfloat16` computes in bfloat16 (parameters
 stay float32).
 """
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 import time
 from pathlib import Path
@@ -46,15 +45,17 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from qatacov_jax import paper  # noqa: E402
+from qatacov_jax.benchmarking import paper  # noqa: E402
 from qatacov_jax.models import (  # noqa: E402
     ARCHS,
     ENCODERS,
     ParamCount,
     count_params,
     create_model,
+    encoder_preprocessing,
     freeze,
 )
+from qatacov_jax.runtime.files import write_json, write_text  # noqa: E402
 
 PAPER_ARCHS = ("unet", "unetpp", "dla")
 PAPER_ENCODERS = ("chexnet", "densenet121", "inceptionv3", "resnet50")
@@ -152,18 +153,6 @@ def params_markdown(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, records: list[dict[str, Any]], *, force: bool) -> None:
-    """Writes `records` to `path` atomically; refuses to replace an existing file unless forced."""
-    if path.exists() and not force:
-        raise SystemExit(
-            f"{path} already exists; pass --force to overwrite it or choose another --json."
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(records, indent=2) + "\n")
-    tmp.replace(path)
-
-
 # ------------------------------------------------------------------------------ timing
 
 
@@ -182,7 +171,7 @@ def time_inference(
     arch: str, encoder: str, args: argparse.Namespace, mesh: Any, peak: float | None
 ) -> dict[str, Any]:
     """Latency and throughput of one inference graph at every `--batch-sizes` entry."""
-    from qatacov_jax import benchmarking
+    from qatacov_jax.benchmarking import timing as benchmarking
 
     model = build(arch, encoder, False, args.dtype)
     model.eval()
@@ -195,7 +184,6 @@ def time_inference(
             image_size=args.image_size,
             repeats=args.repeats,
             fold=not args.no_fold,
-            microbatch=args.microbatch or None,
         )
         if r["flops_per_sample"] is not None:
             r["flop_per_s"] = r["flops_per_sample"] * r["samples_per_s"]
@@ -208,7 +196,7 @@ def time_inference(
 def time_training(
     arch: str, encoder: str, frozen: bool, args: argparse.Namespace, mesh: Any
 ) -> dict[str, Any]:
-    from qatacov_jax import benchmarking
+    from qatacov_jax.benchmarking import timing as benchmarking
 
     model = build(arch, encoder, frozen, args.dtype)
     r = benchmarking.measure_training(
@@ -235,12 +223,11 @@ def time_end_to_end(
     import numpy as np
     from PIL import Image
 
-    from qatacov_jax import benchmarking
-    from qatacov_jax.bn_fold import fold_batchnorm
-    from qatacov_jax.imageio import read_xray
-    from qatacov_jax.infection_map import infection_map
-    from qatacov_jax.inference import Predictor
-    from qatacov_jax.preprocessing import Preprocessing
+    from qatacov_jax.benchmarking import timing as benchmarking
+    from qatacov_jax.data.imageio import read_xray
+    from qatacov_jax.inference.infection_map import infection_map
+    from qatacov_jax.inference.predictor import Predictor
+    from qatacov_jax.models.folding import fold_batchnorm
 
     n, side = args.e2e_images, args.e2e_file_size
     rng = np.random.default_rng(0)
@@ -258,7 +245,7 @@ def time_end_to_end(
     batch = max(b for b in args.batch_sizes)
     predictor = Predictor(
         {"infection": model},
-        {"infection": Preprocessing.for_encoder(encoder)},
+        {"infection": encoder_preprocessing(encoder)},
         {"infection": args.image_size},
         mesh,
         batch_size=batch,
@@ -302,7 +289,7 @@ def timing_markdown(report: dict[str, Any]) -> str:
         f"{env['host_cpu']}, {env['host_cores']} cores); jax {env['jax']} / jaxlib "
         f"{env['jaxlib']}; XLA_FLAGS `{env['xla_flags'] or '(none)'}`; {env['date']}.",
         f"{st['image_size']}x{st['image_size']}, {st['dtype']}, BatchNorm folded: "
-        f"{'no' if st['no_fold'] else 'yes'}, micro-batching: {st['microbatch'] or 'off'}, "
+        f"{'no' if st['no_fold'] else 'yes'}, "
         f"{st['repeats']} timed repeats per figure "
         "(median; p10-p90 in the JSON). Paper: RTX 2080 Ti, TensorFlow, per-sample time.",
         "",
@@ -341,15 +328,6 @@ def timing_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_text(path: Path, text: str, *, force: bool) -> None:
-    if path.exists() and not force:
-        raise SystemExit(f"{path} already exists; pass --force to overwrite it or choose another.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def run_timing(
     args: argparse.Namespace, configs: list[Config], on_update: Any = None
 ) -> dict[str, Any]:
@@ -359,8 +337,8 @@ def run_timing(
 
     import jax
 
-    from qatacov_jax import benchmarking
-    from qatacov_jax.sharding import make_mesh
+    from qatacov_jax.benchmarking import timing as benchmarking
+    from qatacov_jax.runtime.sharding import make_mesh
 
     mesh = make_mesh(args.devices)
     n_dev = mesh.devices.size
@@ -385,7 +363,6 @@ def run_timing(
             "repeats": args.repeats,
             "train_repeats": args.train_repeats,
             "no_fold": args.no_fold,
-            "microbatch": args.microbatch or None,
             "peak_flops_per_device": peak,
             "command": "python benchmarks/table8.py " + " ".join(sys.argv[1:]),
         },
@@ -468,12 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-repeats", type=_positive, default=3)
     parser.add_argument("--no-fold", action="store_true", help="do not fold BatchNorm")
     parser.add_argument(
-        "--microbatch", type=_non_negative, default=0,
-        help="run inference this many samples per device at a time (0: the whole batch at "
-        "once, the fastest measured; see qatacov_jax.fast_forward)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--e2e-images", type=int, default=16,
+        "--e2e-images", type=_non_negative, default=16,
         help="PNG files for the end-to-end figure (0: skip)",
     )  # fmt: skip
     parser.add_argument("--e2e-file-size", type=_positive, default=1024)
@@ -486,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{path} already exists; pass --force to overwrite it or choose another.")
 
     # XLA reads its flags when the backend starts: set them before anything touches a device.
-    from qatacov_jax import xla_flags
+    from qatacov_jax.runtime import xla_flags
 
     extra = () if args.devices == 1 else (f"--xla_force_host_platform_device_count={args.devices}",)
     xla_flags.apply_defaults(extra)
@@ -507,9 +479,9 @@ def main(argv: list[str] | None = None) -> int:
             # The existence check above guards what was there before this run; from here on
             # the files are this run's own partial reports, replaced as it goes.
             if args.json:
-                write_text(args.json, json.dumps(report, indent=2) + "\n", force=True)
+                write_json(args.json, report)
             if args.markdown:
-                write_text(args.markdown, timing_markdown(report) + "\n", force=True)
+                write_text(args.markdown, timing_markdown(report) + "\n")
 
         report = run_timing(args, configs, on_update=save)
         save(report)
@@ -535,11 +507,15 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{len(records)} configurations in {time.perf_counter() - start:.1f} s", file=sys.stderr
     )
     if args.json:
-        write_json(args.json, records, force=args.force)
+        write_json(args.json, records)
         print(f"wrote {args.json}", file=sys.stderr)
     mismatched = [r for r in records if check_exact(r) is False]
     if mismatched:
-        print(f"{len(mismatched)} configuration(s) differ from REFERENCE s.1", file=sys.stderr)
+        print(
+            f"{len(mismatched)} configuration(s) differ from the exact counts in "
+            "docs/original_models.md",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.dataset = "qatacov19/v1"
     config.data.image_size = 224
 
-    # Hybrid loss: focal (alpha, gamma) + dice, summed (qatacov_jax/losses.py).
+    # Hybrid loss: focal (alpha, gamma) + dice, summed (qatacov_jax/training/losses.py).
     config.loss = ml_collections.ConfigDict()
     config.loss.alpha = 0.25
     config.loss.gamma = 2.0

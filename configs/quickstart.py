@@ -4,7 +4,7 @@ r"""Quickstart: U-Net DenseNet-121 on the synthetic CXR set, 64x64, a few minute
 
 No downloads: the synthetic set is generated on first use (into `config.data.data_dir`,
 TFDS's default directory when None). A paper model (not a toy net) at a small input size;
-the learning test (tests/test_train_learning.py) runs this config and checks the held-out
+the learning test (tests/test_training_learning.py) runs this config and checks the held-out
 pixel F1.
 """
 

@@ -12,7 +12,6 @@ generated on first use into `RUN/tfds`).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,12 @@ from typing import Any
 import ml_collections
 import numpy as np
 from PIL import Image
+
+from qatacov_jax.data import synthetic
+from qatacov_jax.evaluation.runner import evaluate
+from qatacov_jax.inference.files import infer_files
+from qatacov_jax.runtime.files import write_json
+from qatacov_jax.training.loop import train_and_evaluate
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +43,6 @@ def write_samples(out_dir: Path, num: int, size: int, seed: int = SAMPLE_SEED) -
     Returns:
       The written paths; file names say the ground truth (`covid19_*` / `control_*`).
     """
-    from qatacov_jax.data import synthetic
-
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(num):
@@ -53,8 +56,8 @@ def write_samples(out_dir: Path, num: int, size: int, seed: int = SAMPLE_SEED) -
 
 def run(
     workdir: str | Path,
+    config: ml_collections.ConfigDict,
     *,
-    config: ml_collections.ConfigDict | None = None,
     num_samples: int = 6,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -63,7 +66,8 @@ def run(
     Args:
       workdir: folder for everything: `train/` (the run), `evaluation/`, `samples/`, `maps/`,
         `tfds/` (the generated synthetic dataset).
-      config: the training config (default: configs/quickstart.py).
+      config: the training config (`configs/quickstart.py` from `scripts/quickstart.py`);
+        `config.data.data_dir` None means `workdir/tfds`.
       num_samples: X-rays written to `samples/` and mapped into `maps/`.
       overwrite: replace earlier evaluation outputs and maps (training always resumes).
 
@@ -73,9 +77,6 @@ def run(
     Raises:
       QuickstartError: earlier outputs exist and `overwrite` is False, or inference failed.
     """
-    from configs import quickstart as quickstart_config
-    from qatacov_jax import evaluate, infer, train
-
     workdir = Path(workdir).absolute()
     run_dir, eval_dir = workdir / "train", workdir / "evaluation"
     samples_dir, maps_dir = workdir / "samples", workdir / "maps"
@@ -85,24 +86,21 @@ def run(
                 f"{d} already holds results of an earlier quickstart; pass --overwrite to "
                 "replace them, or choose another --workdir."
             )
-    config = config or quickstart_config.get_config()
     if config.data.data_dir is None:
         config.data.data_dir = str(workdir / "tfds")
 
     log.info("1/3 training %s %s in %s", config.model.arch, config.model.encoder, run_dir)
-    train_results = train.train_and_evaluate(config, run_dir)
+    train_results = train_and_evaluate(config, run_dir)
 
     log.info("2/3 evaluating on the synthetic test split -> %s", eval_dir)
-    metrics = evaluate.evaluate(run_dir, out_dir=eval_dir, overwrite=overwrite, split="test")
+    metrics = evaluate(run_dir, out_dir=eval_dir, overwrite=overwrite, split="test")
 
     log.info("3/3 infection maps for %d unseen X-rays -> %s", num_samples, maps_dir)
     write_samples(samples_dir, num_samples, size=2 * int(config.data.image_size))
-    argv = ["--checkpoint", str(run_dir), str(samples_dir), "--out", str(maps_dir)]
-    if overwrite:
-        argv.append("--overwrite")
-    code = infer.main(argv)
-    if code != 0:
-        raise QuickstartError(f"scripts/infer.py failed with exit code {code}; see the log above.")
+    rows = infer_files(run_dir, [samples_dir], maps_dir, overwrite=overwrite)
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        raise QuickstartError(f"inference failed for {failed[0]['file']}: {failed[0]['error']}")
 
     overview = write_overview(samples_dir, maps_dir / samples_dir.name, workdir / "overview.png")
     summary = {
@@ -113,7 +111,7 @@ def run(
         "final_eval": train_results.get("final_eval", train_results),
         "test_metrics": _headline(metrics),
     }
-    (workdir / "quickstart_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_json(workdir / "quickstart_summary.json", summary)
     return summary
 
 

@@ -1,22 +1,19 @@
 #!/usr/bin/env python
 """Segmentation and COVID-19 detection metrics with 95% CIs, Markdown tables and curves.
 
-    python scripts/evaluate.py runs/quickstart [--split test] [--threshold 0.5] [--out DIR]
-    python scripts/evaluate.py runs/unet_densenet121_cv      # all fold_k/ + cumulative
-
-All logic lives in `qatacov_jax.evaluate` (see its docstring for the outputs).
+`python scripts/evaluate.py --help` lists the flags; the logic is `qatacov_jax.cli.evaluate`.
 """
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout (configs/)
 
-from qatacov_jax import xla_flags  # noqa: E402
+from qatacov_jax.runtime import xla_flags  # noqa: E402
 
 xla_flags.apply_defaults()  # CPU speed flags; must precede JAX's backend start
 
-from qatacov_jax.evaluate import main  # noqa: E402
+from qatacov_jax.cli.evaluate import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -40,7 +40,7 @@ def trained_run(tmp_path_factory) -> Path:
     run = shared / "quickstart_run"
     with filelock.FileLock(str(shared / "quickstart_run.lock")):
         if not (run / "results.json").exists():
-            from qatacov_jax.train import train_and_evaluate
+            from qatacov_jax.training.loop import train_and_evaluate
 
             train_and_evaluate(quickstart_config(shared / "tfds"), run)
             json.loads((run / "results.json").read_text())

@@ -8,14 +8,20 @@ imported anywhere, hence here.
 import os
 import tempfile
 
-from qatacov_jax import xla_flags
+from qatacov_jax.runtime import xla_flags
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-# The same CPU convolution path as the scripts (qatacov_jax/xla_flags.py): tests exercise what
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The reference frameworks of the parity tests: segmentation_models on tf-keras (Keras 2).
+# TensorFlow resolves `tf.keras` from TF_USE_LEGACY_KERAS when it is used, so these hold
+# for the whole session: a test that set and then restored them would leave the tests
+# after it on Keras 3.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
+# The same CPU convolution path as the scripts (qatacov_jax/runtime/xla_flags.py): tests exercise what
 # users run, and it is faster.
 xla_flags.apply_defaults()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Workers of `pytest -n 2` compile many of the same programs (the quickstart train step,
 # the full-size encoders); JAX's persistent compilation cache lets the second one load the
 # first one's executable instead of compiling again (keys include the program and versions).

@@ -1,6 +1,7 @@
-"""Small fake dataset archives in the exact on-disk layouts of QaTa-COV19 and COVID-QU-Ex.
+"""Small fake dataset archives in the exact on-disk layouts of QaTa-COV19 and COVID-QU-Ex,
+and fake X-ray files (`write_dicom_pixels`) for the image-reading and inference tests.
 
-Each image carries a bright square *marker* at a position unique to the file, and its
+Each archive image carries a bright square *marker* at a position unique to the file, and its
 mask marks the same square, so a test can check that an image was paired with its own mask.
 """
 
@@ -53,6 +54,31 @@ def write_dicom(path: Path, h: int = 40, w: int = 36) -> None:
     ds.PixelRepresentation = 0
     ds.PixelData = (np.arange(h * w, dtype=np.uint16).reshape(h, w) * 7).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def write_dicom_pixels(path, pixels: np.ndarray, photometric: str, window=None) -> None:
+    """A 12-bit DX DICOM holding `pixels` (2-D, 0..4095) as `photometric` (MONOCHROME1/2),
+    with a VOI window `(center, width)` if given."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
 
 

@@ -1,4 +1,4 @@
-"""One process of the 2-process training test (run by tests/test_train_multiprocess.py).
+"""One process of the 2-process training test (run by tests/test_training_multiprocess.py).
 
     python tests/multiprocess_train.py PROCESS_ID NUM_PROCESSES PORT DATA_DIR WORKDIR
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
+# A subprocess script, not a test: there is no `monkeypatch` here, and these must be set at
+# import time, before JAX (imported by train_utils below) reads them.
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -19,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import train_utils  # noqa: E402
 
-from qatacov_jax import train  # noqa: E402
+from qatacov_jax.training import loop as train  # noqa: E402
 
 
 def main() -> None:
@@ -29,7 +31,7 @@ def main() -> None:
     config.distributed.coordinator_address = f"localhost:{port}"
     config.distributed.num_processes = int(num_processes)
     config.distributed.process_id = int(process_id)
-    train.build_model = train_utils.build_tiny_model
+    train_utils.use_tiny_model()
     results = train.train_and_evaluate(config, workdir)
     import jax
 

@@ -4,7 +4,7 @@ Each builder returns a randomly initialised reference model whose BatchNorm stat
 gamma/beta) are perturbed away from their init values — at init, moving mean 0 / variance 1
 make BN almost an identity, so a port that dropped or swapped them would still pass — plus a
 function giving the 5 encoder skip features (finest first, NHWC NumPy) in inference mode.
-Taps follow REFERENCE.md s.1 (segmentation_models' feature layers).
+Taps follow docs/original_models.md, "Encoder skip taps" (segmentation_models' feature layers).
 
 tf-keras / segmentation_models / image-classifiers and torch / torchvision are test-only
 extras; they are imported inside the builders so that collecting tests stays cheap.
@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-# Must be set before TensorFlow / segmentation_models are first imported.
+# Must be set before TensorFlow / segmentation_models are first imported (they read them
+# once, at import), hence at module level rather than through a test's `monkeypatch`.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

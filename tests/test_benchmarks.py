@@ -1,8 +1,9 @@
 """Benchmark harness and inference speed-ups: correctness only (no timing assertions).
 
-Covers `qatacov_jax.benchmarking` (timing statistics, peaks), `qatacov_jax.xla_flags`,
-`qatacov_jax.bn_fold` (exact folding), `qatacov_jax.fast_forward` (micro-batching on 1 and 8
-devices gives the model's own output), bfloat16 within a documented tolerance of float32,
+Covers `qatacov_jax.benchmarking.timing` (timing statistics, peaks),
+`qatacov_jax.runtime.xla_flags`, `qatacov_jax.models.folding` (exact folding; the folded
+forward on 1 and 8 devices gives the model's own output), bfloat16 within a documented
+tolerance of float32,
 `benchmarks/table8.py` end to end on 8 simulated devices (JSON schema), and the Keras graphs
 `benchmarks/compare_keras.py` rebuilds (their parameter counts are Table 8's).
 """
@@ -20,12 +21,18 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from qatacov_jax import benchmarking, xla_flags
-from qatacov_jax.bn_fold import FOLDABLE, count_folded, fold_batchnorm, fold_conv_bn
-from qatacov_jax.fast_forward import make_forward
+from qatacov_jax.benchmarking import timing as benchmarking
 from qatacov_jax.models import count_params, create_encoder, create_model
+from qatacov_jax.models.folding import (
+    FOLDABLE,
+    count_folded,
+    fold_batchnorm,
+    fold_conv_bn,
+    make_forward,
+)
 from qatacov_jax.models.layers import batch_norm, conv
-from qatacov_jax.sharding import data_sharding, make_mesh, replicated
+from qatacov_jax.runtime import xla_flags
+from qatacov_jax.runtime.sharding import data_sharding, make_mesh, replicated
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,18 +146,11 @@ def test_fold_tables_name_real_conv_bn_pairs(encoder, expected):
         assert getattr(enc, conv_name).out_features == getattr(enc, bn_name).num_features
 
 
-def test_make_forward_rejects_batch_that_does_not_split():
-    model = nnx.eval_shape(lambda: create_model("unet", "densenet121", rngs=nnx.Rngs(0)))
-    forward, state = make_forward(model, fold=False, microbatch=2, num_devices=1)
-    with pytest.raises(ValueError, match="multiple of 2"):
-        jax.eval_shape(forward, state, jax.ShapeDtypeStruct((3, 64, 64, 3), jnp.float32))
-
-
 # ------------------------------------------------------------------ compiled checks
 
 
 @pytest.mark.slow
-def test_fold_and_microbatch_keep_the_output_on_1_and_8_devices():
+def test_folded_forward_keeps_the_output_on_1_and_8_devices():
     model = create_model("unet", "densenet121", frozen=True, rngs=nnx.Rngs(0))
     _perturb_batch_stats(model, seed=0)
     model.eval()
@@ -161,11 +161,11 @@ def test_fold_and_microbatch_keep_the_output_on_1_and_8_devices():
 
     folded = fold_batchnorm(model)
     assert count_folded(folded) == 59 + 10  # encoder pairs + 5 decoder blocks x 2
-    fwd, state = make_forward(model, fold=True, microbatch=1)
+    fwd, state = make_forward(model, fold=True)
     np.testing.assert_allclose(jax.jit(fwd)(state, x), ref, rtol=1e-4, atol=1e-4)
 
     mesh = make_mesh(8)
-    fwd8, state8 = make_forward(model, fold=True, microbatch=1, num_devices=8)
+    fwd8, state8 = make_forward(model, fold=True)
     x16 = np.concatenate([x, x[::-1]])
     ref16 = np.concatenate([ref, ref[::-1]])
     out = jax.jit(
@@ -201,7 +201,7 @@ def test_table8_timing_run_on_8_devices(tmp_path):
         "--configs", "fpn:resnet50:trainable", "--image-size", "64", "--devices", "8",
         "--batch-sizes", "8", "--repeats", "1", "--e2e-images", "8",
         "--e2e-file-size", "96", "--train-configs",  # none: 8-device training is in
-        # test_train_step.py, and its compile is the slowest thing here
+        # test_training_steps.py, and its compile is the slowest thing here
         "--json", str(out_json), "--markdown", str(out_md),
     ]  # fmt: skip
     assert table8.main(argv) == 0
@@ -228,16 +228,14 @@ def test_table8_timing_run_on_8_devices(tmp_path):
 @pytest.mark.parametrize("arch", ["unetpp", "dla"])
 def test_rebuilt_keras_nested_graphs_have_table8_counts(arch):
     compare = _load_script("compare_keras")  # sets SM_FRAMEWORK before the import below
-    pytest.importorskip("segmentation_models")
     sm, _ = compare._import_keras()
-    from qatacov_jax import paper
+    from qatacov_jax.benchmarking import paper
 
     model = compare.keras_model(sm, arch, "densenet121", 224)
     assert compare.keras_param_counts(model) == paper.EXACT_COUNTS[(arch, "densenet121", False)]
 
 
-@pytest.mark.parametrize("microbatch", [None, 2])
-def test_compare_keras_report_has_a_micro_batch_column_only_when_timed(microbatch):
+def test_compare_keras_report_rows():
     compare = _load_script("compare_keras")
     timing = {"median": 0.05, "p10": 0.04, "p90": 0.06}
     env = dict.fromkeys(("jax", "tensorflow", "segmentation_models", "device_kind"), "x")
@@ -245,30 +243,27 @@ def test_compare_keras_report_has_a_micro_batch_column_only_when_timed(microbatc
     row = {
         "arch": "unet", "encoder": "densenet121", "keras_timing": timing,
         "ours_timing": {**timing, "median": 0.04}, "keras_over_ours": 1.25,
-        "ours_microbatch_timing": None if microbatch is None else {**timing, "median": 0.1},
     }  # fmt: skip
     report = {
         "environment": env, "image_size": 224, "batch_size": 8, "rounds": 3,
-        "bn_folded": True, "microbatch": microbatch, "rows": [row],
+        "bn_folded": True, "rows": [row],
     }  # fmt: skip
     table = [line for line in compare.markdown(report).splitlines() if line.startswith("|")]
-    columns = 5 if microbatch else 4
-    assert all(line.count("|") == columns + 1 for line in table), table
-    assert "| unet densenet121 | 50.0 (40.0-60.0) | 40.0 (40.0-60.0) | 1.25x |" in table[2]
-    if microbatch:
-        assert table[2].endswith(" 100.0, 0.50x |")
+    assert all(line.count("|") == 5 for line in table), table
+    assert table[2] == "| unet densenet121 | 50.0 (40.0-60.0) | 40.0 (40.0-60.0) | 1.25x |"
 
 
 @pytest.mark.parametrize(
-    "script, argv, message",
+    "script, argv, option, message",
     [
-        ("table8", ["--microbatch", "-1"], "must be 0 (off) or a positive integer"),
-        ("compare_keras", ["--microbatch", "3"], "must be 0 (off) or divide --batch-size 8"),
+        ("table8", ["--e2e-images", "-1"], "--e2e-images", "must be 0 (off) or a positive integer"),
+        ("table8", ["--repeats", "0"], "--repeats", "must be a positive integer"),
+        ("compare_keras", ["--image-size", "100"], "--image-size", "must be a multiple of 32"),
     ],
 )
-def test_bad_microbatch_is_refused_naming_the_option(script, argv, message, capsys):
+def test_bad_option_is_refused_naming_it(script, argv, option, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         _load_script(script).main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "--microbatch" in err and message in err
+    assert option in err and message in err

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import train_utils  # noqa: F401  (repository root on sys.path for `configs`)
 
-from qatacov_jax.checkpoint import config_to_dict
-from qatacov_jax.optim import make_tx
+from qatacov_jax.training.optim import make_tx
+from qatacov_jax.training.rundir import config_to_dict
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PAPER = [
@@ -45,7 +45,7 @@ def test_config_is_consistent(name):
         assert config.model.arch == arch
         assert config.model.encoder == {"incv3": "inceptionv3"}.get(enc, enc)
         assert config.model.frozen == name.endswith("_frozen")
-        # The paper's settings (REFERENCE.md s.4).
+        # The paper's settings (docs/method.md, "Training settings").
         assert (config.data.image_size, config.batch_size, config.num_epochs) == (224, 32, 50)
         assert (config.optim.name, config.optim.lr, config.optim.b1, config.optim.b2) == (
             "adam",

@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+from data_fakes import write_dicom_pixels
 from PIL import Image
-from test_infer import write_dicom
 
-from qatacov_jax.imageio import ImageReadError, is_dicom, read_xray, to_uint8
+from qatacov_jax.data.imageio import ImageReadError, is_dicom, read_xray
+from qatacov_jax.data.resize import to_uint8
 
 
 def test_png_8_and_16_bit(tmp_path):
@@ -30,14 +31,14 @@ def test_rgb_and_jpeg_become_luminance(tmp_path):
 
 def test_dicom_window_and_monochrome1(tmp_path):
     ramp = np.tile(np.linspace(0, 4000, 20), (4, 1))
-    write_dicom(tmp_path / "m2.dcm", ramp, "MONOCHROME2")
+    write_dicom_pixels(tmp_path / "m2.dcm", ramp, "MONOCHROME2")
     m2 = read_xray(tmp_path / "m2.dcm")
     assert m2[0, 0] == 0.0 and m2[0, -1] == 1.0 and np.all(np.diff(m2[0]) >= 0)
-    write_dicom(tmp_path / "m1", ramp, "MONOCHROME1")  # suffix-less, found by DICM magic
+    write_dicom_pixels(tmp_path / "m1", ramp, "MONOCHROME1")  # suffix-less, found by DICM magic
     assert is_dicom(tmp_path / "m1")
     np.testing.assert_allclose(read_xray(tmp_path / "m1"), 1.0 - m2, atol=1e-6)
     # A narrow window saturates values outside it: the VOI LUT is applied.
-    write_dicom(tmp_path / "w.dcm", ramp, "MONOCHROME2", window=(2000, 400))
+    write_dicom_pixels(tmp_path / "w.dcm", ramp, "MONOCHROME2", window=(2000, 400))
     w = read_xray(tmp_path / "w.dcm")[0]
     assert (w == 0).sum() > 5 and (w == 1).sum() > 5
 

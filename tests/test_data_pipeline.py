@@ -9,8 +9,8 @@ import pytest
 from qatacov_jax import data
 from qatacov_jax.data import augment, splits, synthetic
 from qatacov_jax.data.pipeline import TrainPlan, _channel_affine, _EvalPositions, _TrainPositions
-from qatacov_jax.preprocessing import Preprocessing
-from qatacov_jax.sharding import make_mesh
+from qatacov_jax.data.preprocessing import Preprocessing
+from qatacov_jax.runtime.sharding import make_mesh
 
 UNIT = Preprocessing.from_mode("unit")
 

@@ -8,25 +8,19 @@ import pytest
 from _trained_run import trained_run
 from flax import nnx
 from PIL import Image
+from train_utils import tiny_model
 
-from qatacov_jax import evaluate
+from qatacov_jax.cli import evaluate as evaluate_cli
+from qatacov_jax.evaluation import examples, reports
+from qatacov_jax.evaluation import runner as evaluate
 from qatacov_jax.metrics import ConfusionCounts, MetricAccumulator
-from qatacov_jax.sharding import make_mesh, shard_batch
-
-
-class TinySeg(nnx.Module):
-    def __init__(self, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(3, 1, (3, 3), rngs=rngs)
-        self.bn = nnx.BatchNorm(1, rngs=rngs)
-
-    def __call__(self, x):
-        return self.bn(self.conv(x))
+from qatacov_jax.runtime.sharding import make_mesh, shard_batch
 
 
 def test_sharded_stats_step_equals_numpy():
     rng = np.random.default_rng(0)
     mesh = make_mesh()
-    model = TinySeg(nnx.Rngs(0))
+    model = tiny_model(0)
     model.eval()
     stats_fn = evaluate.make_stats_fn(model, mesh, threshold=0.5, num_bins=100)
     batches, probs_all, masks_all, labels_all = [], [], [], []
@@ -54,7 +48,7 @@ def test_sharded_stats_step_equals_numpy():
         fn=int((~pred & truth).sum()),
     )
     det = p.reshape(len(p), -1).max(1) >= 0.5
-    assert acc.sample.tp == int((det & (lab == 1)).sum()) and acc.num_images == 21
+    assert acc.detection.tp == int((det & (lab == 1)).sum()) and acc.num_images == 21
 
 
 def _acc(seed: int) -> MetricAccumulator:
@@ -71,13 +65,13 @@ def test_reports_and_refusal(tmp_path):
     info = {"model": "unet", "encoder": "densenet121", "frozen": False, "split": "test"}
     folds = [(_acc(i), {**info, "fold": i}) for i in range(2)]
     total = folds[0][0].merge(folds[1][0])
-    result = evaluate.write_outputs(tmp_path, total, {**info, "fold": "all"}, per_fold=folds)
-    for name in evaluate.OUTPUTS:
+    result = reports.write_outputs(tmp_path, total, {**info, "fold": "all"}, per_fold=folds)
+    for name in reports.OUTPUTS:
         assert (tmp_path / name).stat().st_size > 0, name
     md = (tmp_path / "tables.md").read_text()
     for title in ("Table 1", "Table 2", "Table 3", "Table 4", "Per fold"):
         assert title in md
-    c = total.sample
+    c = total.detection
     assert (
         f"| Control | {c.tn:,} | {c.fp:,} |" in md and f"| COVID-19 | {c.fn:,} | {c.tp:,} |" in md
     )
@@ -87,21 +81,21 @@ def test_reports_and_refusal(tmp_path):
     assert MetricAccumulator.from_dict(saved["state"]).to_dict() == total.to_dict()
     assert result["pixel"]["metrics"]["auc"]["bin_error"] is not None
     with pytest.raises(FileExistsError, match="metrics.json already exists"):
-        evaluate.check_outputs_free(tmp_path, overwrite=False)
-    evaluate.check_outputs_free(tmp_path, overwrite=True)
+        reports.check_outputs_free(tmp_path, overwrite=False)
+    reports.check_outputs_free(tmp_path, overwrite=True)
 
 
 def test_unpreprocess_inverts_every_mode():
-    from qatacov_jax.preprocessing import MODES, Preprocessing
+    from qatacov_jax.data.preprocessing import MODES, Preprocessing
 
     x = np.random.default_rng(0).random((4, 5, 3)).astype(np.float32)
     for mode in MODES:
         prep = Preprocessing.from_mode(mode)
-        np.testing.assert_allclose(evaluate.unpreprocess(prep, prep(x)), x, atol=1e-5)
+        np.testing.assert_allclose(examples.unpreprocess(prep, prep(x)), x, atol=1e-5)
 
 
 def test_bad_run_dir_is_a_clear_error(tmp_path, capsys):
-    assert evaluate.main([str(tmp_path)]) == 2
+    assert evaluate_cli.main([str(tmp_path)]) == 2
     assert "config.json" in capsys.readouterr().err
 
 
@@ -113,10 +107,10 @@ def run_dir(tmp_path_factory):
 @pytest.mark.slow
 def test_evaluate_quickstart_run_and_cv(run_dir, tmp_path, capsys):
     from qatacov_jax import data
-    from qatacov_jax.checkpoint import read_config
+    from qatacov_jax.training.rundir import read_config
 
     out = tmp_path / "single"
-    assert evaluate.main([str(run_dir), "--split", "test", "--out", str(out)]) == 0
+    assert evaluate_cli.main([str(run_dir), "--split", "test", "--out", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
     config = read_config(run_dir)
     n_test = data.num_examples(config.data, fold=config.fold, split="test")
@@ -128,14 +122,14 @@ def test_evaluate_quickstart_run_and_cv(run_dir, tmp_path, capsys):
         + m["pixel"]["confusion"]["fp"]
         == n_test * 64 * 64
     )
-    for name in evaluate.OUTPUTS:
+    for name in reports.OUTPUTS:
         assert (out / name).exists()
     # README's main job ends with these: infection maps of test examples (--num-maps 8).
     panels = sorted((out / "maps").glob("*_panel.png"))
     assert len(panels) == min(8, n_test)
     panel = np.asarray(Image.open(panels[0]))
     assert panel.ndim == 3 and panel.shape[0] >= 256 and panel.shape[1] > 3 * panel.shape[0]
-    assert evaluate.main([str(run_dir), "--split", "test", "--out", str(out)]) == 2  # refuses
+    assert evaluate_cli.main([str(run_dir), "--split", "test", "--out", str(out)]) == 2  # refuses
 
     # A CV run is a folder of fold_k run dirs: cumulative counts are the folds' sums.
     cv = tmp_path / "cv"

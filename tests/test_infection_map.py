@@ -6,25 +6,39 @@ import matplotlib
 import numpy as np
 import pytest
 
-from qatacov_jax import infection_map as im
-from qatacov_jax.severity import DEFAULT_SCALE, SeverityScale, quantify
+from qatacov_jax.inference import infection_map as im
+from qatacov_jax.inference.severity import DEFAULT_SCALE, SeverityScale, quantify
+
+# The published breakpoints (x, value) of the jet colour map (MATLAB / matplotlib).
+JET_BREAKPOINTS = {
+    "red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+    "green": ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+    "blue": ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+}
 
 
-def test_jet_matches_matplotlib():
-    p = np.linspace(0, 1, 1001)
-    ref = matplotlib.colormaps["jet"](p)[:, :3]
-    # matplotlib samples jet into a 256-entry table: agree within one table step.
-    np.testing.assert_allclose(im.jet(p), ref, atol=1.5 / 255 * 4)
+def test_jet_is_the_piecewise_linear_jet():
+    p = np.linspace(0, 1, 100_001)
+    exact = np.stack(
+        [np.interp(p, *zip(*JET_BREAKPOINTS[c], strict=True)) for c in ("red", "green", "blue")],
+        axis=-1,
+    )
+    np.testing.assert_allclose(im.jet(p), exact, atol=1e-4)
+    # matplotlib's default 256-entry jet agrees within one table step.
+    np.testing.assert_allclose(im.jet(p), matplotlib.colormaps["jet"](p)[:, :3], atol=1.5 / 255 * 4)
     np.testing.assert_allclose(im.jet([0.0, 1.0]), [[0, 0, 0.5], [0.5, 0, 0]], atol=1e-7)
 
 
-def test_hsv_roundtrip_matches_colorsys():
+def test_map_is_jet_hue_and_saturation_with_the_xray_value_per_pixel():
+    """The paper's recipe, pixel by pixel with the standard library's colorsys."""
     rng = np.random.default_rng(0)
-    rgb = rng.random((200, 3))
-    hsv = im.rgb_to_hsv(rgb)
-    ref = np.array([colorsys.rgb_to_hsv(*c) for c in rgb])
-    np.testing.assert_allclose(hsv, ref, atol=1e-12)
-    np.testing.assert_allclose(im.hsv_to_rgb(hsv), rgb, atol=1e-12)
+    cxr = rng.integers(0, 256, (12, 10), dtype=np.uint8)
+    prob = rng.random((12, 10)).astype(np.float32)
+    out = im.infection_map(cxr, prob, floor=0.0)
+    for (i, j), p in np.ndenumerate(prob):
+        h, s, _ = colorsys.rgb_to_hsv(*im.jet(p).astype(np.float64))
+        ref = np.round(np.array(colorsys.hsv_to_rgb(h, s, cxr[i, j] / 255.0)) * 255.0)
+        np.testing.assert_allclose(out[i, j], ref, atol=1.0)
 
 
 @pytest.mark.parametrize(

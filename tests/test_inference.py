@@ -7,49 +7,20 @@ import jax
 import numpy as np
 import pytest
 from _trained_run import trained_run
-from flax import nnx
+from data_fakes import write_dicom_pixels
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from train_utils import tiny_model
 
-from qatacov_jax import infer
-from qatacov_jax.inference import Predictor, make_predict_fn
-from qatacov_jax.preprocessing import Preprocessing
-from qatacov_jax.sharding import make_mesh
-
-
-class TinySeg(nnx.Module):
-    """A 1-conv stand-in with the segmentation-model call contract (logits (B, H, W, 1))."""
-
-    def __init__(self, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(3, 1, (3, 3), rngs=rngs)
-
-    def __call__(self, x):
-        return self.conv(x)
-
-
-def write_dicom(path, pixels: np.ndarray, photometric: str, window=None) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+from qatacov_jax.cli import infer as infer_cli
+from qatacov_jax.data.preprocessing import Preprocessing
+from qatacov_jax.inference import files as infer
+from qatacov_jax.inference.predictor import Predictor, make_predict_fn
+from qatacov_jax.runtime.sharding import make_mesh
 
 
 def test_predict_fn_matches_eager_and_pads():
-    model = TinySeg(nnx.Rngs(0))
+    model = tiny_model(0)
+    model.eval()
     mesh = make_mesh()  # 8 simulated devices
     prep = Preprocessing.from_mode("torch")
     predict = make_predict_fn(model, mesh, preprocessing=prep, batch_size=8)
@@ -63,7 +34,9 @@ def test_predict_fn_matches_eager_and_pads():
 
 def test_predictor_runs_two_models_at_original_resolution():
     mesh = make_mesh()
-    a, b = TinySeg(nnx.Rngs(0)), TinySeg(nnx.Rngs(1))
+    a, b = tiny_model(0), tiny_model(1)
+    a.eval()
+    b.eval()
     unit = Preprocessing.from_mode("unit")
     p = Predictor(
         {"infection": a, "lung": b},
@@ -120,8 +93,8 @@ def test_infer_end_to_end_on_quickstart_checkpoint(run_dir, tmp_path, capsys):
     Image.fromarray((rng.random((70, 50, 3)) * 255).astype(np.uint8)).save(src / "colour.jpg")
     Image.fromarray((rng.random((80, 64)) * 65535).astype(np.uint16)).save(src / "deep16.png")
     ramp = np.tile(np.linspace(0, 4095, 48), (40, 1))
-    write_dicom(src / "dicom" / "mono2.dcm", ramp, "MONOCHROME2", window=(2048, 4096))
-    write_dicom(src / "dicom" / "rsna_mono1", ramp, "MONOCHROME1")  # no suffix, DICM magic
+    write_dicom_pixels(src / "dicom" / "mono2.dcm", ramp, "MONOCHROME2", window=(2048, 4096))
+    write_dicom_pixels(src / "dicom" / "rsna_mono1", ramp, "MONOCHROME1")  # no suffix, DICM magic
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (src / "text.jpg").write_text("not an image at all")
     (tmp_path / "empty").mkdir()
@@ -136,7 +109,7 @@ def test_infer_end_to_end_on_quickstart_checkpoint(run_dir, tmp_path, capsys):
         "--batch-size",
         "8",
     ]
-    code = infer.main(argv)
+    code = infer_cli.main(argv)
     err = capsys.readouterr().err
     assert code == 1  # some inputs failed
     assert "broken.png" in err and "text.jpg" in err and "empty" in err
@@ -160,14 +133,14 @@ def test_infer_end_to_end_on_quickstart_checkpoint(run_dir, tmp_path, capsys):
 
     # Nothing is overwritten without --overwrite: refused up front, naming a file.
     before = (out / "report.csv").read_bytes()
-    assert infer.main(argv) == 2
+    assert infer_cli.main(argv) == 2
     assert "already exists" in capsys.readouterr().err
     assert (out / "report.csv").read_bytes() == before
 
     # With a lung model (here the same run) the report gains lung % and a severity grade;
     # both models run in the same jitted call.
     out2 = tmp_path / "out2"
-    code = infer.main(
+    code = infer_cli.main(
         [
             "--checkpoint",
             str(run_dir),

@@ -21,7 +21,7 @@ def test_counts_hand_computed():
     # pixels >= 0.5: (0,0,1) fp; (1,0,0) tp; (1,0,1) tp; (1,1,0)=0.4 on mask -> fn.
     assert acc.pixel == ConfusionCounts(tp=2, fp=1, tn=4, fn=1)
     # image 0: max 0.6 >= 0.5 but label 0 -> fp; image 1 -> tp.
-    assert acc.sample == ConfusionCounts(tp=1, fp=1, tn=0, fn=0)
+    assert acc.detection == ConfusionCounts(tp=1, fp=1, tn=0, fn=0)
     m = acc.pixel.metrics()
     assert m["sensitivity"] == pytest.approx(2 / 3)
     assert m["specificity"] == pytest.approx(4 / 5)
@@ -42,7 +42,7 @@ def test_padding_rows_count_nowhere():
     stats = batch_statistics(probs, masks, np.array([1, 1, 0]), np.array([True, False, False]))
     acc = MetricAccumulator()
     acc.update(stats)
-    assert acc.pixel.total == 16 and acc.sample.total == 1
+    assert acc.pixel.total == 16 and acc.detection.total == 1
     assert sum(int(h.sum()) for h in acc.hists.values()) == 16 + 1
 
 
@@ -125,7 +125,7 @@ def test_against_sklearn_on_random_data(seed):
     score = probs.reshape(b, -1).max(1)
     dpred = (score >= 0.5).astype(int)
     tn, fp, fn, tp = skm.confusion_matrix(labels, dpred, labels=[0, 1]).ravel()
-    assert acc.sample == ConfusionCounts(tp=tp, fp=fp, tn=tn, fn=fn)
+    assert acc.detection == ConfusionCounts(tp=tp, fp=fp, tn=tn, fn=fn)
 
 
 def test_binned_roc_matches_sklearn_at_bin_edges():

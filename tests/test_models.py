@@ -1,10 +1,12 @@
 """The segmentation models: API, shapes, skip features, freezing, modes, pure-function use.
 
-Real weights are only built for ResNet-50 (the cheapest encoder to initialise and compile on
-a CPU): all four decoders run forward and backward on it under `jax.jit` at 64x64. DenseNet-121
-and Inception-v3 run forward and backward with U-Net in slow tests; their other decoders are
-traced abstractly (`nnx.eval_shape` / `jax.eval_shape`), which checks every shape without
-compiling. Exact parameter counts live in test_param_counts.py.
+Shape and gradient tests are parametrised from the registries (`ENCODERS`, `ARCHS`), so a
+newly registered encoder or decoder is covered by registering it. Real weights are only built
+for ResNet-50 (the cheapest encoder to initialise and compile on a CPU): every decoder runs
+forward and backward on it under `jax.jit` at 64x64. Every other encoder runs forward and
+backward with U-Net in slow tests; its other decoders are traced abstractly (`nnx.eval_shape`
+/ `jax.eval_shape`), which checks every shape without compiling. Exact parameter counts live
+in test_models_param_counts.py.
 """
 
 from __future__ import annotations
@@ -26,8 +28,58 @@ from qatacov_jax.models import (
     create_model,
 )
 
-SIZE = 64
+SIZE = 64  # the smallest input size tried (inputs are multiples of 32)
 STRIDES = (2, 4, 8, 16, 32)
+
+
+def distinct(registry: dict) -> list[str]:
+    """Registry names, in registration order, less aliases of an earlier name (`chexnet` is
+    `densenet121`'s graph with other weights): one per constructor."""
+    first: dict[int, str] = {}
+    for name, constructor in registry.items():
+        first.setdefault(id(constructor), name)
+    return list(first.values())
+
+
+MODEL_ENCODERS = distinct(ENCODERS)
+DECODERS = distinct(ARCHS)
+# Every decoder runs for real on REAL_ENCODER, the cheapest encoder to initialise and compile
+# on a CPU; every other encoder runs for real with REAL_DECODER (slow), and is traced with
+# the other decoders.
+REAL_ENCODER = "resnet50"
+REAL_DECODER = "unet"
+# The nested decoders compile slowest: their real forward/backward runs only in slow tests.
+SLOW_DECODERS = {"unetpp", "dla"}
+
+
+def input_size(encoder: nnx.Module) -> int:
+    """The smallest square input size, a multiple of 32 and at least SIZE, at which `encoder`
+    gives all 5 features at their strides (an encoder with unpadded convolutions or pools
+    needs more: its maps shrink to nothing or off the stride grid). Found by abstract
+    evaluation: nothing is computed and the encoder is left as it was."""
+    graphdef, state = nnx.split(encoder)
+
+    def features(state, x):
+        e = nnx.merge(graphdef, state)
+        e.eval()
+        return e(x)
+
+    error = None
+    for size in range(SIZE, 10 * SIZE + 1, 32):
+        want = [
+            (1, size // s, size // s, c) for s, c in zip(STRIDES, encoder.out_channels, strict=True)
+        ]
+        try:
+            got = jax.eval_shape(
+                features, state, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+            )
+        except (ValueError, TypeError) as e:  # e.g. a concatenation of mismatched maps
+            error = e
+            continue
+        if [f.shape for f in got] == want:
+            return size
+        error = AssertionError(f"features {[f.shape for f in got]}, want {want}")
+    raise AssertionError(f"{type(encoder).__name__}: no input size up to {size} works") from error
 
 
 def abstract_model(arch: str, encoder: str, **kw):
@@ -57,19 +109,20 @@ def make_loss_fn(model: nnx.Module):
     return step, state
 
 
-def batch(seed: int = 0, n: int = 2) -> tuple[jax.Array, jax.Array]:
+def batch(seed: int = 0, n: int = 2, size: int = SIZE) -> tuple[jax.Array, jax.Array]:
     kx, kt = jax.random.split(jax.random.key(seed))
-    x = jax.random.normal(kx, (n, SIZE, SIZE, 3), jnp.float32)
-    target = (jax.random.uniform(kt, (n, SIZE, SIZE, 1)) > 0.7).astype(jnp.float32)
+    x = jax.random.normal(kx, (n, size, size, 3), jnp.float32)
+    target = (jax.random.uniform(kt, (n, size, size, 1)) > 0.7).astype(jnp.float32)
     return x, target
 
 
 def check_forward_backward(model: nnx.Module) -> None:
+    size = input_size(model.encoder)
     step, state = make_loss_fn(model)
     before = nnx.state(model, nnx.BatchStat)
-    loss, logits, grads, stats = step(state, *batch())
+    loss, logits, grads, stats = step(state, *batch(size=size))
     params = nnx.state(model, TRAINABLE)
-    assert logits.shape == (2, SIZE, SIZE, 1) and logits.dtype == jnp.float32
+    assert logits.shape == (2, size, size, 1) and logits.dtype == jnp.float32
     assert np.isfinite(float(loss)) and bool(jnp.isfinite(logits).all())
     assert jax.tree.map(jnp.shape, grads) == jax.tree.map(jnp.shape, params)
     norms = {"/".join(map(str, p)): float(jnp.linalg.norm(v)) for p, v in nnx.to_flat_state(grads)}
@@ -121,12 +174,21 @@ def test_bad_input_shapes_raise(shape, message):
 # --- encoders -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["densenet121", "inceptionv3", "resnet50"])
+def test_parametrisation_covers_every_registered_graph():
+    # Aliases (`chexnet`) share their constructor, hence their graph, with a tested encoder.
+    assert set(ENCODERS.values()) == {ENCODERS[name] for name in MODEL_ENCODERS}
+    assert len(MODEL_ENCODERS) == len(set(ENCODERS.values())) and "chexnet" not in MODEL_ENCODERS
+    assert set(DECODERS) == set(ARCHS) and SLOW_DECODERS <= set(ARCHS)
+    assert REAL_ENCODER in MODEL_ENCODERS and REAL_DECODER in DECODERS
+
+
+@pytest.mark.parametrize("name", MODEL_ENCODERS)
 def test_encoder_features_have_declared_channels_and_strides(name):
     encoder = nnx.eval_shape(lambda: create_encoder(name, rngs=nnx.Rngs(0)))
     encoder.eval()
     assert len(encoder.out_channels) == 5
-    h, w = 64, 96  # not square, to catch swapped axes
+    size = input_size(encoder)
+    h, w = size, size + 32  # not square, to catch swapped axes
     features = nnx.eval_shape(
         lambda e, x: e(x), encoder, jax.ShapeDtypeStruct((2, h, w, 3), jnp.float32)
     )
@@ -161,17 +223,11 @@ def test_encoder_layer_names_follow_keras():
 
 @pytest.fixture(scope="module")
 def resnet50_encoder():
-    return create_encoder("resnet50", rngs=nnx.Rngs(1))
+    return create_encoder(REAL_ENCODER, rngs=nnx.Rngs(1))
 
 
 @pytest.mark.parametrize(
-    "arch",
-    [
-        "unet",
-        "fpn",
-        pytest.param("unetpp", marks=pytest.mark.slow),
-        pytest.param("dla", marks=pytest.mark.slow),
-    ],
+    "arch", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW_DECODERS else a for a in DECODERS]
 )
 def test_resnet50_models_forward_and_gradients(resnet50_encoder, arch):
     # Each model gets its own copy of the (randomly initialised) encoder.
@@ -181,14 +237,14 @@ def test_resnet50_models_forward_and_gradients(resnet50_encoder, arch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("encoder", ["densenet121", "inceptionv3"])
+@pytest.mark.parametrize("encoder", [e for e in MODEL_ENCODERS if e != REAL_ENCODER])
 def test_unet_forward_and_gradients(encoder):
-    check_forward_backward(create_model("unet", encoder, rngs=nnx.Rngs(0)))
+    check_forward_backward(create_model(REAL_DECODER, encoder, rngs=nnx.Rngs(0)))
 
 
 @pytest.mark.parametrize(
     "arch,encoder",
-    [(a, e) for a in ("unetpp", "dla", "fpn") for e in ("densenet121", "inceptionv3")],
+    [(a, e) for a in DECODERS if a != REAL_DECODER for e in MODEL_ENCODERS if e != REAL_ENCODER],
 )
 def test_other_models_trace_forward(arch, encoder):
     # Decoders are encoder-agnostic code (they see only `out_channels`), and run for real on
@@ -196,9 +252,10 @@ def test_other_models_trace_forward(arch, encoder):
     # trace free of BatchNorm statistic updates, which makes it much cheaper.
     model = abstract_model(arch, encoder)
     model.eval()
-    x = jax.ShapeDtypeStruct((2, SIZE, SIZE, 3), jnp.float32)
+    size = input_size(model.encoder)
+    x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
     logits = nnx.eval_shape(lambda m, x: m(x), model, x)
-    assert logits.shape == (2, SIZE, SIZE, 1) and logits.dtype == jnp.float32
+    assert logits.shape == (2, size, size, 1) and logits.dtype == jnp.float32
 
 
 def test_eval_mode_uses_running_statistics(resnet50_encoder):
@@ -237,7 +294,7 @@ def test_frozen_param_is_not_trainable():
     assert TRAINABLE is nnx.Param
 
 
-@pytest.mark.parametrize("encoder", ["resnet50", "densenet121"])
+@pytest.mark.parametrize("encoder", MODEL_ENCODERS)
 def test_trainable_filter_selects_expected_leaves(encoder):
     free = abstract_model("unet", encoder)
     frozen = abstract_model("unet", encoder, frozen=True)

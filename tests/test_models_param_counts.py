@@ -1,8 +1,13 @@
-"""Exact Keras-sense parameter counts of every configuration, pinned (REFERENCE.md s.1).
+"""Exact Keras-sense parameter counts of every configuration, pinned.
 
-Built with `nnx.eval_shape`, so no weights are allocated. Each (arch, encoder) is built once
-unfrozen; the frozen count comes from freezing that abstract model's encoder in place, and a
-few configurations also go through `create_model(..., frozen=True)` to pin that path.
+The expected counts are those of docs/original_models.md, "Exact parameter counts".
+Every combination of the registries (`ARCHS` x `ENCODERS` x frozen or not) must have a pinned
+count: registering an encoder or a decoder without one fails, naming what is missing.
+Built with `nnx.eval_shape`, so no weights are allocated. Each (arch, encoder) graph is built
+once unfrozen (aliases such as `chexnet` share their graph, and so their count, with the
+encoder they alias); the frozen count comes from freezing that abstract model's encoder in
+place, and a few configurations also go through `create_model(..., frozen=True)` to pin that
+path.
 """
 
 from __future__ import annotations
@@ -10,8 +15,8 @@ from __future__ import annotations
 import pytest
 from flax import nnx
 
-from qatacov_jax import paper
-from qatacov_jax.models import count_params, create_model, freeze
+from qatacov_jax.benchmarking import paper
+from qatacov_jax.models import ARCHS, ENCODERS, count_params, create_model, freeze
 
 # FPN (segmentation_models 1.0.1 Keras `FPN(backbone, classes=1, activation='sigmoid')`, i.e.
 # pyramid 256, segmentation 128, concat aggregation; counted with Keras): not in the paper.
@@ -22,13 +27,38 @@ FPN_COUNTS = {
     ("fpn", "inceptionv3", True): (3_241_409, 21_787_872),
     ("fpn", "resnet50", False): (26_863_940, 47_878),
     ("fpn", "resnet50", True): (3_409_028, 23_502_790),
+    # CheXNet is DenseNet-121's graph (other weights): the same counts.
+    ("fpn", "chexnet", False): (9_825_793, 85_952),
+    ("fpn", "chexnet", True): (2_955_585, 6_956_160),
 }
 EXPECTED = {**paper.EXACT_COUNTS, **FPN_COUNTS}
-PAIRS = sorted({(arch, enc) for arch, enc, _ in EXPECTED if enc != "chexnet"})
+# Every configuration the registries can build.
+COMBINATIONS = [(a, e, f) for a in ARCHS for e in ENCODERS for f in (False, True)]
+# The first registered name of each encoder constructor (graph); an alias maps to it.
+CANONICAL = {name: next(n for n in ENCODERS if ENCODERS[n] is c) for name, c in ENCODERS.items()}
+PAIRS = sorted({(arch, enc) for arch, enc, _ in COMBINATIONS if CANONICAL[enc] == enc})
 
 
 def abstract_model(arch: str, encoder: str, frozen: bool = False):
     return nnx.eval_shape(lambda: create_model(arch, encoder, frozen=frozen, rngs=nnx.Rngs(0)))
+
+
+def test_every_registry_combination_has_a_pinned_count():
+    missing = [c for c in COMBINATIONS if c not in EXPECTED]
+    assert not missing, (
+        f"no pinned parameter count for (arch, encoder, frozen) {missing}: count the Keras "
+        "model and pin it in FPN_COUNTS here or paper.EXACT_COUNTS"
+    )
+    unknown = sorted(set(EXPECTED) - set(COMBINATIONS))
+    assert not unknown, f"pinned counts for configurations the registries lack: {unknown}"
+
+
+def test_aliases_pin_the_counts_of_the_encoder_they_alias():
+    # Same constructor, same graph: the count built and checked for the aliased name holds.
+    aliased = [(a, e, f) for a, e, f in COMBINATIONS if CANONICAL[e] != e]
+    assert aliased, "chexnet is an alias of densenet121"
+    wrong = [c for c in aliased if EXPECTED[c] != EXPECTED[(c[0], CANONICAL[c[1]], c[2])]]
+    assert not wrong, wrong
 
 
 def test_expected_table_covers_the_paper_and_fpn():

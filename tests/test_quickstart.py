@@ -1,5 +1,5 @@
 """The quickstart's own pieces (the full chain is the README's first command; its training
-part is covered by tests/test_train_learning.py, evaluate/infer by their tests)."""
+part is covered by tests/test_training_learning.py, evaluate/infer by their tests)."""
 
 import numpy as np
 import pytest

@@ -21,7 +21,7 @@ from __future__ import annotations
 import pytest
 import train_utils  # noqa: F401  (puts the repository root on sys.path for `configs`)
 
-from qatacov_jax import train
+from qatacov_jax.training import loop as train
 
 PIXEL_F1_BAR = 0.40
 

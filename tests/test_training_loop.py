@@ -10,13 +10,14 @@ import pytest
 import train_utils
 from flax import nnx
 
-from qatacov_jax import checkpoint as ckpt
-from qatacov_jax import train
+from qatacov_jax.training import checkpoint as ckpt
+from qatacov_jax.training import loop as train
+from qatacov_jax.training import rundir
 
 
 @pytest.fixture(autouse=True)
-def tiny_model(monkeypatch):
-    monkeypatch.setattr(train, "build_model", train_utils.build_tiny_model)
+def builds_tiny_model(monkeypatch):
+    train_utils.use_tiny_model(monkeypatch.setattr)
 
 
 @pytest.fixture(scope="module")
@@ -27,20 +28,15 @@ def data_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def uninterrupted(data_dir, tmp_path_factory):
     """One uninterrupted 2-epoch run (8 steps; checkpoints at 3, 4, 6, 8)."""
-    import qatacov_jax.train as t
-
-    orig = t.build_model
-    t.build_model = train_utils.build_tiny_model
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # module scope: no `monkeypatch` fixture
+        train_utils.use_tiny_model(patch.setattr)
         workdir = tmp_path_factory.mktemp("run")
         results = train.train_and_evaluate(train_utils.tiny_config(data_dir), workdir)
-    finally:
-        t.build_model = orig
     return workdir, results
 
 
 def _params(run_dir, which="latest"):
-    model, _, _ = ckpt.load_model(run_dir, which=which)
+    model, _, _ = rundir.load_model(run_dir, which=which)
     return jax.device_get(nnx.state(model).to_pure_dict())
 
 
@@ -70,7 +66,7 @@ def test_run_directory_layout_and_results(uninterrupted):
 
 def test_load_model_best_and_latest(uninterrupted):
     workdir, results = uninterrupted
-    model, config, preprocessing = ckpt.load_model(workdir, which="latest")
+    model, config, preprocessing = rundir.load_model(workdir, which="latest")
     assert config.model.arch == "unet" and preprocessing.mode == "unit"
     assert model.dec_bn.use_running_average  # eval mode
     out = model(np.zeros((1, 32, 32, 3), np.float32))
@@ -112,7 +108,7 @@ def test_different_config_is_refused(uninterrupted, data_dir):
     workdir, _ = uninterrupted
     config = train_utils.tiny_config(data_dir)
     config.optim.lr = 0.5
-    with pytest.raises(ckpt.RunDirMismatchError, match="optim.lr"):
+    with pytest.raises(rundir.RunDirMismatchError, match="optim.lr"):
         train.train_and_evaluate(config, workdir)
 
 
@@ -120,14 +116,14 @@ def test_config_guard_ignores_resumable_fields(tmp_path):
     from configs import default
 
     config = default.get_config()
-    ckpt.check_or_write_config(tmp_path, config)
+    rundir.check_or_write_config(tmp_path, config)
     config.num_epochs = 80  # extending a run is allowed
     config.data.data_dir = "/elsewhere"
-    ckpt.check_or_write_config(tmp_path, config)
+    rundir.check_or_write_config(tmp_path, config)
     config.model.arch = "unetpp"
     config.fold = 3
-    with pytest.raises(ckpt.RunDirMismatchError) as e:
-        ckpt.check_or_write_config(tmp_path, config)
+    with pytest.raises(rundir.RunDirMismatchError) as e:
+        rundir.check_or_write_config(tmp_path, config)
     assert "model.arch" in str(e.value) and "fold" in str(e.value)
     assert "num_epochs" not in str(e.value)
 
@@ -147,7 +143,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
 
 
 def test_cross_validation_runs_folds_and_averages(data_dir, tmp_path):
-    from qatacov_jax import cv
+    from qatacov_jax.training import cross_validation as cv
 
     config = train_utils.tiny_config(data_dir)
     config.num_epochs = 1
@@ -161,7 +157,7 @@ def test_cross_validation_runs_folds_and_averages(data_dir, tmp_path):
     f1 = [v for v in f1 if v is not None]
     if f1:
         np.testing.assert_allclose(summary["mean"]["pixel_f1"], np.mean(f1))
-    pooled = summary["pooled"]["detection"]["counts"]
+    pooled = summary["pooled"]["detection"]["confusion"]
     n_eval = sum(summary["per_fold"][str(k)]["num_examples"] for k in (0, 1))
     assert sum(pooled.values()) == n_eval
     assert json.loads((tmp_path / "results.json").read_text())["folds"] == [0, 1]

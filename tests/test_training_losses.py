@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qatacov_jax import losses
+from qatacov_jax.training import losses
 
 
 def _np_sigmoid(z: np.ndarray) -> np.ndarray:
@@ -122,9 +120,9 @@ def test_unknown_reduction_is_rejected(batch):
 @pytest.mark.slow
 def test_matches_segmentation_models_binary_focal_dice_loss(batch):
     """The Keras loss the original models were trained with (on probabilities, clipped)."""
-    os.environ["SM_FRAMEWORK"] = "tf.keras"
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    sm = pytest.importorskip("segmentation_models")
+    # Imported here, not at the top, so that collecting this file does not import
+    # TensorFlow; tests/conftest.py selects tf-keras for segmentation_models.
+    import segmentation_models as sm
     import tensorflow as tf
 
     z, p = batch

@@ -14,8 +14,8 @@ import pytest
 import train_utils
 from flax import nnx
 
-from qatacov_jax import checkpoint as ckpt
-from qatacov_jax import train
+from qatacov_jax.training import loop as train
+from qatacov_jax.training import rundir
 
 HERE = Path(__file__).resolve().parent
 
@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 
 def _params(run_dir: Path) -> dict:
-    model, _, _ = ckpt.load_model(run_dir, which="latest")
+    model, _, _ = rundir.load_model(run_dir, which="latest")
     return jax.device_get(nnx.state(model).to_pure_dict())
 
 
@@ -35,12 +35,14 @@ def _params(run_dir: Path) -> dict:
 def test_two_processes_match_one_process(tmp_path, monkeypatch):
     data_dir = str(tmp_path / "tfds")
     # Reference: 1 process, 4 of the session's 8 simulated devices, the same global batch.
-    monkeypatch.setattr(train, "build_model", train_utils.build_tiny_model)
+    train_utils.use_tiny_model(monkeypatch.setattr)
     ref = train.train_and_evaluate(
         train_utils.tiny_config(data_dir, num_devices=4), tmp_path / "one"
     )
 
     port = _free_port()
+    # The children's environment (a copy: this process's own is left alone); each child
+    # sets its own device count before importing JAX.
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS",)}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
     procs = [
@@ -73,7 +75,7 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch):
     for i, (p, out) in enumerate(zip(procs, outputs, strict=True)):
         assert p.returncode == 0, f"process {i} failed:\n{out[-4000:]}"
 
-    multi = ckpt.read_config(tmp_path / "two")
+    multi = rundir.read_config(tmp_path / "two")
     assert multi.distributed.num_processes == 2
     import json
 

@@ -8,10 +8,12 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
-from train_utils import TinySegmenter
+from train_utils import tiny_model
 
-from qatacov_jax import models, optim, sharding
-from qatacov_jax.train import LossSpec, make_train_step
+from qatacov_jax import models
+from qatacov_jax.runtime import sharding
+from qatacov_jax.training import optim
+from qatacov_jax.training.steps import LossSpec, make_train_step
 
 OPTIM = ml_collections.ConfigDict(
     {"name": "adam", "lr": 1e-2, "b1": 0.9, "b2": 0.999, "eps": 1e-7, "grad_clip_norm": None}
@@ -53,8 +55,8 @@ def test_one_device_equals_eight_devices():
     """Same global batch on 1 and 8 devices: BatchNorm statistics and gradients are global,
     so losses and parameters agree to float round-off (the reductions are split differently)."""
     batches = _batches(3)
-    l1, p1 = _train(TinySegmenter(rngs=nnx.Rngs(0)), 1, batches)
-    l8, p8 = _train(TinySegmenter(rngs=nnx.Rngs(0)), 8, batches)
+    l1, p1 = _train(tiny_model(0), 1, batches)
+    l8, p8 = _train(tiny_model(0), 8, batches)
     np.testing.assert_allclose(l1, l8, rtol=1e-5)
     assert l1[-1] < l1[0]  # it trains, so the comparison is not between two frozen models
     flat1, flat8 = jax.tree.leaves_with_path(p1), jax.tree.leaves(p8)
@@ -64,7 +66,7 @@ def test_one_device_equals_eight_devices():
 
 def test_state_is_replicated_and_donated():
     mesh = sharding.make_mesh(8)
-    step, state = _setup(TinySegmenter(rngs=nnx.Rngs(0)), mesh)
+    step, state = _setup(tiny_model(0), mesh)
     old_leaf = jax.tree.leaves(state)[0]
     new_state, _ = step(state, sharding.shard_batch(_batches(1)[0], mesh))
     leaf = jax.tree.leaves(new_state)[0]
@@ -100,7 +102,7 @@ def _check_frozen(model: nnx.Module, batches, num_devices: int = 1) -> None:
 
 
 def test_frozen_encoder_tiny():
-    _check_frozen(TinySegmenter(frozen=True, rngs=nnx.Rngs(0)), _batches(2))
+    _check_frozen(tiny_model(0, frozen=True), _batches(2))
 
 
 @pytest.mark.slow
@@ -114,7 +116,7 @@ def test_frozen_encoder_unet_densenet121():
 
 def test_bf16_compute_keeps_fp32_params():
     mesh = sharding.make_mesh(1)
-    step, state = _setup(TinySegmenter(rngs=nnx.Rngs(0), dtype=jnp.bfloat16), mesh)
+    step, state = _setup(tiny_model(0, dtype=jnp.bfloat16), mesh)
     state, metrics = step(state, sharding.shard_batch(_batches(1)[0], mesh))
     assert metrics["loss"].dtype == jnp.float32
     assert {x.dtype for x in jax.tree.leaves(state["model"].to_pure_dict())} == {
@@ -123,14 +125,14 @@ def test_bf16_compute_keeps_fp32_params():
 
 
 def test_batch_norm_recalibration_uses_exact_batch_statistics():
-    from qatacov_jax.train import (
+    from qatacov_jax.training.steps import (
         make_batch_stats_step,
         recalibrate_batch_norm,
         zero_momentum_graphdef,
     )
 
     mesh = sharding.make_mesh(2)
-    model = TinySegmenter(rngs=nnx.Rngs(0))
+    model = tiny_model(0)
     stats_step = make_batch_stats_step(zero_momentum_graphdef(model), mesh)
     assert all(m.momentum == 0.9 for _, m in model.iter_modules() if isinstance(m, nnx.BatchNorm))
     batches = _batches(3)

@@ -14,8 +14,8 @@ import pytest
 import weights_files as wf
 from flax import nnx
 
-from qatacov_jax.models import FrozenParam, create_model
-from qatacov_jax.preprocessing import Preprocessing
+from qatacov_jax.data.preprocessing import Preprocessing
+from qatacov_jax.models import FrozenParam, create_model, encoder_preprocessing
 from qatacov_jax.weights import (
     WeightsError,
     load_encoder_weights,
@@ -192,7 +192,7 @@ def test_manifest_records_source_and_preprocessing(dn_ported, dn_h5):
     assert raw["format"] == "qatacov-jax-encoder-weights"
     assert raw["source"]["framework"] == "keras" and raw["source"]["file_name"] == dn_h5.name
     assert len(raw["source"]["sha256"]) == 64
-    assert Preprocessing.from_dict(raw["preprocessing"]) == Preprocessing.for_encoder("densenet121")
+    assert Preprocessing.from_dict(raw["preprocessing"]) == encoder_preprocessing("densenet121")
     assert raw["num_tensors"] == 604 and raw["dropped"] == []
 
 
@@ -207,7 +207,7 @@ def test_preprocessing_override(tmp_path, dn_h5):
 def test_load_fills_every_variable_and_returns_preprocessing(dn_ported, dn_weights):
     enc = abstract_encoder("densenet121")
     pre = load_encoder_weights(enc, dn_ported)
-    assert pre == Preprocessing.for_encoder("densenet121")
+    assert pre == encoder_preprocessing("densenet121")
     np.testing.assert_array_equal(enc.conv1_conv.kernel.value, dn_weights[("conv1_conv", "kernel")])
     np.testing.assert_array_equal(
         enc.conv4_block7_1_bn.var.value, dn_weights[("conv4_block7_1_bn", "var")]
@@ -234,7 +234,7 @@ def test_load_refuses_other_architecture(dn_ported):
 
 def test_weights_preprocessing_checks_encoder(dn_ported, tmp_path):
     assert weights_preprocessing("chexnet", dn_ported).mode == "torch"
-    assert weights_preprocessing("inceptionv3", None) == Preprocessing.for_encoder("inceptionv3")
+    assert weights_preprocessing("inceptionv3", None) == encoder_preprocessing("inceptionv3")
     with pytest.raises(WeightsError, match="config's encoder is 'resnet50'"):
         weights_preprocessing("resnet50", dn_ported)
     with pytest.raises(WeightsError, match="port_weights.py"):
@@ -269,12 +269,12 @@ def test_training_config_loads_ported_weights_and_their_preprocessing(dn_ported)
     import jax
 
     from configs import default
-    from qatacov_jax import train
+    from qatacov_jax.training import factory
     from qatacov_jax.weights import abstract_encoder, read_manifest
 
     config = default.variant("unet", "densenet121")
     config.model.encoder_weights = str(dn_ported)
-    model, prep = train.build_model(config, seed=0)
+    model, prep = factory.build_model(config, seed=0)
     assert prep == read_manifest(dn_ported).preprocessing
     expected = abstract_encoder("densenet121")
     load_encoder_weights(expected, dn_ported)
@@ -286,7 +286,7 @@ def test_training_config_loads_ported_weights_and_their_preprocessing(dn_ported)
 
     config.model.encoder = "resnet50"
     with pytest.raises(WeightsError, match="densenet121"):
-        train.build_model(config, seed=0)
+        factory.build_model(config, seed=0)
     config.model.encoder_weights = str(dn_ported.parent / "missing")
     with pytest.raises(FileNotFoundError, match="port_weights.py"):
-        train.build_model(config, seed=0)
+        factory.build_model(config, seed=0)

@@ -22,10 +22,10 @@ import pytest
 import reference_models as ref
 from flax import nnx
 
-from qatacov_jax.preprocessing import Preprocessing
+from qatacov_jax.data.preprocessing import Preprocessing
+from qatacov_jax.models import ENCODER_ARCHITECTURES, encoder_preprocessing
 from qatacov_jax.weights import load_encoder_weights, port, read_manifest
 from qatacov_jax.weights.port import abstract_encoder
-from qatacov_jax.weights.tables import ARCHITECTURES
 
 RTOL = 1e-4
 
@@ -50,7 +50,7 @@ class Ours:
         self.encoders: dict[str, nnx.Module] = {}
 
     def encoder(self, name: str) -> nnx.Module:
-        arch = ARCHITECTURES[name]
+        arch = ENCODER_ARCHITECTURES[name]
         if arch not in self.encoders:
             enc = abstract_encoder(name)
             enc.eval()
@@ -94,10 +94,10 @@ def assert_parity(ours: list[np.ndarray], theirs: list[np.ndarray]) -> None:
 def check_manifest(out: Path, src: Path, *, encoder: str, framework: str, eps: float) -> dict:
     manifest = read_manifest(out)
     assert manifest.encoder == encoder
-    assert manifest.architecture == ARCHITECTURES[encoder]
+    assert manifest.architecture == ENCODER_ARCHITECTURES[encoder]
     assert manifest.source["framework"] == framework
     assert manifest.source["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
-    assert manifest.preprocessing == Preprocessing.for_encoder(encoder)
+    assert manifest.preprocessing == encoder_preprocessing(encoder)
     assert manifest.source_bn_epsilon == pytest.approx(eps, rel=1e-9)
     return manifest.to_dict()
 

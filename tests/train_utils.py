@@ -1,15 +1,21 @@
-"""Shared pieces of the training tests: a tiny segmentation model and tiny configs.
+"""The test suite's one tiny segmentation model, and tiny training configs.
 
-The tiny model keeps the contract of the real ones (an `encoder` submodule whose weights
+`TinySegmenter` is the stand-in for a real model wherever a test exercises the machinery
+around a model (training steps and loop, evaluation, inference) rather than the model itself.
+It keeps the contract of the real ones (an `encoder` submodule whose weights
 `qatacov_jax.models.freeze` turns into `FrozenParam` except BatchNorm scale/offset,
-BatchNorm everywhere, logits `(B, H, W, 1)`), so the training machinery is exercised exactly
-as with U-Net DenseNet-121 but compiles in a second instead of a minute on CPU.
+BatchNorm everywhere, `(B, H, W, 3)` -> float32 logits `(B, H, W, 1)` for H, W multiples of
+4), so that machinery is exercised exactly as with U-Net DenseNet-121 but compiles in a
+second instead of a minute on CPU. `use_tiny_model` makes training and run-directory
+loading build it from a config.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import ml_collections
@@ -20,7 +26,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from qatacov_jax import models  # noqa: E402
-from qatacov_jax.preprocessing import Preprocessing  # noqa: E402
+from qatacov_jax.data.preprocessing import Preprocessing  # noqa: E402
+from qatacov_jax.training import factory  # noqa: E402
 
 
 class TinyEncoder(nnx.Module):
@@ -58,10 +65,41 @@ class TinySegmenter(nnx.Module):
         return self.head(y).astype(jax.numpy.float32)
 
 
+def tiny_model(seed: int = 0, *, frozen: bool = False, dtype=None) -> TinySegmenter:
+    """A `TinySegmenter` initialised from `seed`, in training mode (as `create_model`'s)."""
+    return TinySegmenter(frozen=frozen, rngs=nnx.Rngs(seed), dtype=dtype)
+
+
 def build_tiny_model(config: ml_collections.ConfigDict, *, seed: int, load_weights: bool = True):
-    """Drop-in for `qatacov_jax.train.build_model` (tests monkeypatch it in)."""
-    model = TinySegmenter(frozen=bool(config.model.frozen), rngs=nnx.Rngs(seed))
-    return model, Preprocessing.from_mode("unit")
+    """Drop-in for `qatacov_jax.training.factory.build_model` (see `use_tiny_model`)."""
+    return tiny_model(seed, frozen=bool(config.model.frozen)), Preprocessing.from_mode("unit")
+
+
+def use_tiny_model(setattr_: Callable[[Any, str, Any], None] = setattr) -> list[str]:
+    """Makes every `qatacov_jax` module that builds models from a config build the tiny one.
+
+    `factory.build_model` is imported by name into its users (the training loop, run
+    directory loading, ...), so each of them is patched. Pass `monkeypatch.setattr` (or a
+    `pytest.MonkeyPatch.context()`'s) so the change is undone after the test; the default,
+    plain `setattr`, is for subprocess scripts. Returns the patched modules' names.
+    """
+    import importlib
+    import pkgutil
+
+    import qatacov_jax.training
+
+    for info in pkgutil.iter_modules(qatacov_jax.training.__path__, "qatacov_jax.training."):
+        importlib.import_module(info.name)  # a user imported later would get the real one
+    real = factory.build_model
+    users = sorted(
+        name
+        for name, module in list(sys.modules.items())
+        if name.startswith("qatacov_jax") and getattr(module, "build_model", None) is real
+    )
+    assert {"qatacov_jax.training.loop", "qatacov_jax.training.rundir"} <= set(users), users
+    for name in users:
+        setattr_(sys.modules[name], "build_model", build_tiny_model)
+    return users
 
 
 def tiny_config(data_dir: str, *, num_devices: int | None = 1) -> ml_collections.ConfigDict:

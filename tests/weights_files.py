@@ -13,8 +13,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from qatacov_jax.models import ENCODER_ARCHITECTURES
 from qatacov_jax.weights.port import encoder_spec
-from qatacov_jax.weights.tables import ARCHITECTURES, MODULES
+from qatacov_jax.weights.tables import MODULES
 
 # Keras layer names that differ from our attribute names ('/' became '_').
 _KERAS_SLASH_NAMES = {"conv1_conv": "conv1/conv", "conv1_bn": "conv1/bn"}
@@ -28,7 +29,7 @@ def random_weights(encoder: str, seed: int) -> dict[tuple[str, ...], np.ndarray]
     reference framework's layer order; BN variances are positive."""
     rng = np.random.default_rng(seed)
     shapes, _ = encoder_spec(encoder)
-    order = {m: i for i, m in enumerate(MODULES[ARCHITECTURES[encoder]]())}
+    order = {m: i for i, m in enumerate(MODULES[ENCODER_ARCHITECTURES[encoder]]())}
     out = {}
     for key in sorted(shapes, key=lambda k: order[k[0]]):
         shape = shapes[key]

@@ -30,7 +30,7 @@ def default_config() -> ml_collections.ConfigDict:
       val_fraction: with fold=None on a dataset without a predefined validation split,
         this stratified fraction of the train split is held out as `eval`.
       balance: oversample the minority class (COVID-19 on QaTa) up to the majority count
-        each epoch, as the paper's Table 2.
+        each epoch, as the paper's Table 1.
       augment: `copies` (paper: only the extra copies made by balancing are augmented),
         `all` (every training draw), or `none`.
       max_shift / max_rotation: augmentation ranges (fraction of size; degrees).

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
+
+from qatacov_jax.data.imageio import ImageReadError, read_xray
+from qatacov_jax.data.resize import resize_image, resize_mask
 
 BAD_DATA_POLICIES = ("fail", "skip")
 
@@ -40,23 +42,6 @@ def cxr_features(
     feats["label"] = tfds.features.ClassLabel(names=label_names)
     feats["filename"] = tfds.features.Text()
     return tfds.features.FeaturesDict(feats)
-
-
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W) float [0,1] or uint8 -> (size, size, 1) uint8, bilinear (antialiased down)."""
-    if image.dtype != np.uint8:
-        image = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-    if image.shape != (size, size):
-        image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-    return image[..., None]
-
-
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """(H, W) any numeric mask -> (size, size, 1) uint8 {0, 255}, `> 0` then nearest."""
-    binary = (np.asarray(mask) > 0).astype(np.uint8) * 255
-    if binary.shape != (size, size):
-        binary = np.asarray(Image.fromarray(binary).resize((size, size), Image.NEAREST))
-    return binary[..., None]
 
 
 class BadDataLog:
@@ -118,14 +103,12 @@ def read_example(
     Returns:
       {'image': (size, size, 1) uint8, <mask name>: (size, size, 1) uint8 {0,255}} or None.
     """
-    from qatacov_jax.imageio import ImageReadError, read_xray
-
     try:
         image = read_xray(image_path)
     except ImageReadError as e:
         bad.bad(e.path, e.reason)
         return None
-    out = {"image": resize_image(image, size)}
+    out = {"image": resize_image(image, size)[..., None]}
     for name, mask_path in masks.items():
         if mask_path is None:
             out[name] = np.zeros((size, size, 1), np.uint8)
@@ -142,5 +125,5 @@ def read_example(
                 f"is {image.shape[1]}x{image.shape[0]}; a mask must match its image",
             )
             return None
-        out[name] = resize_mask(mask, size)
+        out[name] = resize_mask(mask, size)[..., None]
     return out

@@ -6,7 +6,7 @@ Then batch -> worker processes + prefetch -> `shard_batch` onto the mesh.
 
 The order of training examples is a pure function of (seed, global position), computed in
 `TrainPlan`: epoch e is the balanced pool (every control once; every COVID-19 image once
-unaugmented plus augmented copies up to the control count, as the paper's Table 2) shuffled
+unaugmented plus augmented copies up to the control count, as the paper's Table 1) shuffled
 with seed (seed, e). Global position g lands in global batch g // B; process p reads only the
 positions of its own slice of every batch, so each host loads just its shard and the stream
 is identical for any number of worker processes. Augmentation draws from a generator seeded
@@ -23,13 +23,15 @@ from typing import Any
 import grain
 import jax
 import numpy as np
+import tensorflow_datasets as tfds
+from absl import flags
 from jax.sharding import Mesh
-from PIL import Image
 
 from qatacov_jax.data import sources
 from qatacov_jax.data.augment import augment as random_augment
-from qatacov_jax.preprocessing import Preprocessing
-from qatacov_jax.sharding import check_batch_size, shard_batch
+from qatacov_jax.data.preprocessing import Preprocessing
+from qatacov_jax.data.resize import resize_image, resize_mask
+from qatacov_jax.runtime.sharding import check_batch_size, shard_batch
 
 AUGMENT_MODES = ("copies", "all", "none")
 
@@ -179,8 +181,8 @@ class LoadExample(grain.transforms.Map):
 
     def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
         ex = self.source[element["record"]]
-        image = _resize(ex["image"][..., 0], self.image_size, Image.BILINEAR)
-        mask = _resize(ex[self.mask_key][..., 0], self.image_size, Image.NEAREST)
+        image = resize_image(ex["image"][..., 0], self.image_size)
+        mask = resize_mask(ex[self.mask_key][..., 0], self.image_size)
         image = image.astype(np.float32) / np.float32(255.0)
         if element["augment"]:
             rng = np.random.default_rng([self.seed, element["position"]])
@@ -209,13 +211,6 @@ def _channel_affine(preprocessing: Preprocessing) -> tuple[np.ndarray, np.ndarra
     if not np.allclose(out[2], 0.37 * scale + shift, rtol=1e-5, atol=1e-5):
         raise ValueError(f"Preprocessing {preprocessing} is not a per-channel affine map.")
     return scale, shift
-
-
-def _resize(array: np.ndarray, size: int, method: int) -> np.ndarray:
-    """(H, W) uint8 -> (size, size) uint8."""
-    if array.shape == (size, size):
-        return array
-    return np.asarray(Image.fromarray(array).resize((size, size), method))
 
 
 class ShardedIterator:
@@ -270,12 +265,12 @@ def _finish(ds: grain.MapDataset, data_cfg: Any, local_batch: int, drop: bool) -
     # same for any num_workers (batching after the split would mix workers' examples).
     batched = ds.batch(local_batch, drop_remainder=drop)
     read = grain.ReadOptions(
-        num_threads=data_cfg.num_threads, prefetch_buffer_size=max(2, data_cfg.prefetch)
+        num_threads=data_cfg.num_threads,
+        # grain warns (and under-uses its threads) when the buffer is smaller than the threads.
+        prefetch_buffer_size=max(2, data_cfg.prefetch, data_cfg.num_threads),
     )
     it = batched.to_iter_dataset(read)
     if data_cfg.num_workers > 0:
-        from absl import flags
-
         # Grain's workers read absl flags; outside an absl app (pytest, notebooks, plain
         # scripts) they are unparsed and grain would fail, so accept the defaults.
         if not flags.FLAGS.is_parsed():
@@ -363,7 +358,6 @@ def example_filenames(data_cfg: Any, *, fold: int | None, split: str) -> list[st
     """File names of an `eval_iterator` pass, indexed by its `index` key."""
     builder = sources.prepare(data_cfg)
     tfds_split, records = sources.select(data_cfg, builder, fold=fold, split=split)
-    import tensorflow_datasets as tfds
 
     skip = {
         k: tfds.decode.SkipDecoding()

@@ -31,7 +31,7 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 
 from qatacov_jax.data.features import BadDataLog, cxr_features, read_example
-from qatacov_jax.imageio import SUPPORTED_SUFFIXES, is_dicom
+from qatacov_jax.data.imageio import SUPPORTED_SUFFIXES, is_dicom
 
 LABELS = ["control", "covid19"]
 ROOT = "QaTa-COV19"

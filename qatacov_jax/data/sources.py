@@ -14,10 +14,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from qatacov_jax.data import splits
+from qatacov_jax.data.covid_qu_ex import CovidQuEx, covid_qu_ex_config
+from qatacov_jax.data.qatacov19 import Qatacov19, qatacov19_config
 from qatacov_jax.data.synthetic_cxr import SyntheticCxr, synthetic_config
 
 # Never fetch prepared datasets or metadata from Google's bucket: data comes from the user.
@@ -97,8 +101,6 @@ def make_builder(data_cfg: Any) -> tfds.core.DatasetBuilder:
             config=_config_arg(SyntheticCxr, config), data_dir=ddir, file_format="array_record"
         )
     if name.startswith("qatacov19/"):
-        from qatacov_jax.data.qatacov19 import Qatacov19, qatacov19_config
-
         config = qatacov19_config(
             name.split("/")[1],
             manual_dir=manual_dir(data_cfg),
@@ -110,7 +112,6 @@ def make_builder(data_cfg: Any) -> tfds.core.DatasetBuilder:
         return Qatacov19(
             config=_config_arg(Qatacov19, config), data_dir=ddir, file_format="array_record"
         )
-    from qatacov_jax.data.covid_qu_ex import CovidQuEx, covid_qu_ex_config
 
     config = covid_qu_ex_config(
         name.split("/")[1], stored_size=data_cfg.stored_size, bad_data=data_cfg.bad_data
@@ -138,13 +139,9 @@ def prepare(data_cfg: Any) -> tfds.core.DatasetBuilder:
     """
     builder = make_builder(data_cfg)
     if not _is_prepared(builder):
-        import jax
-
         if jax.process_index() == 0:
             _download_and_prepare(builder, data_cfg)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices(f"prepare {data_cfg.dataset}")
         builder = make_builder(data_cfg)
     _check_controls(builder)

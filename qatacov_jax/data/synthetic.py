@@ -27,8 +27,6 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
-CONFUSERS = ("effusion", "cardiomegaly", "nodules")
-
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticExample:

@@ -12,17 +12,24 @@ Public API:
 from qatacov_jax.models.layers import TRAINABLE, FrozenParam, freeze
 from qatacov_jax.models.registry import (
     ARCHS,
+    ENCODER_ARCHITECTURES,
+    ENCODER_SPECS,
     ENCODERS,
+    EncoderSpec,
     ParamCount,
     count_params,
     create_encoder,
     create_model,
+    encoder_preprocessing,
 )
 from qatacov_jax.models.segmentation import SegmentationModel
 
 __all__ = [
     "ARCHS",
     "ENCODERS",
+    "ENCODER_ARCHITECTURES",
+    "ENCODER_SPECS",
+    "EncoderSpec",
     "TRAINABLE",
     "FrozenParam",
     "ParamCount",
@@ -30,5 +37,6 @@ __all__ = [
     "count_params",
     "create_encoder",
     "create_model",
+    "encoder_preprocessing",
     "freeze",
 ]

@@ -8,7 +8,8 @@ the skip rule:
 * UNet++ / Xnet: **all** existing X[i, 0..j-1] (dense skips);
 * DLA / Nestnet: **only** X[i, j-1].
 
-Quirks of the Keras fork that Table 8's parameter counts depend on (REFERENCE s.1):
+Quirks of the Keras fork that Table 8's parameter counts depend on (docs/original_models.md,
+"UNet++ and DLA quirks"):
 * node filters are `decoder_filters[N - i - 2]` (N = 5), which for i = 4 is index -1, so the
   deepest nodes get 16 filters;
 * row 0 has only the top node X[0, 5] (up2(X[1, 4]), no skip), which feeds the head.

@@ -1,4 +1,8 @@
-"""Model registry: plain dicts of encoders and decoders, and the public constructors."""
+"""Model registry: plain dicts of encoders and decoders, and the public constructors.
+
+Every encoder name is defined here once, with its graph and the input preprocessing its
+original pretrained weights expect; the weights and training code take both from here.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any, NamedTuple
 import jax
 from flax import nnx
 
+from qatacov_jax.data.preprocessing import Preprocessing
 from qatacov_jax.models.densenet import DenseNet121
 from qatacov_jax.models.fpn import FPNDecoder
 from qatacov_jax.models.inception import InceptionV3
@@ -19,13 +24,26 @@ from qatacov_jax.models.resnet import ResNet50
 from qatacov_jax.models.segmentation import SegmentationModel
 from qatacov_jax.models.unet import UNetDecoder
 
-# name -> encoder class; `chexnet` is DenseNet-121 (its weights differ, not its graph).
-ENCODERS: dict[str, Callable[..., nnx.Module]] = {
-    "densenet121": DenseNet121,
-    "chexnet": DenseNet121,
-    "inceptionv3": InceptionV3,
-    "resnet50": ResNet50,
+
+class EncoderSpec(NamedTuple):
+    """What an encoder name stands for."""
+
+    architecture: str  # the graph; names that share it share weight files' layouts
+    build: Callable[..., nnx.Module]  # (*, rngs, dtype) -> encoder module
+    preprocessing: str  # `Preprocessing` mode its original pretrained weights expect
+
+
+# `chexnet` is DenseNet-121 (its weights differ, not its graph). Preprocessing: see
+# docs/weights.md, "Preprocessing each set of weights expects".
+ENCODER_SPECS: dict[str, EncoderSpec] = {
+    "densenet121": EncoderSpec("densenet121", DenseNet121, "torch"),
+    "chexnet": EncoderSpec("densenet121", DenseNet121, "torch"),
+    "inceptionv3": EncoderSpec("inceptionv3", InceptionV3, "tf"),
+    "resnet50": EncoderSpec("resnet50", ResNet50, "bgr"),
 }
+# name -> encoder constructor, and name -> architecture (views of ENCODER_SPECS).
+ENCODERS: dict[str, Callable[..., nnx.Module]] = {n: s.build for n, s in ENCODER_SPECS.items()}
+ENCODER_ARCHITECTURES: dict[str, str] = {n: s.architecture for n, s in ENCODER_SPECS.items()}
 
 # arch -> decoder constructor taking (encoder_channels, *, rngs, dtype).
 ARCHS: dict[str, Callable[..., nnx.Module]] = {
@@ -40,6 +58,11 @@ def _lookup(table: dict[str, Any], name: str, what: str) -> Any:
     if name not in table:
         raise ValueError(f"Unknown {what} {name!r}; valid names: {sorted(table)}.")
     return table[name]
+
+
+def encoder_preprocessing(name: str) -> Preprocessing:
+    """The preprocessing the encoder's original pretrained weights were trained with."""
+    return Preprocessing.from_mode(_lookup(ENCODER_SPECS, name, "encoder").preprocessing)
 
 
 def create_encoder(name: str, *, rngs: nnx.Rngs, dtype: Any = None) -> nnx.Module:

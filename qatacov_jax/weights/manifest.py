@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from qatacov_jax.preprocessing import Preprocessing
+from qatacov_jax.data.preprocessing import Preprocessing
+from qatacov_jax.models import ENCODER_ARCHITECTURES, encoder_preprocessing
 from qatacov_jax.weights.errors import WeightsError
-from qatacov_jax.weights.tables import ARCHITECTURES
 
 MANIFEST_NAME = "manifest.json"
 CHECKPOINT_NAME = "encoder"  # orbax checkpoint directory inside a ported directory
@@ -108,14 +108,14 @@ def read_manifest(ported_dir: str | Path) -> Manifest:
 def weights_preprocessing(encoder: str, encoder_weights: str | Path | None) -> Preprocessing:
     """The preprocessing the input pipeline must apply for `config.model.encoder_weights`.
 
-    None (random init) -> the encoder's default (`Preprocessing.for_encoder`); a ported
+    None (random init) -> the encoder's default (`models.encoder_preprocessing`); a ported
     directory -> its manifest's preprocessing (checked to be for an encoder of the same
     architecture, so e.g. ResNet weights cannot be named for a DenseNet model).
     """
     if encoder_weights is None:
-        return Preprocessing.for_encoder(encoder)
+        return encoder_preprocessing(encoder)
     manifest = read_manifest(encoder_weights)
-    want = ARCHITECTURES.get(encoder)
+    want = ENCODER_ARCHITECTURES.get(encoder)
     if want is not None and manifest.architecture != want:
         raise WeightsError(
             Path(encoder_weights),

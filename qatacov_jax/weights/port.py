@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -30,10 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import nnx
+from flax import nnx, traverse_util
 
 import qatacov_jax
-from qatacov_jax.preprocessing import Preprocessing
+from qatacov_jax.data.preprocessing import Preprocessing
+from qatacov_jax.models import ENCODER_ARCHITECTURES, create_encoder, encoder_preprocessing
 from qatacov_jax.weights import tables
 from qatacov_jax.weights.errors import WeightsError
 from qatacov_jax.weights.keras_h5 import is_hdf5, read_keras_h5
@@ -87,7 +88,7 @@ def _wrong_architecture_hint(architecture: str, layer_names: list[str]) -> str:
     scores = {arch: len(tables.keras_layer_modules(arch, layer_names)) for arch in tables.MODULES}
     best = max(scores, key=scores.__getitem__)
     if best != architecture and scores[best] > scores[architecture]:
-        encoders = [e for e, a in tables.ARCHITECTURES.items() if a == best]
+        encoders = [e for e, a in ENCODER_ARCHITECTURES.items() if a == best]
         return f" The file looks like a {best} file: port it with encoder {encoders[0]!r}."
     return ""
 
@@ -150,22 +151,11 @@ def read_torch_source(src: Path, architecture: str) -> SourceTensors:
     return out
 
 
-def _flatten(tree: Any, prefix: Path_ = ()) -> Iterator[tuple[Path_, Any]]:
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _flatten(v, (*prefix, str(k)))
-    else:
-        yield prefix, tree
-
-
-def _unflatten(flat: dict[Path_, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return tree
+def _flatten(tree: dict[Any, Any]) -> dict[Path_, Any]:
+    """Nested dict -> {path tuple: leaf}, path parts as strings (so the integer keys of a
+    live state and the string keys of checkpoint metadata compare equal)."""
+    flat = traverse_util.flatten_dict(tree)
+    return {tuple(str(part) for part in path): leaf for path, leaf in flat.items()}
 
 
 def abstract_encoder(encoder: str, *, dtype: Any = None) -> nnx.Module:
@@ -174,8 +164,6 @@ def abstract_encoder(encoder: str, *, dtype: Any = None) -> nnx.Module:
     `load_encoder_weights` can fill such a module directly, which skips the (slow, eager)
     random initialisation when the weights are about to be replaced anyway.
     """
-    from qatacov_jax.models import create_encoder
-
     return nnx.eval_shape(lambda: create_encoder(encoder, rngs=nnx.Rngs(0), dtype=dtype))
 
 
@@ -191,7 +179,7 @@ def encoder_spec(encoder: str) -> tuple[Mapping[Path_, tuple[int, ...]], float]:
     """(variable path -> shape, BN epsilon) of an encoder; cached: tracing it takes seconds."""
     module = abstract_encoder(encoder)
     state = nnx.to_pure_dict(nnx.state(module, WEIGHT_VARIABLES))
-    shapes = {k: tuple(v.shape) for k, v in _flatten(state)}
+    shapes = {k: tuple(v.shape) for k, v in _flatten(state).items()}
     return MappingProxyType(shapes), encoder_bn_epsilon(module)
 
 
@@ -228,15 +216,15 @@ def match_to_encoder(
                 f"missing tensor for {'.'.join(key)} (Keras layer {key[0]!r}, weight "
                 f"{key[1]!r}); the file is incomplete or for a different architecture.",
             )
-    return _unflatten(flat)
+    return traverse_util.unflatten_dict(flat)
 
 
 def _check_encoder_name(encoder: str) -> str:
-    if encoder not in tables.ARCHITECTURES:
+    if encoder not in ENCODER_ARCHITECTURES:
         raise ValueError(
-            f"Unknown encoder {encoder!r}; valid encoders: {sorted(tables.ARCHITECTURES)}."
+            f"Unknown encoder {encoder!r}; valid encoders: {sorted(ENCODER_ARCHITECTURES)}."
         )
-    return tables.ARCHITECTURES[encoder]
+    return ENCODER_ARCHITECTURES[encoder]
 
 
 def port(
@@ -256,7 +244,7 @@ def port(
       out_dir: directory to create (`encoder/` orbax checkpoint + `manifest.json`).
       overwrite: replace an existing `out_dir` (only after the new one is complete).
       preprocessing: the input preprocessing the weights expect; default
-        `Preprocessing.for_encoder(encoder)` (what the original weights were trained with).
+        `encoder_preprocessing(encoder)` (what the original weights were trained with).
 
     Returns:
       `out_dir`.
@@ -303,7 +291,7 @@ def port(
             "size_bytes": src.stat().st_size,
             "keras_version": source.keras_version,
         },
-        preprocessing=preprocessing or Preprocessing.for_encoder(encoder),
+        preprocessing=preprocessing or encoder_preprocessing(encoder),
         source_bn_epsilon=eps_source,
         encoder_bn_epsilon=eps_ours,
         num_tensors=len(source.tensors),
@@ -351,10 +339,10 @@ def load_encoder_weights(encoder_module: nnx.Module, ported_dir: str | Path) -> 
     manifest = read_manifest(ported_dir)
     ckpt = ported_dir / CHECKPOINT_NAME
     state = nnx.state(encoder_module, WEIGHT_VARIABLES)
-    ours = dict(_flatten(nnx.to_pure_dict(state)))
+    ours = _flatten(nnx.to_pure_dict(state))
     checkpointer = ocp.StandardCheckpointer()
     try:
-        stored = dict(_flatten(checkpointer.metadata(ckpt).item_metadata.tree))
+        stored = _flatten(checkpointer.metadata(ckpt).item_metadata.tree)
     except (FileNotFoundError, ValueError, OSError) as e:
         raise WeightsError(
             ckpt, f"unreadable encoder checkpoint ({e}); port the file again."
@@ -378,8 +366,10 @@ def load_encoder_weights(encoder_module: nnx.Module, ported_dir: str | Path) -> 
             raise WeightsError(
                 ported_dir, f"{what} lack tensor {'.'.join(key)} that this encoder needs."
             )
-    target = _unflatten({k: np.zeros(v.shape, np.float32) for k, v in ours.items()})
-    restored = dict(_flatten(checkpointer.restore(ckpt, target)))
+    target = traverse_util.unflatten_dict(
+        {k: np.zeros(v.shape, np.float32) for k, v in ours.items()}
+    )
+    restored = _flatten(checkpointer.restore(ckpt, target))
 
     def place(key: Path_, old: Any) -> Any:
         value = np.asarray(restored[key]).astype(old.dtype)
@@ -387,7 +377,7 @@ def load_encoder_weights(encoder_module: nnx.Module, ported_dir: str | Path) -> 
             return jax.device_put(value, old.sharding)
         return jnp.asarray(value)
 
-    new = _unflatten({k: place(k, v) for k, v in ours.items()})
+    new = traverse_util.unflatten_dict({k: place(k, v) for k, v in ours.items()})
     nnx.replace_by_pure_dict(state, new)
     nnx.update(encoder_module, state)
     log.info("Loaded %s from %s", what, ported_dir)

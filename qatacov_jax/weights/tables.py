@@ -5,7 +5,8 @@ Porting is data, not code: each source layout maps its tensor names to a `Target
 that `nnx.Conv` / `nnx.BatchNorm`), with an optional axis permutation. The generic machinery
 in `port.py` applies a table and checks the result against the encoder's own shapes.
 
-Facts behind the tables (REFERENCE.md s.1-2):
+Facts behind the tables (docs/weights.md; BN epsilons: docs/original_models.md, "BatchNorm and
+padding conventions"):
 - Keras stores conv kernels HWIO like Flax; BN as gamma/beta/moving_mean/moving_variance.
 - PyTorch stores conv kernels OIHW (-> HWIO by (2, 3, 1, 0)); BN as weight/bias/
   running_mean/running_var.
@@ -19,14 +20,9 @@ from __future__ import annotations
 import dataclasses
 import re
 
-# Which architecture each encoder name is, and the BN epsilon of each source family
-# (recorded in the manifest; our encoders use the Keras value of their architecture).
-ARCHITECTURES = {
-    "densenet121": "densenet121",
-    "chexnet": "densenet121",
-    "inceptionv3": "inceptionv3",
-    "resnet50": "resnet50",
-}
+# The BN epsilon of each source family (recorded in the manifest; our encoders use the Keras
+# value of their architecture). Which architecture an encoder name is:
+# `qatacov_jax.models.ENCODER_ARCHITECTURES`.
 SOURCE_BN_EPSILON = {
     ("keras", "densenet121"): 1.001e-5,
     ("keras", "inceptionv3"): 1e-3,

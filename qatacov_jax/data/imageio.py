@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from PIL import Image, UnidentifiedImageError
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -97,8 +99,6 @@ def _minmax(arr: np.ndarray) -> np.ndarray:
 
 
 def _read_dicom(path: Path) -> np.ndarray:
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
         ds = pydicom.dcmread(path)
@@ -129,8 +129,3 @@ def _read_dicom(path: Path) -> np.ndarray:
     if photometric == "MONOCHROME1":
         arr = 1.0 - arr  # MONOCHROME1: low values are bright
     return arr
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """[0, 1] float -> uint8 with rounding (the storage format of the datasets)."""
-    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)

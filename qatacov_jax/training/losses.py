@@ -7,7 +7,7 @@ With q = sigmoid(z) the predicted probability and p in {0, 1} the ground truth o
     loss    = F + D
 
 Reductions. The paper writes the sums of eq. 7 over (h, w) and says nothing about batches.
-Its models are the Keras `segmentation_models` ones (REFERENCE.md s.1), whose predefined
+Its models are the Keras `segmentation_models` ones (docs/original_models.md), whose predefined
 `binary_focal_dice_loss` is exactly "focal(alpha=0.25, gamma=2) + dice, summed"; that loss
 averages the focal term over every pixel of the batch and takes the dice sums over the whole
 batch (`per_image=False`) with a smoothing constant 1e-5 in numerator and denominator. We

@@ -13,6 +13,13 @@ across the ReLU and stay as they are.
 
 `fold_batchnorm(model)` returns a new model for inference only (its variables are renamed and
 some BatchNorms are gone, so it is not a checkpoint-compatible training model).
+`make_forward(model)` is the fastest exact inference form built on it: a pure
+`forward(state, images)` to wrap in `jax.jit` with any shardings, and the state to pass it.
+
+(Running the batch a few samples at a time was measured too: it paid off only while jaxlib's
+YNNPACK convolutions were in use on CPU; with XLA's own convolutions, `runtime.xla_flags`,
+the whole batch at once is fastest: U-Net DenseNet-121, 224, batch 8, 2-core Xeon, 51
+ms/image whole vs 53 at micro-batch 4 and 69 at micro-batch 1. So there is no such option.)
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -134,3 +142,28 @@ def fold_batchnorm(model: nnx.Module) -> nnx.Module:
 def count_folded(model: nnx.Module) -> int:
     """How many BatchNorms of `model` have been folded away."""
     return sum(isinstance(m, FoldedBatchNorm) for _, m in model.iter_modules())
+
+
+def make_forward(
+    model: nnx.Module, *, fold: bool = True
+) -> tuple[Callable[[Any, jax.Array], jax.Array], Any]:
+    """Splits a segmentation model into a pure inference function and its state.
+
+    Args:
+      model: call `(B, H, W, 3) -> (B, H, W, 1)` logits.
+      fold: fold BatchNorm into convs (a folded copy is made; `model` is untouched);
+        False runs the model as it is, in eval mode.
+
+    Returns:
+      (forward, state): `forward(state, images (B, H, W, 3)) -> logits (B, H, W, 1)`.
+    """
+    if fold:
+        model = fold_batchnorm(model)
+    else:
+        model.eval()
+    graphdef, state = nnx.split(model)
+
+    def forward(state: Any, images: jax.Array) -> jax.Array:
+        return nnx.merge(graphdef, state)(images)
+
+    return forward, state

@@ -4,7 +4,7 @@ Table 8 of Degerli et al. (QaTa-COV19 infection maps): trainable / non-trainable
 as printed (rounded to two decimals in M or K) and the per-sample inference time in ms on an
 RTX 2080 Ti (TensorFlow), for 3 decoders x 4 encoders x frozen / not frozen. `EXACT_COUNTS`
 holds the exact counts of the Keras models that reproduce every printed digit
-(REFERENCE.md s.1).
+(docs/original_models.md, "Exact parameter counts").
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ TABLE8: tuple[Table8Row, ...] = (
 )
 
 # Exact (trainable, non_trainable) at 224x224x3, keyed by (arch, encoder, frozen); CheXNet has
-# DenseNet-121's graph, hence its counts (REFERENCE.md s.1).
+# DenseNet-121's graph, hence its counts (docs/original_models.md, "Exact parameter counts").
 _EXACT_BASE: dict[tuple[str, str, bool], tuple[int, int]] = {
     ("unet", "densenet121", False): (12_059_345, 85_632),
     ("unet", "densenet121", True): (5_189_137, 6_955_840),
@@ -87,11 +87,6 @@ EXACT_COUNTS: dict[tuple[str, str, bool], tuple[int, int]] = {
 
 # Keras DenseNet121(include_top=False): (trainable, non_trainable).
 DENSENET121_NOTOP = (6_953_856, 83_648)
-
-
-def format_count(n: int) -> str:
-    """A count the way Table 8 prints it: two decimals in M or K ("12.06M", "85.63K")."""
-    return f"{n / 1e6:.2f}M" if n >= 1_000_000 else f"{n / 1e3:.2f}K"
 
 
 def matches_printed(n: int, printed: str) -> bool:

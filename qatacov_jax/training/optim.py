@@ -12,21 +12,14 @@ import ml_collections
 import optax
 from flax import nnx
 
-# Keras' Adam (the authors' optimizer) uses epsilon 1e-7, optax's default is 1e-8.
-KERAS_ADAM_EPS = 1e-7
-
-
-def trainable_filter() -> nnx.filterlib.Filter:
-    """The one filter meaning "trained by the optimizer" (the models' `TRAINABLE`)."""
-    from qatacov_jax.models import TRAINABLE
-
-    return TRAINABLE
+from qatacov_jax.models import TRAINABLE
 
 
 def make_tx(optim_cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """Builds the optax transformation from `config.optim`.
 
-    Fields: `name` ("adam" or "adamw"), `lr`, `b1`, `b2`, `eps`, `weight_decay` (adamw
+    Fields: `name` ("adam" or "adamw"), `lr`, `b1`, `b2`, `eps` (the paper configs use Keras'
+    Adam epsilon 1e-7, the authors' framework; optax's default is 1e-8), `weight_decay` (adamw
     only), `grad_clip_norm` (None or a global-norm bound), `schedule` ("constant" or
     "cosine", with `decay_steps` filled in by the trainer).
     """
@@ -63,6 +56,4 @@ def make_optimizer(
     model: nnx.Module, optim_cfg: ml_collections.ConfigDict, wrt: nnx.filterlib.Filter = None
 ) -> nnx.Optimizer:
     """`nnx.Optimizer` over the trainable variables of `model` (frozen ones excluded)."""
-    return nnx.Optimizer(
-        model, make_tx(optim_cfg), wrt=wrt if wrt is not None else trainable_filter()
-    )
+    return nnx.Optimizer(model, make_tx(optim_cfg), wrt=wrt if wrt is not None else TRAINABLE)

@@ -30,13 +30,7 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 MODES = ("torch", "tf", "caffe", "bgr", "unit")
 
-# The preprocessing each encoder's original pretrained weights expect (REFERENCE.md s.1-2).
-ENCODER_DEFAULT_MODE = {
-    "densenet121": "torch",
-    "chexnet": "torch",
-    "inceptionv3": "tf",
-    "resnet50": "bgr",
-}
+# Which encoder expects which mode is `qatacov_jax.models.ENCODER_SPECS`.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,15 +71,6 @@ class Preprocessing:
         if mode == "unit":
             return cls("unit", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "RGB", 1.0)
         raise ValueError(f"Unknown preprocessing mode {mode!r}; valid modes: {MODES}.")
-
-    @classmethod
-    def for_encoder(cls, encoder: str) -> Preprocessing:
-        """The preprocessing the encoder's original pretrained weights were trained with."""
-        if encoder not in ENCODER_DEFAULT_MODE:
-            raise ValueError(
-                f"Unknown encoder {encoder!r}; valid encoders: {sorted(ENCODER_DEFAULT_MODE)}."
-            )
-        return cls.from_mode(ENCODER_DEFAULT_MODE[encoder])
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

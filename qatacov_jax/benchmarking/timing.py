@@ -18,7 +18,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jaxlib
 import numpy as np
+import optax
+from flax import nnx
+
+from qatacov_jax.models import TRAINABLE
+from qatacov_jax.models.folding import make_forward
+from qatacov_jax.runtime import sharding
+from qatacov_jax.training.steps import LossSpec, make_train_step
 
 # Dense (no sparsity) peak FLOP/s per device, by device kind and compute dtype, from the
 # vendors' data sheets. float32 on Hopper means TF32 tensor cores, which XLA uses for float32
@@ -129,8 +137,6 @@ def flop_count(compiled: Any) -> float | None:
 
 def environment() -> dict[str, Any]:
     """What a benchmark figure was measured on: devices, versions, flags, host, date."""
-    import jaxlib
-
     devices = jax.devices()
     return {
         "device_kind": devices[0].device_kind,
@@ -176,12 +182,11 @@ def measure_inference(
     repeats: int,
     warmup: int = 1,
     fold: bool = True,
-    microbatch: int | None = None,
 ) -> dict[str, Any]:
     """Times the model's forward pass as a jitted pure function on a batch already on device.
 
-    The model is split once (`fast_forward.make_forward`: BatchNorm folded unless `fold` is
-    False, micro-batching per `microbatch`, off by default); `jax.jit` compiles the pure function with the
+    The model is split once (`models.folding.make_forward`: BatchNorm folded unless `fold`
+    is False); `jax.jit` compiles the pure function with the
     state replicated and the batch `(batch_size, image_size, image_size, 3)` split over the
     mesh's `data` axis. The model must be in eval mode (BatchNorm running statistics).
 
@@ -189,11 +194,8 @@ def measure_inference(
       `batch_size`, `compile_s`, `timing` (per batch, seconds), `ms_per_sample` (median),
       `samples_per_s`, `flops_per_sample` (XLA's count, None if unknown).
     """
-    from qatacov_jax import sharding
-    from qatacov_jax.fast_forward import make_forward
-
     n_dev = mesh.devices.size
-    forward, state = make_forward(model, fold=fold, microbatch=microbatch, num_devices=n_dev)
+    forward, state = make_forward(model, fold=fold)
     state = sharding.replicate(state, mesh)
     x = _random_batch((batch_size, image_size, image_size, 3), sharding.data_sharding(mesh))
 
@@ -205,19 +207,14 @@ def measure_inference(
     compiled, compile_s = compile_timed(jitted, state, x)
     timing = time_calls(lambda: compiled(state, x), warmup=warmup, repeats=repeats)
     flops = flop_count(compiled)
-    # cost_analysis counts one SPMD partition (the batch is n_dev of them) and the body of a
-    # loop once: with micro-batching the partition runs that body `steps` times.
-    steps = (
-        batch_size // (n_dev * microbatch) if microbatch and batch_size > n_dev * microbatch else 1
-    )
+    # cost_analysis counts one SPMD partition (the batch is n_dev of them).
     return {
         "batch_size": batch_size,
         "compile_s": compile_s,
         "timing": timing.to_dict(),
         "ms_per_sample": 1e3 * timing.median / batch_size,
         "samples_per_s": batch_size / timing.median,
-        "microbatch_steps": steps,
-        "flops_per_sample": None if flops is None else flops * n_dev * steps / batch_size,
+        "flops_per_sample": None if flops is None else flops * n_dev / batch_size,
     }
 
 
@@ -231,18 +228,12 @@ def measure_training(
     warmup: int = 1,
 ) -> dict[str, Any]:
     """Times the project's full training step (hybrid loss, Adam on the trainable variables,
-    BatchNorm in training mode, donated state) from `qatacov_jax.train.make_train_step`.
+    BatchNorm in training mode, donated state) from `qatacov_jax.training.steps.make_train_step`.
 
     Returns:
       `batch_size`, `compile_s`, `timing` (per step, seconds), `images_per_s`,
       `flops_per_sample` (XLA's count for forward + backward + update, None if unknown).
     """
-    import optax
-    from flax import nnx
-
-    from qatacov_jax import sharding, train
-    from qatacov_jax.models import TRAINABLE
-
     model.train()
     # The paper's optimizer (Adam, lr 1e-4); the timing does not depend on the values.
     opt = nnx.Optimizer(model, optax.adam(1e-4), wrt=TRAINABLE)
@@ -257,7 +248,7 @@ def measure_training(
             (np.random.default_rng(1).random((*shape, 1)) > 0.7).astype(np.float32), dat
         ),
     }
-    step = train.make_train_step(model_def, opt_def, train.LossSpec(), mesh)
+    step = make_train_step(model_def, opt_def, LossSpec(), mesh)
     compiled, compile_s = compile_timed(step, state, batch)
     flops = flop_count(compiled)
     holder = {"state": state}

@@ -19,19 +19,12 @@ difference to the exact (Mann-Whitney) AUC is therefore at most
 `0.5 * sum_b pos_b * neg_b / (P * N)`, which `auc_from_histograms` returns as
 `auc_bin_error` alongside every AUC.
 
-Confidence intervals follow Degerli et al. eq. (13): r = z * sqrt(m (1 - m) / N), z = 1.96.
-The paper's Table 3 fixes what N is: its CIs are reproduced exactly (see
-`tests/test_metrics.py`) from its Table 4 confusion matrix when N is the number of
-*positives* for sensitivity, the number of *negatives* for specificity, and *all* samples for
-every other metric (precision, F1, F2, accuracy, IoU, DSC, AUC). The same rule is applied to
-pixel-level metrics with pixels as the samples (the paper prints no pixel CIs; with ~10^8
-pixels they are tiny).
+Confidence intervals: `qatacov_jax.metrics.confusion`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,114 +32,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qatacov_jax.metrics.confusion import COUNT_KEYS, Z_95, ConfusionCounts, confidence_radius
+
 DEFAULT_NUM_BINS = 1000
 DEFAULT_THRESHOLD = 0.5
-Z_95 = 1.96
-
-METRIC_NAMES = (
-    "sensitivity",
-    "specificity",
-    "precision",
-    "f1",
-    "f2",
-    "accuracy",
-    "iou",
-    "dsc",
-)
-
-_COUNT_KEYS = ("tp", "fp", "tn", "fn")
-
-
-def confidence_radius(metric: float, n: int, z: float = Z_95) -> float:
-    """Half-width r = z * sqrt(m (1 - m) / N) of the paper's confidence interval (eq. 13).
-
-    Args:
-      metric: the metric as a fraction in [0, 1] (not a percentage).
-      n: the number of samples the metric is a rate over (see module docstring).
-
-    Returns:
-      r as a fraction; NaN when the metric is undefined or n is 0.
-    """
-    if n <= 0 or not math.isfinite(metric):
-        return float("nan")
-    m = min(max(metric, 0.0), 1.0)
-    return z * math.sqrt(m * (1.0 - m) / n)
-
-
-def _ratio(num: float, den: float) -> float:
-    # Undefined rates (e.g. sensitivity with no positives) are NaN, written as null in JSON,
-    # rather than a made-up 0 or 1.
-    return num / den if den > 0 else float("nan")
-
-
-@dataclasses.dataclass(frozen=True)
-class ConfusionCounts:
-    """A binary confusion matrix (of pixels or of images)."""
-
-    tp: int = 0
-    fp: int = 0
-    tn: int = 0
-    fn: int = 0
-
-    def __add__(self, other: ConfusionCounts) -> ConfusionCounts:
-        return ConfusionCounts(*(getattr(self, k) + getattr(other, k) for k in _COUNT_KEYS))
-
-    @property
-    def positives(self) -> int:
-        return self.tp + self.fn
-
-    @property
-    def negatives(self) -> int:
-        return self.tn + self.fp
-
-    @property
-    def total(self) -> int:
-        return self.tp + self.fp + self.tn + self.fn
-
-    def metrics(self) -> dict[str, float]:
-        """Sensitivity, specificity, precision, F1, F2, accuracy, IoU and DSC as fractions."""
-        tp, fp, tn, fn = self.tp, self.fp, self.tn, self.fn
-        sens = _ratio(tp, tp + fn)
-        prec = _ratio(tp, tp + fp)
-
-        def f_beta(beta: float) -> float:
-            # Written with counts so that it is defined whenever tp + fp + fn > 0 (as DSC).
-            b2 = beta * beta
-            return _ratio((1 + b2) * tp, (1 + b2) * tp + b2 * fn + fp)
-
-        return {
-            "sensitivity": sens,
-            "specificity": _ratio(tn, tn + fp),
-            "precision": prec,
-            "f1": f_beta(1.0),
-            "f2": f_beta(2.0),
-            "accuracy": _ratio(tp + tn, self.total),
-            "iou": _ratio(tp, tp + fp + fn),
-            "dsc": _ratio(2 * tp, 2 * tp + fp + fn),
-        }
-
-    def ci_sample_size(self, metric: str) -> int:
-        """The N of the CI formula for `metric`, as the paper uses it (module docstring)."""
-        if metric == "sensitivity":
-            return self.positives
-        if metric == "specificity":
-            return self.negatives
-        return self.total
-
-    def metrics_with_ci(self, z: float = Z_95) -> dict[str, dict[str, float]]:
-        """metric -> {"value", "ci95", "n"}; value and ci95 as fractions."""
-        out = {}
-        for name, value in self.metrics().items():
-            n = self.ci_sample_size(name)
-            out[name] = {"value": value, "ci95": confidence_radius(value, n, z), "n": n}
-        return out
-
-    def to_dict(self) -> dict[str, int]:
-        return {k: int(getattr(self, k)) for k in _COUNT_KEYS}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ConfusionCounts:
-        return cls(*(int(d[k]) for k in _COUNT_KEYS))
+LEVELS = ("pixel", "detection")
 
 
 # --------------------------------------------------------------------------- device side
@@ -195,7 +85,7 @@ def batch_statistics(
 
     Returns:
       dict of int32 arrays: `pixel_{tp,fp,tn,fn}` (), `pixel_pos_hist`/`pixel_neg_hist`
-      (num_bins,), `sample_{tp,fp,tn,fn}` (), `sample_pos_hist`/`sample_neg_hist` (num_bins,).
+      (num_bins,), `detection_{tp,fp,tn,fn}` (), `detection_pos_hist`/`detection_neg_hist` (num_bins,).
       Per-batch counts fit int32 (B*H*W < 2^31); the host sums them in int64.
     """
     b = probs.shape[0]
@@ -212,10 +102,12 @@ def batch_statistics(
     score = jnp.max(probs, axis=1)  # detection score: positive iff any pixel >= threshold
     positive = labels.reshape(b) == 1
     valid = valid.reshape(b)
-    out.update({f"sample_{k}": v for k, v in _counts(score >= threshold, positive, valid).items()})
+    out.update(
+        {f"detection_{k}": v for k, v in _counts(score >= threshold, positive, valid).items()}
+    )
     sidx = _bin_index(score, num_bins)
-    out["sample_pos_hist"] = _histogram(sidx, positive & valid, num_bins)
-    out["sample_neg_hist"] = _histogram(sidx, ~positive & valid, num_bins)
+    out["detection_pos_hist"] = _histogram(sidx, positive & valid, num_bins)
+    out["detection_neg_hist"] = _histogram(sidx, ~positive & valid, num_bins)
     return out
 
 
@@ -304,19 +196,21 @@ class MetricAccumulator:
         self.threshold = float(threshold)
         self.num_bins = int(num_bins)
         self.pixel = ConfusionCounts()
-        self.sample = ConfusionCounts()
+        self.detection = ConfusionCounts()
         z = np.zeros(self.num_bins, np.int64)
-        self.hists = {k: z.copy() for k in ("pixel_pos", "pixel_neg", "sample_pos", "sample_neg")}
+        self.hists = {
+            k: z.copy() for k in ("pixel_pos", "pixel_neg", "detection_pos", "detection_neg")
+        }
 
     @property
     def num_images(self) -> int:
-        return self.sample.total
+        return self.detection.total
 
     def update(self, stats: Mapping[str, Any]) -> None:
         """Adds one batch's `batch_statistics` (device or NumPy arrays)."""
         stats = jax.device_get(dict(stats))
-        for level in ("pixel", "sample"):
-            add = ConfusionCounts(*(int(stats[f"{level}_{k}"]) for k in _COUNT_KEYS))
+        for level in LEVELS:
+            add = ConfusionCounts(*(int(stats[f"{level}_{k}"]) for k in COUNT_KEYS))
             setattr(self, level, getattr(self, level) + add)
         for k in self.hists:
             h = np.asarray(stats[f"{k}_hist"], np.int64)
@@ -332,7 +226,7 @@ class MetricAccumulator:
         if (self.threshold, self.num_bins) != (other.threshold, other.num_bins):
             raise ValueError("Cannot merge accumulators with different threshold or num_bins.")
         out = MetricAccumulator(self.threshold, self.num_bins)
-        out.pixel, out.sample = self.pixel + other.pixel, self.sample + other.sample
+        out.pixel, out.detection = self.pixel + other.pixel, self.detection + other.detection
         out.hists = {k: self.hists[k] + other.hists[k] for k in self.hists}
         return out
 
@@ -347,8 +241,8 @@ class MetricAccumulator:
             "auc_bin_width": 1.0 / self.num_bins,
             "num_images": self.num_images,
         }
-        for level, counts in (("pixel", self.pixel), ("detection", self.sample)):
-            key = "pixel" if level == "pixel" else "sample"
+        for level in LEVELS:
+            counts, key = getattr(self, level), level
             metrics = counts.metrics_with_ci(z)
             auc, err = auc_from_histograms(self.hists[f"{key}_pos"], self.hists[f"{key}_neg"])
             metrics["auc"] = {
@@ -367,7 +261,7 @@ class MetricAccumulator:
             "threshold": self.threshold,
             "num_bins": self.num_bins,
             "pixel": self.pixel.to_dict(),
-            "sample": self.sample.to_dict(),
+            "detection": self.detection.to_dict(),
             "hists": {k: v.tolist() for k, v in self.hists.items()},
         }
 
@@ -375,23 +269,55 @@ class MetricAccumulator:
     def from_dict(cls, d: Mapping[str, Any]) -> MetricAccumulator:
         acc = cls(float(d["threshold"]), int(d["num_bins"]))
         acc.pixel = ConfusionCounts.from_dict(d["pixel"])
-        acc.sample = ConfusionCounts.from_dict(d["sample"])
+        acc.detection = ConfusionCounts.from_dict(d["detection"])
         acc.hists = {k: np.asarray(v, np.int64) for k, v in d["hists"].items()}
         return acc
 
 
-def fold_average(summaries: list[Mapping[str, Any]]) -> dict[str, Any]:
-    """Mean and standard deviation over folds of every metric value in `summary()` outputs."""
+def flat_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """`MetricAccumulator.summary()` as one flat dict: `{level}_{metric}` -> value (e.g.
+    `pixel_f1`, `detection_sensitivity`) plus the confusion counts (`pixel_tp`, ...). The
+    form used for TensorBoard scalars, the per-epoch history and `config.best_metric`."""
+    out: dict[str, float] = {}
+    for level in LEVELS:
+        for name, m in summary[level]["metrics"].items():
+            out[f"{level}_{name}"] = float(m["value"])
+        for k, v in summary[level]["confusion"].items():
+            out[f"{level}_{k}"] = int(v)
+    return out
+
+
+def fold_average(
+    summaries: list[Mapping[str, Any]], *, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Mean and standard deviation over folds of every metric value in `summary()` outputs.
+
+    Args:
+      summaries: one `MetricAccumulator.summary()` per fold.
+      extra: top-level scalar keys of the summaries averaged as well (e.g. "loss").
+
+    Returns:
+      {level: {metric: {"mean", "std", "folds"}}} and {key: {...}} for each `extra` key;
+      non-finite fold values are left out of mean and std.
+    """
+
+    def stats(values: list[float]) -> dict[str, Any]:
+        vals = np.asarray(values, float)
+        finite = vals[np.isfinite(vals)]
+        return {
+            "mean": float(finite.mean()) if finite.size else float("nan"),
+            "std": float(finite.std()) if finite.size else float("nan"),
+            "folds": [float(v) for v in vals],
+        }
+
+    if not summaries:
+        raise ValueError("No fold results to average.")
     out: dict[str, Any] = {}
-    for level in ("pixel", "detection"):
+    for level in LEVELS:
         names = summaries[0][level]["metrics"].keys()
-        out[level] = {}
-        for name in names:
-            vals = np.asarray([s[level]["metrics"][name]["value"] for s in summaries], float)
-            finite = vals[np.isfinite(vals)]
-            out[level][name] = {
-                "mean": float(finite.mean()) if finite.size else float("nan"),
-                "std": float(finite.std()) if finite.size else float("nan"),
-                "folds": [float(v) for v in vals],
-            }
+        out[level] = {
+            name: stats([s[level]["metrics"][name]["value"] for s in summaries]) for name in names
+        }
+    for key in extra:
+        out[key] = stats([s.get(key, float("nan")) for s in summaries])
     return out

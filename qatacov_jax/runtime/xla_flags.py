@@ -16,14 +16,20 @@ jax/jaxlib 0.10.2; `benchmarks/compare_keras.py` and per-conv micro-benchmarks):
   from the default list). Removing YNNPACK's other fusion types as well changed nothing
   measurable. Older jaxlibs do not know the flag (XLA aborts on an unknown flag), so it is
   only added from jaxlib 0.10 on.
-* No oneDNN flag of this jaxlib changed the outputs or the time (this build does not route
-  convolutions to oneDNN); they are listed in `TRIED_FLAGS` so nobody has to measure them
-  again blind.
+* Measured and not adopted (so nobody has to measure them again blind):
+  `--xla_cpu_use_onednn=true` and `--xla_cpu_experimental_onednn_custom_call=true` (outputs
+  bit-identical to the default, time within noise: this build does not route convolutions
+  to oneDNN); `--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY`
+  and `--xla_cpu_experimental_xnn_fusion_type=individual_convolution` (no faster on the
+  whole model); `--xla_cpu_experimental_xnn_fusion_type=dot`,
+  `--xla_cpu_experimental_ynn_fusion_type=dot` and `--xla_cpu_prefer_vector_width=512`
+  (within noise).
 """
 
 from __future__ import annotations
 
 import os
+from importlib import metadata
 
 # YNNPACK convolutions off (see the module docstring); understood from jaxlib 0.10.
 YNN_CONV_OFF = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
@@ -31,8 +37,6 @@ YNN_CONV_OFF = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 
 def _jaxlib_version() -> tuple[int, ...]:
     """jaxlib's (major, minor) without importing jax's backend (0, 0 if unknown)."""
-    from importlib import metadata
-
     try:
         return tuple(int(p) for p in metadata.version("jaxlib").split(".")[:2])
     except (metadata.PackageNotFoundError, ValueError):
@@ -42,18 +46,6 @@ def _jaxlib_version() -> tuple[int, ...]:
 def default_flags() -> tuple[str, ...]:
     """The flags `apply_defaults` adds for the installed jaxlib."""
     return (YNN_CONV_OFF,) if _jaxlib_version() >= (0, 10) else ()
-
-
-# Measured and not adopted: flag -> what the measurement showed.
-TRIED_FLAGS: dict[str, str] = {
-    "--xla_cpu_use_onednn=true": "outputs bit-identical to default (not used); time within noise",
-    "--xla_cpu_experimental_onednn_custom_call=true": "bit-identical outputs; time within noise",
-    "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY": "no faster",
-    "--xla_cpu_experimental_xnn_fusion_type=individual_convolution": "no faster (whole model)",
-    "--xla_cpu_experimental_xnn_fusion_type=dot": "single convs within noise",
-    "--xla_cpu_experimental_ynn_fusion_type=dot": "same as YNN_CONV_OFF within noise",
-    "--xla_cpu_prefer_vector_width=512": "single convs within noise",
-}
 
 
 def _name(flag: str) -> str:
@@ -71,7 +63,11 @@ def apply_defaults(extra: tuple[str, ...] = ()) -> str:
     """Adds `default_flags()` (and `extra`) to `XLA_FLAGS` unless set already; returns the result.
 
     Call before JAX creates its backend. With `QATACOV_XLA_DEFAULTS=0` only `extra` is added.
+    Also sets `TF_CPP_MIN_LOG_LEVEL=1` unless set (TensorFlow's start-up INFO notices off).
     """
+    # TensorFlow (TFDS's image codecs) prints C++ INFO notices (oneDNN) when it loads;
+    # level 1 keeps its warnings and errors. Read once, at TensorFlow's import.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     defaults = () if os.environ.get("QATACOV_XLA_DEFAULTS", "1") == "0" else default_flags()
     flags = merged(os.environ.get("XLA_FLAGS", ""), (*defaults, *extra))
     if flags:

@@ -21,11 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
-from PIL import Image
 
-from qatacov_jax.fast_forward import make_forward
-from qatacov_jax.preprocessing import Preprocessing
-from qatacov_jax.sharding import data_sharding, replicate
+from qatacov_jax.data.preprocessing import Preprocessing
+from qatacov_jax.data.resize import height_width, resize_image, resize_map
+from qatacov_jax.models.folding import make_forward
+from qatacov_jax.runtime.sharding import data_sharding, replicate
 
 Models = nnx.Module | Mapping[str, nnx.Module]
 
@@ -81,11 +81,11 @@ def make_predict_fn(
             f"multiple of {n_dev}."
         )
 
-    # The fastest exact inference form: BatchNorm folded into the convs, and on CPU one
-    # sample per device per step (qatacov_jax.fast_forward; benchmarks/compare_keras.py).
+    # The fastest exact inference form: BatchNorm folded into the convs
+    # (qatacov_jax.models.folding; benchmarks/compare_keras.py).
     forwards, states = {}, {}
     for name, m in models.items():
-        forwards[name], states[name] = make_forward(m, num_devices=n_dev)
+        forwards[name], states[name] = make_forward(m)
     states = replicate(states, mesh)
     in_sharding = data_sharding(mesh)
 
@@ -132,44 +132,6 @@ def make_predict_fn(
 # ------------------------------------------------------------------ any-size images
 
 
-def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a 2-D float map (area-averaging when shrinking, via PIL).
-
-    Args:
-      image: (H, W) float.
-      size: (height, width) of the result.
-
-    Returns:
-      (height, width) float32.
-    """
-    h, w = size
-    if image.shape == (h, w):
-        return image.astype(np.float32, copy=False)
-    pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F")
-    return np.asarray(pil.resize((w, h), Image.BILINEAR), dtype=np.float32)
-
-
-def resize_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W) float [0, 1] X-ray -> (h, w) float32 [0, 1] model input.
-
-    Quantised to 8 bits and resized bilinear exactly as the training data were (the TFDS
-    builders store uint8 images, `data.features.resize_image`), so a model sees the same
-    kind of input at inference as in training, whatever the file's bit depth.
-    """
-    u8 = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-    h, w = size
-    if u8.shape != (h, w):
-        u8 = np.asarray(Image.fromarray(u8).resize((w, h), Image.BILINEAR))
-    return u8.astype(np.float32) / 255.0
-
-
-def _as_size(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    h, w = size
-    return (int(h), int(w))
-
-
 class Predictor:
     """Probability maps of one or more models for X-rays of any size, batched on all devices.
 
@@ -197,7 +159,7 @@ class Predictor:
                 f"multiple of {n_dev}."
             )
         self.names = tuple(models)
-        self.sizes = {k: _as_size(input_size[k]) for k in self.names}
+        self.sizes = {k: height_width(input_size[k]) for k in self.names}
         self._predict = make_predict_fn(
             dict(models), mesh, preprocessing=dict(preprocessing), batch_size=self.batch_size
         )
@@ -206,15 +168,20 @@ class Predictor:
         """(H_i, W_i) float [0, 1] images -> per image, name -> (H_i, W_i) probabilities."""
         if not images:
             return []
-        batch = {
-            k: np.stack([resize_input(img, self.sizes[k]) for img in images])[..., None]
-            for k in self.names
-        }
+        # Quantised to 8 bits and resized exactly as the training data were (the TFDS
+        # builders store uint8 images), whatever the file's bit depth.
+        batch = {}
+        for k in self.names:
+            uint8 = np.stack([resize_image(img, self.sizes[k]) for img in images])
+            batch[k] = uint8[..., None].astype(np.float32) / 255.0
         probs = jax.device_get(self._predict(batch))
         out = []
         for i, img in enumerate(images):
             out.append(
-                {k: np.clip(resize(probs[k][i, ..., 0], img.shape), 0.0, 1.0) for k in self.names}
+                {
+                    k: np.clip(resize_map(probs[k][i, ..., 0], img.shape), 0.0, 1.0)
+                    for k in self.names
+                }
             )
         return out
 

@@ -1,4 +1,4 @@
-"""Infection maps, masks, COVID-19 decision and severity for X-ray files (`scripts/infer.py`).
+"""X-ray files in -> infection maps, masks, COVID-19 decision and severity out (`scripts/infer.py`).
 
 Inputs are files or folders (searched recursively) of PNG (8/16-bit), JPEG, BMP/TIFF and
 DICOM, of any size. Per image we write, mirroring the input's relative path under `--out`:
@@ -19,13 +19,11 @@ file, before any work is done.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
-import json
+import io
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,14 +31,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from qatacov_jax import imageio
-from qatacov_jax.infection_map import DEFAULT_DISPLAY_FLOOR, binary_mask_image, infection_map
-from qatacov_jax.logs import setup_cli_logging
-from qatacov_jax.severity import DEFAULT_SCALE, SeverityScale, quantify
+from qatacov_jax.data import imageio
+from qatacov_jax.inference.infection_map import (
+    DEFAULT_DISPLAY_FLOOR,
+    binary_mask_image,
+    infection_map,
+)
+from qatacov_jax.inference.predictor import Predictor
+from qatacov_jax.inference.severity import DEFAULT_SCALE, SeverityScale, quantify
+from qatacov_jax.runtime.files import save_png, write_json, write_text
+from qatacov_jax.runtime.sharding import make_mesh
+from qatacov_jax.training.rundir import load_model
 
-log = logging.getLogger("qatacov_jax.infer")
+log = logging.getLogger(__name__)
 
 REPORT_CSV = "report.csv"
 REPORT_JSON = "report.json"
@@ -157,13 +161,6 @@ def check_no_overwrite(
         )
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(array).save(tmp)
-    tmp.replace(path)  # a crash never leaves a half-written PNG under the final name
-
-
 def _read(item: InputItem) -> tuple[InputItem, np.ndarray | None, str | None]:
     try:
         return item, imageio.read_xray(item.path), None
@@ -259,10 +256,10 @@ def _write_outputs(
     mask = binary_mask_image(prob, threshold)
     lung = binary_mask_image(pred["lung"], lung_threshold) if with_lung else None
     try:
-        _save_png(infection_map(img, prob, floor=display_floor), paths["map"])
-        _save_png(mask, paths["mask"])
+        save_png(paths["map"], infection_map(img, prob, floor=display_floor))
+        save_png(paths["mask"], mask)
         if lung is not None:
-            _save_png(lung, paths["lung_mask"])
+            save_png(paths["lung_mask"], lung)
     except OSError as e:
         log.error("%s: cannot write outputs (%s)", item.path, e)
         return {"file": str(item.path), "status": "error", "error": f"cannot write outputs: {e}"}
@@ -286,156 +283,95 @@ def _write_outputs(
 
 def write_reports(rows: Sequence[dict[str, Any]], out_dir: Path, meta: dict[str, Any]) -> None:
     """report.csv (one row per file) and report.json (settings + the same rows)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     clean = [{k: _finite(v) for k, v in r.items()} for r in rows]
-    tmp = out_dir / (REPORT_CSV + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=REPORT_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in clean:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in REPORT_FIELDS})
-    tmp.replace(out_dir / REPORT_CSV)
-    tmp = out_dir / (REPORT_JSON + ".tmp")
-    tmp.write_text(json.dumps({**meta, "images": clean}, indent=2))
-    tmp.replace(out_dir / REPORT_JSON)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=REPORT_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for r in clean:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in REPORT_FIELDS})
+    write_text(out_dir / REPORT_CSV, buf.getvalue())
+    write_json(out_dir / REPORT_JSON, {**meta, "images": clean})
 
 
 def _input_size(config: Any, run_dir: Path) -> Any:
-    for get in (lambda c: c.data.image_size, lambda c: c.image_size):
-        try:
-            size = get(config)
-        except (AttributeError, KeyError):
-            continue
-        if size is not None:
-            return tuple(size) if isinstance(size, list | tuple) else int(size)
-    raise ValueError(f"{run_dir}/config.json names no data.image_size; cannot size the inputs.")
+    size = config.get("data", {}).get("image_size")
+    if size is None:
+        raise ValueError(f"{run_dir}/config.json names no data.image_size; cannot size the inputs.")
+    return tuple(size) if isinstance(size, list | tuple) else int(size)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="scripts/infer.py",
-        description="COVID-19 infection maps, masks, detection and severity for chest X-rays.",
-    )
-    p.add_argument(
-        "--checkpoint",
-        required=True,
-        type=Path,
-        help="run directory of the infection model (scripts/train.py --workdir, or fold_k/)",
-    )
-    p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders (recursive)")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument(
-        "--lung-checkpoint",
-        type=Path,
-        default=None,
-        help="run directory of a lung model: adds %% of lung area and severity grade",
-    )
-    p.add_argument(
-        "--threshold",
-        type=float,
-        default=0.5,
-        help="probability at or above which a pixel is infected (default 0.5)",
-    )
-    p.add_argument("--lung-threshold", type=float, default=0.5)
-    p.add_argument(
-        "--display-floor",
-        type=float,
-        default=DEFAULT_DISPLAY_FLOOR,
-        help="probabilities below this show the plain X-ray in the map",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="images per step over all devices (default: 8 per device)",
-    )
-    p.add_argument(
-        "--which",
-        choices=("best", "latest"),
-        default="best",
-        help="which checkpoint of the run(s) to use",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    return p
+def infer_files(
+    checkpoint: str | Path,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    lung_checkpoint: str | Path | None = None,
+    threshold: float = 0.5,
+    lung_threshold: float = 0.5,
+    display_floor: float = DEFAULT_DISPLAY_FLOOR,
+    batch_size: int | None = None,
+    which: str = "best",
+    overwrite: bool = False,
+) -> list[dict[str, Any]]:
+    """What `scripts/infer.py` does: X-ray files and folders -> maps, masks and reports.
 
+    Args:
+      checkpoint: run directory of the infection model; `lung_checkpoint` of a lung model.
+      batch_size: images per step over all devices (default 8 per device).
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit code (0 all good, 1 some inputs failed, 2 refused)."""
-    args = build_parser().parse_args(argv)
-    setup_cli_logging()
-    for name, value in (("--threshold", args.threshold), ("--lung-threshold", args.lung_threshold)):
-        if not 0.0 < value <= 1.0:
-            print(f"error: {name} must be in (0, 1], got {value}", file=sys.stderr)
-            return 2
-    items, input_errors = collect_inputs(args.inputs)
+    Returns:
+      One report row per input (status "ok" or "error"), as written to report.json.
+
+    Raises:
+      FileExistsError: an output exists and `overwrite` is False (checked before any work).
+      FileNotFoundError, ValueError: a model cannot be loaded or the batch size does not fit.
+    """
+    out_dir = Path(out_dir)
+    items, input_errors = collect_inputs(inputs)
     for e in input_errors:
         log.error("%s: %s", e.path, e.reason)
-    with_lung = args.lung_checkpoint is not None
-    try:
-        check_no_overwrite(items, args.out, with_lung, args.overwrite)
-    except OutputExistsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-    # Heavy imports after the cheap checks, so a typo fails in a second.
-    from qatacov_jax.checkpoint import load_model
-    from qatacov_jax.inference import Predictor
-    from qatacov_jax.sharding import make_mesh
+    with_lung = lung_checkpoint is not None
+    check_no_overwrite(items, out_dir, with_lung, overwrite)
 
     mesh = make_mesh()
-    batch_size = args.batch_size or 8 * mesh.devices.size
-    runs = {"infection": args.checkpoint}
-    if with_lung:
-        runs["lung"] = args.lung_checkpoint
+    batch_size = batch_size or 8 * mesh.devices.size
+    runs = {"infection": Path(checkpoint)}
+    if lung_checkpoint is not None:
+        runs["lung"] = Path(lung_checkpoint)
     models, preps, sizes = {}, {}, {}
     for name, run_dir in runs.items():
         try:
-            model, config, prep = load_model(run_dir, which=args.which)
+            models[name], config, preps[name] = load_model(run_dir, which=which)
             sizes[name] = _input_size(config, run_dir)
         except (FileNotFoundError, ValueError) as e:
-            print(f"error: cannot load the {name} model from {run_dir}: {e}", file=sys.stderr)
-            return 2
-        models[name], preps[name] = model, prep
-    try:
-        predictor = Predictor(models, preps, sizes, mesh, batch_size=batch_size)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            raise type(e)(f"cannot load the {name} model from {run_dir}: {e}") from None
+    predictor = Predictor(models, preps, sizes, mesh, batch_size=batch_size)
     log.info(
         "%d images to process on %d device(s), batch %d", len(items), mesh.devices.size, batch_size
     )
     rows = run_inference(
         items,
         predictor.predict_batch,
-        args.out,
+        out_dir,
         batch_size=batch_size,
-        threshold=args.threshold,
-        lung_threshold=args.lung_threshold,
-        display_floor=args.display_floor,
+        threshold=threshold,
+        lung_threshold=lung_threshold,
+        display_floor=display_floor,
         with_lung=with_lung,
     )
     rows += [{"file": str(e.path), "status": "error", "error": e.reason} for e in input_errors]
     meta = {
-        "checkpoint": str(args.checkpoint),
-        "lung_checkpoint": None if not with_lung else str(args.lung_checkpoint),
-        "threshold": args.threshold,
-        "lung_threshold": args.lung_threshold,
-        "display_floor": args.display_floor,
+        "checkpoint": str(runs["infection"]),
+        "lung_checkpoint": None if not with_lung else str(runs["lung"]),
+        "threshold": threshold,
+        "lung_threshold": lung_threshold,
+        "display_floor": display_floor,
         "severity_scale": {
             "bounds": list(DEFAULT_SCALE.bounds),
             "names": list(DEFAULT_SCALE.names),
         },
     }
-    write_reports(rows, args.out, meta)
-    failed = [r for r in rows if r["status"] != "ok"]
-    ok = len(rows) - len(failed)
-    log.info("wrote %d image result(s) and %s to %s", ok, REPORT_CSV, args.out)
-    if failed:
-        print(f"{len(failed)} input(s) failed:", file=sys.stderr)
-        for r in failed:
-            print(f"  {r['file']}: {r['error']}", file=sys.stderr)
-        return 1
-    if not rows:
-        print("error: no images were given", file=sys.stderr)
-        return 1
-    return 0
+    write_reports(rows, out_dir, meta)
+    ok = sum(r["status"] == "ok" for r in rows)
+    log.info("wrote %d image result(s) and %s to %s", ok, REPORT_CSV, out_dir)
+    return rows

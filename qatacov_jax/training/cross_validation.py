@@ -11,19 +11,17 @@ interrupted CV resumes at the fold it stopped in.
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 import ml_collections
-import numpy as np
 
-from qatacov_jax import checkpoint as ckpt
-from qatacov_jax.metrics import ConfusionCounts
-
-_COUNTS = ("tp", "fp", "tn", "fn")
+from qatacov_jax.metrics import MetricAccumulator, fold_average
+from qatacov_jax.training import rundir
+from qatacov_jax.training.loop import train_and_evaluate
 
 
 def _fold_done(run_dir: Path, config: ml_collections.ConfigDict) -> dict[str, Any] | None:
@@ -53,8 +51,6 @@ def cross_validate(
     Returns:
       The contents of `workdir/results.json`.
     """
-    from qatacov_jax.train import train_and_evaluate
-
     k = int(config.data.num_folds)
     folds = list(range(k)) if folds is None else [int(f) for f in folds]
     bad = [f for f in folds if not 0 <= f < k]
@@ -63,7 +59,7 @@ def cross_validate(
     workdir = Path(workdir).absolute()
     cv_config = ml_collections.ConfigDict(config.to_dict())
     cv_config.fold = 0  # the CV directory's config is that of every fold but for `fold`
-    ckpt.check_or_write_config(workdir, cv_config)
+    rundir.check_or_write_config(workdir, cv_config)
 
     per_fold: dict[int, dict[str, Any]] = {}
     for fold in folds:
@@ -74,36 +70,41 @@ def cross_validate(
         per_fold[fold] = done if done is not None else train_and_evaluate(fold_config, run_dir)
 
     summary = summarize(per_fold)
-    summary["config"] = ckpt.config_to_dict(cv_config)
-    ckpt.write_json(workdir / "results.json", summary)
+    summary["config"] = rundir.config_to_dict(cv_config)
+    rundir.write_json(workdir / rundir.RESULTS_FILE, summary)
     return summary
 
 
 def summarize(per_fold: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Mean/std over folds of every final held-out metric, and pooled confusion metrics."""
-    finals = {f: r["final"] for f, r in sorted(per_fold.items()) if r.get("final")}
-    if not finals:
+    """Fold averages and pooled results of the folds' final validations.
+
+    Each fold's `results.json` holds the counts and histograms of its final validation
+    (`final_state`, a `MetricAccumulator`); the summary averages their summaries with
+    `metrics.fold_average` (as `scripts/evaluate.py` does for a CV run) and pools them by
+    merging the accumulators (summed confusion matrices, CIs over all held-out samples).
+
+    Returns:
+      `folds`, `per_fold` (each fold's flat final metrics), `mean` / `std` (flat keys such
+      as `pixel_f1`, `detection_sensitivity`, `loss`) and `pooled` (the merged
+      accumulator's summary: per level `metrics` with CIs and `confusion`).
+    """
+    done = {f: r for f, r in sorted(per_fold.items()) if r.get("final") and r.get("final_state")}
+    if not done:
         raise ValueError("No fold has final results to average.")
-    keys = sorted(
-        {k for m in finals.values() for k, v in m.items() if isinstance(v, int | float)}
-        - {f"{p}_{c}" for p in ("pixel", "detection") for c in _COUNTS}
-    )
-    mean, std = {}, {}
-    for key in keys:
-        vals = [float(m[key]) for m in finals.values() if m.get(key) is not None]
-        vals = [v for v in vals if math.isfinite(v)]
-        mean[key] = float(np.mean(vals)) if vals else float("nan")
-        std[key] = float(np.std(vals)) if vals else float("nan")
-    pooled = {}
-    for prefix in ("pixel", "detection"):
-        counts = ConfusionCounts()
-        for m in finals.values():
-            counts = counts + ConfusionCounts(*(int(m[f"{prefix}_{c}"]) for c in _COUNTS))
-        pooled[prefix] = {"counts": counts.to_dict(), **counts.metrics_with_ci()}
+    accs = {f: MetricAccumulator.from_dict(r["final_state"]) for f, r in done.items()}
+    summaries = []
+    for f, acc in accs.items():
+        summaries.append({**acc.summary(), "loss": done[f]["final"]["loss"]})
+    average = fold_average(summaries, extra=("loss",))
+    mean, std = {"loss": average["loss"]["mean"]}, {"loss": average["loss"]["std"]}
+    for level in ("pixel", "detection"):
+        for name, stats in average[level].items():
+            mean[f"{level}_{name}"], std[f"{level}_{name}"] = stats["mean"], stats["std"]
+    pooled = functools.reduce(MetricAccumulator.merge, accs.values())
     return {
-        "folds": sorted(finals),
-        "per_fold": {str(f): m for f, m in finals.items()},
+        "folds": sorted(done),
+        "per_fold": {str(f): r["final"] for f, r in done.items()},
         "mean": mean,
         "std": std,
-        "pooled": pooled,
+        "pooled": pooled.summary(),
     }

@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # headless servers and CI; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from qatacov_jax.metrics import ConfusionCounts, Curves, auc_from_histograms  # noqa: E402
+from qatacov_jax.metrics import ConfusionCounts, Curves  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -98,7 +98,3 @@ def plot_confusion(
         title=title,
     )
     return _save(fig, path)
-
-
-def auc_of(pos_hist: np.ndarray, neg_hist: np.ndarray) -> float:
-    return auc_from_histograms(pos_hist, neg_hist)[0]

@@ -1,0 +1,1 @@
+"""Timing helpers for `benchmarks/` and the paper's Table 8 as data (`paper.py`)."""

@@ -1,0 +1,88 @@
+"""What every entry point shares: flag parsing into a fresh FlagValues, `--help`, and
+turning the errors that already name the setting or file to fix into one line + exit 2."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from absl import flags
+
+from qatacov_jax.data.features import DataError
+from qatacov_jax.runtime.console import setup_cli_logging
+from qatacov_jax.training.loop import NonFiniteLossError
+from qatacov_jax.training.rundir import RunDirMismatchError
+from qatacov_jax.weights import WeightsError
+
+# Errors whose message is the whole story (it names the file or setting and the fix): the
+# user sees the message, not a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    RunDirMismatchError,
+    NonFiniteLossError,
+    FileNotFoundError,
+    FileExistsError,
+    WeightsError,
+    DataError,
+    ValueError,
+)
+
+
+class UsageError(Exception):
+    """Bad command line: the message says which flag and what to do."""
+
+
+def new_flags() -> flags.FlagValues:
+    """A fresh flag registry with `--help`, for one parse."""
+    fv = flags.FlagValues()
+    flags.DEFINE_boolean("help", False, "Show this help and exit.", flag_values=fv)
+    return fv
+
+
+def parse(fv: flags.FlagValues, argv: Sequence[str], prog: str, doc: str) -> list[str] | None:
+    """Parses `argv` (without the program name) into `fv`.
+
+    Returns:
+      The positional arguments, or None when `--help` was printed.
+
+    Raises:
+      UsageError: an unknown flag, a bad value or a missing required flag.
+    """
+    try:
+        rest = fv([prog, *argv])[1:]
+    except flags.Error as e:
+        raise UsageError(f"{e}. Run `python {prog} --help` for the options.") from None
+    if fv["help"].value:
+        print(doc.strip() + "\n\n" + fv.get_help())
+        return None
+    return rest
+
+
+def run_main(
+    body: Callable[[], int | None], *, log_format: str = "%(levelname)s %(message)s"
+) -> int:
+    """Runs a command's body with console logging; `UsageError` and `USER_ERRORS` end it
+    with `error: <message>` on stderr and exit code 2 instead of a traceback."""
+    try:
+        setup_cli_logging(log_format)
+        code = body()
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0 if code is None else int(code)
+
+
+def in_unit_interval(name: str, value: float) -> float:
+    """`value` if in (0, 1], else a UsageError naming `--name`."""
+    if not 0.0 < value <= 1.0:
+        raise UsageError(f"--{name} must be in (0, 1], got {value}")
+    return value
+
+
+def positive(name: str, value: Any) -> Any:
+    if value is not None and value <= 0:
+        raise UsageError(f"--{name} must be a positive integer, got {value}")
+    return value

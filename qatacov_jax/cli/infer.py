@@ -1,0 +1,103 @@
+"""`scripts/infer.py --checkpoint RUN FILES_OR_FOLDERS... --out DIR`: infection maps, masks,
+the COVID-19 decision and severity for chest X-ray files (outputs: `inference.files`)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from absl import flags
+
+from qatacov_jax.cli.common import (
+    UsageError,
+    in_unit_interval,
+    new_flags,
+    parse,
+    positive,
+    run_main,
+)
+from qatacov_jax.inference.files import infer_files
+from qatacov_jax.inference.infection_map import DEFAULT_DISPLAY_FLOOR
+
+log = logging.getLogger(__name__)
+
+PROG = "scripts/infer.py"
+DOC = """COVID-19 infection maps, masks, detection and severity for chest X-rays.
+
+    python scripts/infer.py --checkpoint RUN XRAYS_DIR a.png b.dcm --out maps/ \\
+        [--lung-checkpoint LUNG_RUN] [--threshold 0.5] [--batch-size 64] [--overwrite]"""
+
+
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string(
+        "checkpoint",
+        None,
+        "run directory of the infection model (train.py --workdir, or fold_k/)",
+        flag_values=fv,
+        required=True,
+    )
+    flags.DEFINE_string("out", None, "output folder", flag_values=fv, required=True)
+    flags.DEFINE_string(
+        "lung-checkpoint",
+        None,
+        "run directory of a lung model: adds % of lung area and severity",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "threshold", 0.5, "probability at or above which a pixel is infected", flag_values=fv
+    )
+    flags.DEFINE_float("lung-threshold", 0.5, "the same for the lung model", flag_values=fv)
+    flags.DEFINE_float(
+        "display-floor",
+        DEFAULT_DISPLAY_FLOOR,
+        "probabilities below this show the plain X-ray",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "batch-size",
+        None,
+        "images per step over all devices (default 8 per device)",
+        flag_values=fv,
+    )
+    flags.DEFINE_enum(
+        "which", "best", ["best", "latest"], "which checkpoint of the run(s)", flag_values=fv
+    )
+    flags.DEFINE_boolean("overwrite", False, "replace existing outputs", flag_values=fv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 all good, 1 some inputs failed, 2 refused)."""
+
+    def body() -> int:
+        fv = new_flags()
+        _define(fv)
+        inputs = parse(fv, list(argv or []), PROG, DOC)
+        if inputs is None:
+            return 0
+        v = lambda name: fv[name].value  # noqa: E731 - dashed flag names need item access
+        if not inputs:
+            raise UsageError("no image files or folders given")
+        threshold = in_unit_interval("threshold", v("threshold"))
+        lung_threshold = in_unit_interval("lung-threshold", v("lung-threshold"))
+        rows = infer_files(
+            v("checkpoint"),
+            inputs,
+            v("out"),
+            lung_checkpoint=v("lung-checkpoint"),
+            threshold=threshold,
+            lung_threshold=lung_threshold,
+            display_floor=v("display-floor"),
+            batch_size=positive("batch-size", v("batch-size")),
+            which=v("which"),
+            overwrite=v("overwrite"),
+        )
+        failed = [r for r in rows if r["status"] != "ok"]
+        if failed:
+            print(f"{len(failed)} input(s) failed:", file=sys.stderr)
+            for r in failed:
+                print(f"  {r['file']}: {r['error']}", file=sys.stderr)
+            return 1
+        return 0
+
+    return run_main(body)

@@ -1,0 +1,246 @@
+"""Evaluate a trained run, or every fold of a cross-validation run (`scripts/evaluate.py`).
+
+For each run directory (`--workdir` of scripts/train.py, or `fold_k/` of a CV run) the model
+of `checkpoints/best` is run over the held-out split with one jitted, data-parallel step that
+returns only the sufficient statistics of the metrics (`metrics.batch_statistics`), so
+memory does not grow with the number of test images. Outputs (default
+`<run>/evaluation/<split>/`):
+
+    metrics.json                pixel-level segmentation and image-level detection metrics
+                                with 95% CIs, confusion matrices, AUC with its bin error,
+                                the raw counts/histograms (to merge later), fold averages
+    tables.md                   Markdown tables shaped like the paper's Tables 1-4
+    maps/                       infection maps of the first --num-maps examples (<name>_map.png)
+                                and panels CXR | ground truth | prediction (<name>_panel.png)
+    pr_roc_pixel.png            pixel-level precision-recall and ROC curves
+    pr_roc_detection.png        the same for detection (image score = max probability)
+    confusion_detection.png     detection confusion matrix (cumulative over folds)
+    confusion_pixel.png         pixel confusion matrix
+
+For a CV run the per-fold outputs go to `fold_k/` below the output folder and the top level
+holds the cumulative results (summed confusion matrices, as the paper's Table 4, with CIs
+over all test samples as its Table 3) and the mean/std over folds.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+
+from qatacov_jax import data
+from qatacov_jax.evaluation.examples import example_maps
+from qatacov_jax.evaluation.reports import check_outputs_free, write_outputs
+from qatacov_jax.metrics import (
+    DEFAULT_NUM_BINS,
+    DEFAULT_THRESHOLD,
+    MetricAccumulator,
+    batch_statistics,
+)
+from qatacov_jax.runtime.files import json_ready
+from qatacov_jax.runtime.sharding import make_mesh, replicate
+from qatacov_jax.training.rundir import load_model, read_config
+
+log = logging.getLogger(__name__)
+
+
+def make_stats_fn(
+    model: nnx.Module,
+    mesh: Mesh,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    num_bins: int = DEFAULT_NUM_BINS,
+) -> Callable[[Mapping[str, jax.Array]], dict[str, jax.Array]]:
+    """One jitted step: a sharded eval batch -> `batch_statistics` of the model's prediction.
+
+    The model is split once and its state replicated; probabilities never leave the devices.
+
+    Returns:
+      stats(batch) for batches with `image` (B, H, W, 3) preprocessed, `mask` (B, H, W, 1),
+      `label` (B,), `valid` (B,) (the keys of `data.eval_iterator`).
+    """
+    model.eval()
+    graphdef, state = nnx.split(model)
+    state = replicate(state, mesh)
+    step = _stats_step(graphdef, float(threshold), int(num_bins))
+
+    def stats(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        return step(state, batch["image"], batch["mask"], batch["label"], batch["valid"])
+
+    return stats
+
+
+@functools.lru_cache(maxsize=8)
+def _stats_step(graphdef: nnx.GraphDef, threshold: float, num_bins: int) -> Callable[..., Any]:
+    # Cached on the (hashable) graph definition: the folds of a CV run share one model
+    # structure, so evaluating all of them compiles once.
+    @jax.jit
+    def step(state, image, mask, label, valid):
+        logits = nnx.merge(graphdef, state)(image)
+        probs = jax.nn.sigmoid(logits.astype(jnp.float32))
+        return batch_statistics(probs, mask, label, valid, threshold=threshold, num_bins=num_bins)
+
+    return step
+
+
+def accumulate(
+    stats_fn: Callable[[Mapping[str, jax.Array]], Mapping[str, jax.Array]],
+    batches: Iterable[Mapping[str, jax.Array]],
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    num_bins: int = DEFAULT_NUM_BINS,
+    total: int | None = None,
+    every_secs: float = 30.0,
+) -> MetricAccumulator:
+    """Runs `stats_fn` over all batches into a `MetricAccumulator`, logging progress."""
+    acc = MetricAccumulator(threshold, num_bins)
+    t0 = last = time.time()
+    pending = None
+    for batch in batches:
+        stats = stats_fn(batch)
+        # Fetch the previous batch's counts while this one runs: the host never stalls the
+        # devices, and only two small stat dicts are alive at a time.
+        if pending is not None:
+            acc.update(pending)
+        pending = stats
+        if time.time() - last > every_secs:
+            last = time.time()
+            done = acc.num_images
+            of = f"/{total}" if total else ""
+            log.info("evaluated %d%s images (%.1f images/s)", done, of, done / (last - t0))
+    if pending is not None:
+        acc.update(pending)
+    return acc
+
+
+def is_cv_run(path: Path) -> bool:
+    return any((p / "config.json").exists() for p in path.glob("fold_*"))
+
+
+def fold_dirs(path: Path) -> list[Path]:
+    dirs = [p for p in path.glob("fold_*") if (p / "config.json").exists()]
+    return sorted(
+        dirs, key=lambda p: int(p.name.split("_")[-1]) if p.name.split("_")[-1].isdigit() else 0
+    )
+
+
+def evaluate_run(
+    run_dir: Path,
+    *,
+    split: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    num_bins: int = DEFAULT_NUM_BINS,
+    batch_size: int | None = None,
+    which: str = "best",
+    data_dir: str | None = None,
+    mesh: Mesh | None = None,
+    num_maps: int = 0,
+    maps_dir: Path | None = None,
+) -> tuple[MetricAccumulator, dict[str, Any]]:
+    """Evaluates one run directory on its held-out split.
+
+    Args:
+      split: 'eval' (the held-out fold / validation split) or 'test'; default the run's
+        `config.eval_split`.
+      data_dir: override of `config.data.data_dir` (the data moved since training).
+      num_maps: also write infection maps of the first `num_maps` examples to `maps_dir`.
+
+    Returns:
+      (accumulator, info) where info names the model, fold and split.
+    """
+    model, config, prep = load_model(run_dir, which=which)
+    if data_dir is not None:
+        config.data.data_dir = data_dir
+    split = split or config.get("eval_split", "eval")
+    fold = None if config.get("fold") is None else int(config.fold)
+    mesh = mesh or make_mesh()
+    n_dev = mesh.devices.size
+    bs = int(batch_size or config.get("batch_size", n_dev))
+    bs = max(n_dev, bs // n_dev * n_dev)
+    total = data.num_examples(config.data, fold=fold, split=split)
+    log.info("Evaluating %s (fold %s, split %s, %d images)", run_dir, fold, split, total)
+    batches = data.eval_iterator(
+        config.data, fold=fold, split=split, global_batch_size=bs, preprocessing=prep, mesh=mesh
+    )
+    stats_fn = make_stats_fn(model, mesh, threshold=threshold, num_bins=num_bins)
+    acc = accumulate(stats_fn, batches, threshold=threshold, num_bins=num_bins, total=total)
+    close = getattr(batches, "close", None)
+    if close is not None:
+        close()
+    if num_maps > 0 and maps_dir is not None:
+        example_maps(model, prep, mesh, config, fold, split, bs, num_maps, maps_dir, threshold)
+    if acc.num_images != total:
+        raise RuntimeError(
+            f"Evaluated {acc.num_images} images of {run_dir} but the split holds {total}; "
+            "the eval iterator and num_examples disagree."
+        )
+    m = config.model
+    info = {
+        "run_dir": str(run_dir),
+        "model": m.get("arch"),
+        "encoder": m.get("encoder"),
+        "frozen": bool(m.get("frozen", False)),
+        "fold": fold,
+        "split": split,
+        "dataset": config.data.get("dataset"),
+        "target": config.data.get("target", "infection"),
+        "checkpoint": which,
+    }
+    return acc, info
+
+
+def evaluate(
+    path: str | Path,
+    *,
+    out_dir: str | Path | None = None,
+    overwrite: bool = False,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Evaluates a run dir, or all folds of a CV run, and writes the reports.
+
+    Args:
+      path: run directory, or CV run directory holding `fold_k/` run directories.
+      out_dir: where to write; default `<path>/evaluation/<split>`.
+      overwrite: replace earlier evaluation outputs.
+      **kwargs: forwarded to `evaluate_run` (split, threshold, num_bins, batch_size, which,
+        data_dir, num_maps).
+
+    Returns:
+      The contents of metrics.json (top level).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a directory; pass a training run directory.")
+    cv = is_cv_run(path)
+    folds = fold_dirs(path) if cv else []
+    if not cv and not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"{path} holds neither config.json nor fold_k/ run directories; pass the --workdir "
+            "of scripts/train.py."
+        )
+    if out_dir is None:
+        split = kwargs.get("split") or read_config(folds[0] if cv else path).get("eval_split")
+        out_dir = path / "evaluation" / str(split or "eval")
+    out = Path(out_dir)
+    check_outputs_free(out, overwrite, cv_folds=[f.name for f in folds])
+    if not cv:
+        acc, info = evaluate_run(path, maps_dir=out / "maps", **kwargs)
+        return json_ready(write_outputs(out, acc, info))
+    results = []
+    for f in folds:
+        acc, info = evaluate_run(f, maps_dir=out / f.name / "maps", **kwargs)
+        write_outputs(out / f.name, acc, info)
+        results.append((acc, info))
+    total = results[0][0]
+    for acc, _ in results[1:]:
+        total = total.merge(acc)
+    info = {**results[0][1], "fold": "all", "run_dir": str(path), "folds": [f.name for f in folds]}
+    return json_ready(write_outputs(out, total, info, per_fold=results))

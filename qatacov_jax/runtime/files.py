@@ -1,0 +1,87 @@
+"""Atomic writes: a reader (or a crash) never sees half a file under its final name.
+
+Every JSON, CSV, text and PNG output of the project goes through these functions: the
+content is written to a temporary sibling and renamed over the target, which is atomic on
+POSIX file systems.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+def json_ready(obj: Any) -> Any:
+    """A structure `json.dumps` accepts: NumPy / JAX scalars and arrays become Python
+    numbers and lists, paths strings, bytes `{"__bytes__": hex}`, and non-finite floats
+    `None` (an undefined rate, e.g. precision with no positive prediction; strict JSON
+    readers reject NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, bool | int | str) or obj is None:
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, bytes):
+        return {"__bytes__": obj.hex()}
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "__array__") or isinstance(obj, np.generic):
+        return json_ready(np.asarray(obj).tolist())
+    if hasattr(obj, "items"):  # Mapping-like (ConfigDict, nnx.State, MappingProxyType)
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    raise TypeError(f"Cannot write {type(obj).__name__} to JSON")
+
+
+def from_json_ready(obj: Any) -> Any:
+    """Undoes the bytes encoding of `json_ready` (grain iterator states may hold bytes)."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__bytes__"}:
+            return bytes.fromhex(obj["__bytes__"])
+        return {k: from_json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_json_ready(v) for v in obj]
+    return obj
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Calls `write(tmp)` on a temporary sibling of `path`, then renames it to `path`.
+
+    The temporary name keeps the suffix (`x.tmp.png`), so writers that pick a format by
+    suffix (PIL) still work. On failure the temporary file is removed and `path` is left
+    as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically writes `text` (UTF-8)."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, sort_keys: bool = False) -> Path:
+    """Atomically writes `obj` as indented JSON (see `json_ready` for what is converted)."""
+    return write_text(path, json.dumps(json_ready(obj), indent=2, sort_keys=sort_keys) + "\n")
+
+
+def save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Atomically writes a (H, W) or (H, W, 3) uint8 array as PNG."""
+    return write_atomic(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))

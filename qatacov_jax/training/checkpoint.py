@@ -1,0 +1,153 @@
+"""Orbax checkpoints of a run: `checkpoints/latest/` (resume) and `checkpoints/best/`.
+
+Saved trees are pure dicts (`nnx.State.to_pure_dict()`), so a checkpoint does not depend on
+Python class names and can be restored into any model of the same structure. The run
+directory around them is described in `training.rundir`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from qatacov_jax.runtime.files import from_json_ready, json_ready
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _abstract(tree: Any, sharding: jax.sharding.Sharding | None) -> Any:
+    def leaf(x: Any) -> Any:
+        s = sharding if sharding is not None else getattr(x, "sharding", None)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+
+    return jax.tree.map(leaf, tree)
+
+
+class CheckpointStore:
+    """Periodic (`latest/`) and best-on-validation (`best/`) orbax checkpoints of a run.
+
+    Saved trees are pure dicts (`nnx.State.to_pure_dict()`), so a checkpoint does not
+    depend on Python class names and can be restored into any model of the same structure.
+    """
+
+    def __init__(self, workdir: str | Path, *, keep: int = 2, best_metric: str = "pixel_f1"):
+        self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
+        self.best_metric = best_metric
+        self.latest = ocp.CheckpointManager(
+            self.directory / "latest",
+            options=ocp.CheckpointManagerOptions(max_to_keep=max(1, int(keep)), create=True),
+        )
+        self.best = ocp.CheckpointManager(
+            self.directory / "best",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=1,
+                best_fn=lambda m: float(m[best_metric]),
+                best_mode="max",
+                create=True,
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def save_latest(
+        self, step: int, state: Mapping[str, nnx.State], data_state: Any, meta: Mapping[str, Any]
+    ) -> None:
+        """Saves model + optimizer state, the data iterator position and loop bookkeeping."""
+        # Orbax's multi-host save uses process-wide barrier names, so two managers saving
+        # at once (latest + best at an epoch end) collide across processes ("barrier ...
+        # already ongoing"). Each save stays asynchronous to training, but the two
+        # managers take turns.
+        self.best.wait_until_finished()
+        pure = {k: v.to_pure_dict() for k, v in state.items()}
+        self.latest.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(pure),
+                data=ocp.args.JsonSave(json_ready({"iterator": data_state})),
+                meta=ocp.args.JsonSave(json_ready(dict(meta))),
+            ),
+        )
+
+    def restore_latest(
+        self, state: Mapping[str, nnx.State], sharding: jax.sharding.Sharding
+    ) -> tuple[int, dict[str, nnx.State], Any, dict[str, Any]]:
+        """Restores the latest checkpoint into (copies of) `state`'s structure.
+
+        Returns:
+          (step, state, data iterator state, meta).
+        """
+        step = self.latest.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"No checkpoint under {self.directory / 'latest'}.")
+        target = {k: _abstract(v.to_pure_dict(), sharding) for k, v in state.items()}
+        restored = self.latest.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target),
+                data=ocp.args.JsonRestore(),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        new_state = {}
+        for k, v in state.items():
+            s = jax.tree.map(lambda x: x, v)  # a structural copy to fill
+            nnx.replace_by_pure_dict(s, restored.state[k])
+            new_state[k] = s
+        data_state = from_json_ready(restored.data["iterator"])
+        return step, new_state, data_state, dict(restored.meta)
+
+    def save_best(self, step: int, model_state: nnx.State, metrics: Mapping[str, float]) -> None:
+        metrics = {k: float(v) for k, v in metrics.items()}
+        self.latest.wait_until_finished()  # see save_latest: the managers take turns
+        self.best.save(
+            step,
+            args=ocp.args.Composite(
+                model=ocp.args.StandardSave(model_state.to_pure_dict()),
+                meta=ocp.args.JsonSave({"step": step, "metrics": metrics}),
+            ),
+            metrics=metrics,
+        )
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()
+
+
+def restore_model(ckpt_dir: Path, which: str, model_target: Any) -> Any:
+    """The model's pure-dict state from `checkpoints/<which>/` (latest step, or best).
+
+    Args:
+      ckpt_dir: `<run>/checkpoints/best` or `<run>/checkpoints/latest`.
+      which: "best" or "latest".
+      model_target: a pure dict of arrays of the model's structure (shapes and dtypes).
+
+    Returns:
+      The restored pure dict, on the default device.
+    """
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = _abstract(model_target, device)
+    with ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True)) as m:
+        step = m.latest_step() if which == "latest" else (m.best_step() or m.latest_step())
+        if step is None:
+            raise FileNotFoundError(f"No checkpoint found under {ckpt_dir}.")
+        # `latest/` holds {"model": ..., "opt": ...} under "state": a partial restore reads
+        # only the model; `best/` holds the model state alone under "model".
+        item = "state" if which == "latest" else "model"
+        item_target = {"model": target} if item == "state" else target
+        restore = ocp.args.PyTreeRestore(
+            item=item_target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(item_target),
+            partial_restore=True,
+        )
+        restored = m.restore(step, args=ocp.args.Composite(**{item: restore}))
+    return restored[item]["model"] if which == "latest" else restored[item]

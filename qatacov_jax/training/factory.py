@@ -1,0 +1,78 @@
+"""The model factory: a configuration -> the segmentation model and its preprocessing.
+
+Used by training (`training.loop`), by loading a trained run (`training.rundir.load_model`)
+and so by evaluation, inference and the benchmarks: one place decides how
+`config.model` becomes a model. It lives above `models` and `weights` because it joins the
+two (weights are ported into models, so `weights` imports `models`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from qatacov_jax import models
+from qatacov_jax.data.preprocessing import Preprocessing
+from qatacov_jax.weights import load_encoder_weights, weights_preprocessing
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged (NaN/Inf loss or gradient)."""
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> Any:
+    name = config.model.get("dtype", "float32") or "float32"
+    if name not in DTYPES:
+        raise ValueError(f"Unknown config.model.dtype {name!r}; choose one of {sorted(DTYPES)}.")
+    return DTYPES[name]
+
+
+def build_model(
+    config: ml_collections.ConfigDict, *, seed: int, load_weights: bool = True
+) -> tuple[nnx.Module, Preprocessing]:
+    """The segmentation model of `config.model`, and the preprocessing its weights expect.
+
+    With `config.model.encoder_weights` (a directory written by `qatacov_jax.weights.port`)
+    the encoder is filled from it (unless `load_weights=False`, used when a checkpoint will
+    replace all weights anyway) and the preprocessing comes from its manifest; without, the
+    encoder is randomly initialised and `config.model.preprocessing` (or the encoder's
+    standard mode) applies.
+    """
+    m = config.model
+    weights_dir = Path(m.encoder_weights) if m.get("encoder_weights") else None
+    if weights_dir is not None and not weights_dir.exists():
+        raise FileNotFoundError(
+            f"config.model.encoder_weights={weights_dir} does not exist. Port weights first "
+            "(scripts/port_weights.py) or set --config.model.encoder_weights=None for "
+            "random initialisation."
+        )
+    if weights_dir is not None:
+        # Checked before any model is built: the manifest must be for this architecture.
+        preprocessing = weights_preprocessing(m.encoder, weights_dir)
+    elif m.get("preprocessing"):
+        preprocessing = Preprocessing.from_mode(m.preprocessing)
+    else:
+        preprocessing = models.encoder_preprocessing(m.encoder)
+
+    rngs = nnx.Rngs(seed)
+    dtype = compute_dtype(config)
+    encoder = models.create_encoder(m.encoder, rngs=rngs, dtype=dtype)
+    if weights_dir is not None and load_weights:
+        preprocessing = load_encoder_weights(encoder, weights_dir)
+    model = models.create_model(m.arch, encoder, frozen=bool(m.frozen), rngs=rngs, dtype=dtype)
+    return model, preprocessing
+
+
+def count_trainable(model: nnx.Module) -> tuple[int, int]:
+    """(trainable, non-trainable) parameter counts (the Keras convention of Table 8)."""
+    c = models.count_params(model)
+    return int(c.trainable), int(c.non_trainable)

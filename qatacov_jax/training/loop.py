@@ -1,0 +1,311 @@
+"""`train_and_evaluate`: the training loop of one run directory.
+
+Every epoch ends with a validation pass (`training.steps.validate`), a best-on-
+`config.best_metric` checkpoint and a periodic checkpoint; re-running resumes exactly.
+The steps themselves are in `training.steps`, the run directory in `training.rundir` and
+`training.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+from flax import nnx
+
+from qatacov_jax import data
+from qatacov_jax.runtime import sharding
+from qatacov_jax.training import optim, rundir
+from qatacov_jax.training.checkpoint import CheckpointStore
+from qatacov_jax.training.factory import build_model, count_trainable
+from qatacov_jax.training.steps import (
+    LossSpec,
+    make_batch_stats_step,
+    make_eval_step,
+    make_train_step,
+    recalibrate_batch_norm,
+    validate,
+    zero_momentum_graphdef,
+)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged (NaN/Inf loss or gradient)."""
+
+
+def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+    """`jax.distributed.initialize` when asked (config or env), before any device use.
+
+    Asked by `config.distributed.initialize=True` (coordinator/num_processes/process_id
+    from the config, or auto-detected on SLURM/TPU/GKE when left unset), or by the
+    environment variable `QATACOV_DISTRIBUTED=1`. Single-process runs never touch it.
+    """
+    dist = config.get("distributed")
+    wanted = bool(dist and dist.get("initialize")) or os.environ.get("QATACOV_DISTRIBUTED") == "1"
+    if not wanted or _distributed_ready():
+        return
+    kwargs: dict[str, Any] = {}
+    if dist is not None:
+        for key in ("coordinator_address", "num_processes", "process_id"):
+            if dist.get(key) is not None:
+                kwargs[key] = dist.get(key)
+    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+        # CPU collectives across processes need an explicit implementation.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
+
+
+def _distributed_ready() -> bool:
+    # jax has no public "is jax.distributed initialised?"; the private module is imported
+    # here, guarded, so a jax release that moves it only loses this check.
+    try:
+        from jax._src import distributed
+
+        return distributed.global_state.client is not None
+    except Exception:  # pragma: no cover - private API moved; assume not initialised
+        return False
+
+
+def _check_finite(metrics: Mapping[str, float], step: int, store: CheckpointStore) -> None:
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    if bad:
+        last = store.latest_step()
+        where = (
+            f"the last good checkpoint (step {last}) is kept in {store.directory / 'latest'} "
+            "and a restart resumes from it"
+            if last is not None
+            else "no checkpoint had been written yet"
+        )
+        raise NonFiniteLossError(
+            f"Non-finite training metrics {bad} by step {step}; stopping without saving this "
+            f"state ({where}). Lower config.optim.lr, set config.optim.grad_clip_norm, use "
+            "config.model.dtype='float32', or check the data for corrupt masks."
+        )
+
+
+def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
+    stacked = jax.device_get(history)
+    return {k: float(np.mean([h[k] for h in stacked])) for k in stacked[0]}
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    *,
+    step_callback: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Trains `config` in `workdir` (resuming if it holds a checkpoint) and evaluates it.
+
+    Every epoch ends with an evaluation on the held-out split (`config.eval_split`) of fold
+    `config.fold`, a best-on-`config.best_metric` checkpoint and a periodic checkpoint.
+
+    Args:
+      config: the full config (see configs/default.py).
+      workdir: the run directory (layout in `qatacov_jax.training.checkpoint`).
+      step_callback: called with the 1-based step number after each step (tests use it to
+        interrupt a run; profilers can use it too).
+
+    Returns:
+      The contents of `workdir/results.json`.
+    """
+    maybe_initialize_distributed(config)
+    workdir = Path(workdir).absolute()
+    rundir.check_or_write_config(workdir, config)
+
+    mesh = sharding.make_mesh(config.get("num_devices"))
+    global_batch = int(config.batch_size)
+    sharding.check_batch_size(global_batch, mesh)
+    fold = None if config.fold is None else int(config.fold)
+
+    model, preprocessing = build_model(config, seed=int(config.seed))
+    rundir.write_json(workdir / rundir.PREPROCESSING_FILE, preprocessing.to_dict())
+    trainable, non_trainable = count_trainable(model)
+    model.train()
+    opt = optim.make_optimizer(model, config.optim)
+    model_def, model_state = nnx.split(model)
+    opt_def, opt_state = nnx.split(opt)
+    recal_batches = int(config.get("bn_recalibration_batches") or 0)
+    stats_step = (
+        make_batch_stats_step(zero_momentum_graphdef(model), mesh) if recal_batches else None
+    )
+    model.eval()
+    eval_def = nnx.graphdef(model)
+    loss = LossSpec.from_config(config.get("loss"))
+    train_step = make_train_step(model_def, opt_def, loss, mesh)
+    eval_step = make_eval_step(eval_def, loss, mesh)
+    state = sharding.replicate({"model": model_state, "opt": opt_state}, mesh)
+    del model, opt, model_state, opt_state
+
+    n_train = data.num_examples(config.data, fold=fold, split="train")
+    steps_per_epoch = n_train // global_batch
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"The training split has {n_train} examples, fewer than config.batch_size="
+            f"{global_batch}; lower the batch size."
+        )
+    if config.get("steps_per_epoch"):
+        steps_per_epoch = min(steps_per_epoch, int(config.steps_per_epoch))
+    total_steps = int(config.num_epochs) * steps_per_epoch
+
+    store = CheckpointStore(
+        workdir, keep=int(config.get("keep_checkpoints", 2)), best_metric=config.best_metric
+    )
+    train_iter = data.train_iterator(
+        config.data,
+        fold=fold,
+        global_batch_size=global_batch,
+        preprocessing=preprocessing,
+        mesh=mesh,
+        seed=int(config.seed),
+    )
+    meta: dict[str, Any] = {"epoch": 0, "best": None, "history": [], "train_time_s": 0.0}
+    start_step = 0
+    if store.latest_step() is not None:
+        start_step, state, data_state, meta = store.restore_latest(state, sharding.replicated(mesh))
+        train_iter.set_state(data_state)
+        logging.info("Resumed %s from step %d (epoch %d).", workdir, start_step, meta["epoch"])
+
+    writer = metric_writers.create_default_writer(
+        str(workdir), just_logging=jax.process_index() > 0, asynchronous=False
+    )
+    if start_step == 0:
+        writer.write_hparams(_flat_hparams(config))
+    progress = periodic_actions.ReportProgress(
+        num_train_steps=total_steps, writer=writer, every_secs=30.0
+    )
+    log_every = max(1, int(config.get("log_every_steps", 50)))
+    ckpt_every = int(config.get("checkpoint_every_steps") or 0)
+
+    def recalibrate() -> None:
+        # A separate, seeded stream of training batches: the main iterator's position (and
+        # so exact resume) is unaffected.
+        batches = data.train_iterator(
+            config.data,
+            fold=fold,
+            global_batch_size=global_batch,
+            preprocessing=preprocessing,
+            mesh=mesh,
+            seed=int(config.seed) + 1,
+        )
+        state["model"] = recalibrate_batch_norm(stats_step, state["model"], batches, recal_batches)
+        batches.close()
+
+    def do_eval() -> tuple[dict[str, float], Any]:
+        batches = data.eval_iterator(
+            config.data,
+            fold=fold,
+            split=config.eval_split,
+            global_batch_size=global_batch,
+            preprocessing=preprocessing,
+            mesh=mesh,
+        )
+        return validate(eval_step, state["model"], batches)
+
+    history: list[dict[str, jax.Array]] = []
+    t0 = time.perf_counter()
+    train_time_before = float(meta["train_time_s"])
+    logging.info(
+        "Training %s/%s (frozen=%s): %d trainable / %d non-trainable parameters, %d steps of "
+        "%d on %d devices, %d processes.",
+        config.model.arch,
+        config.model.encoder,
+        config.model.frozen,
+        trainable,
+        non_trainable,
+        total_steps,
+        global_batch,
+        mesh.devices.size,
+        jax.process_count(),
+    )
+    last_train: dict[str, float] = {}
+    try:
+        for step in range(start_step + 1, total_steps + 1):
+            batch = next(train_iter)
+            state, step_metrics = train_step(
+                state, {"image": batch["image"], "mask": batch["mask"]}
+            )
+            history.append(step_metrics)
+            progress(step)
+            end_of_epoch = step % steps_per_epoch == 0
+            periodic = ckpt_every > 0 and step % ckpt_every == 0
+            if step % log_every == 0 or end_of_epoch or periodic or step == total_steps:
+                last_train = _mean_metrics(history)
+                history = []
+                # Checked before anything is saved, so a checkpoint never holds a NaN state.
+                _check_finite(last_train, step, store)
+                writer.write_scalars(step, {f"train/{k}": v for k, v in last_train.items()})
+            if end_of_epoch:
+                epoch = step // steps_per_epoch
+                if recal_batches:
+                    recalibrate()
+                val, val_acc = do_eval()
+                writer.write_scalars(step, {f"val/{k}": v for k, v in val.items()})
+                meta["epoch"] = epoch
+                # Counts and histograms of the latest validation, so that cross-validation
+                # pools folds with the same accumulator as scripts/evaluate.py.
+                meta["validation_state"] = val_acc.to_dict()
+                meta["history"].append({"epoch": epoch, "step": step, "train": last_train, **val})
+                score = val[config.best_metric]
+                if math.isfinite(score) and (meta["best"] is None or score > meta["best"]["score"]):
+                    meta["best"] = {"epoch": epoch, "step": step, "score": score, "metrics": val}
+                    store.save_best(step, state["model"], _finite_only(val))
+            if end_of_epoch or periodic or step == total_steps:
+                meta["train_time_s"] = train_time_before + time.perf_counter() - t0
+                store.save_latest(step, state, train_iter.get_state(), meta)
+            if step_callback is not None:
+                step_callback(step)
+        store.wait()
+    finally:
+        writer.flush()
+        store.close()
+
+    results = _results(config, meta, trainable, non_trainable, total_steps, steps_per_epoch)
+    results["preprocessing"] = preprocessing.to_dict()
+    rundir.write_json(workdir / rundir.RESULTS_FILE, results)
+    return results
+
+
+def _finite_only(metrics: Mapping[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+
+
+def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    flat = rundir.flat_config(config)
+    return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in flat.items()}
+
+
+def _results(
+    config: ml_collections.ConfigDict,
+    meta: Mapping[str, Any],
+    trainable: int,
+    non_trainable: int,
+    total_steps: int,
+    steps_per_epoch: int,
+) -> dict[str, Any]:
+    final = meta["history"][-1] if meta["history"] else None
+    return {
+        "final": final,
+        "final_state": meta.get("validation_state"),
+        "best": meta["best"],
+        "best_metric": config.best_metric,
+        "history": meta["history"],
+        "fold": config.fold,
+        "eval_split": config.eval_split,
+        "steps": total_steps,
+        "steps_per_epoch": steps_per_epoch,
+        "epochs": meta["epoch"],
+        "train_time_s": meta["train_time_s"],
+        "params": {"trainable": trainable, "non_trainable": non_trainable},
+        "num_devices": jax.device_count(),
+        "num_processes": jax.process_count(),
+        "config": rundir.config_to_dict(config),
+    }

@@ -1,0 +1,230 @@
+"""The jitted steps of a run: optimisation, validation statistics and precise BatchNorm.
+
+One code path for 1 CPU, N GPUs and several hosts: the model and optimizer state are split
+once into a graph definition (static) and a state pytree, replicated over the mesh; every
+batch is sharded over the mesh's `data` axis. `jax.jit` compiles pure functions with those
+shardings, so XLA inserts the gradient all-reduce and BatchNorm batch statistics span the
+*global* batch (the maths is that of one big device). The train state is donated: the update
+happens in place, without a second copy of the model + Adam moments in device memory.
+
+Validation counts with the same streaming statistics as `scripts/evaluate.py`
+(`qatacov_jax.metrics.batch_statistics` into a `MetricAccumulator`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from qatacov_jax.metrics import MetricAccumulator, batch_statistics, flat_metrics
+from qatacov_jax.models import TRAINABLE
+from qatacov_jax.runtime import sharding
+from qatacov_jax.training import losses
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """The hashable part of `config.loss` (a static argument of the jitted steps)."""
+
+    alpha: float = losses.FOCAL_ALPHA
+    gamma: float = losses.FOCAL_GAMMA
+    dice_reduction: str = "batch"
+    smooth: float = losses.DICE_SMOOTH
+
+    @classmethod
+    def from_config(cls, loss_cfg: ml_collections.ConfigDict | None) -> LossSpec:
+        if loss_cfg is None:
+            return cls()
+        return cls(
+            alpha=float(loss_cfg.get("alpha", losses.FOCAL_ALPHA)),
+            gamma=float(loss_cfg.get("gamma", losses.FOCAL_GAMMA)),
+            dice_reduction=str(loss_cfg.get("dice_reduction", "batch")),
+            smooth=float(loss_cfg.get("smooth", losses.DICE_SMOOTH)),
+        )
+
+    def __call__(self, logits: jax.Array, masks: jax.Array, weights: jax.Array | None = None):
+        return losses.hybrid_loss(
+            logits,
+            masks,
+            alpha=self.alpha,
+            gamma=self.gamma,
+            dice_reduction=self.dice_reduction,
+            smooth=self.smooth,
+            weights=weights,
+        )
+
+
+def _train_step(
+    model_def: nnx.GraphDef,
+    opt_def: nnx.GraphDef,
+    loss: LossSpec,
+    state: dict[str, nnx.State],
+    batch: Mapping[str, jax.Array],
+) -> tuple[dict[str, nnx.State], dict[str, jax.Array]]:
+    """One optimisation step on a global batch (pure; jitted by `make_train_step`).
+
+    Args:
+      state: {"model": model state, "opt": optimizer state}.
+      batch: `image` (B, H, W, 3) float32 preprocessed, `mask` (B, H, W, 1) {0, 1}.
+
+    Returns:
+      (new state, metrics): `loss`, `focal`, `dice`, `grad_norm` float32 scalars.
+    """
+    model = nnx.merge(model_def, state["model"])
+    opt = nnx.merge(opt_def, state["opt"])
+
+    def loss_fn(model: nnx.Module) -> tuple[jax.Array, dict[str, jax.Array]]:
+        logits = model(batch["image"])
+        return loss(logits, batch["mask"])
+
+    grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, TRAINABLE), has_aux=True)
+    (value, parts), grads = grad_fn(model)
+    opt.update(model, grads)
+    metrics = {"loss": value, **parts, "grad_norm": optax.global_norm(grads)}
+    return {"model": nnx.state(model), "opt": nnx.state(opt)}, metrics
+
+
+@functools.lru_cache(maxsize=16)
+def make_train_step(
+    model_def: nnx.GraphDef, opt_def: nnx.GraphDef, loss: LossSpec, mesh: Mesh
+) -> Callable[[dict[str, nnx.State], Mapping[str, jax.Array]], tuple[Any, dict[str, jax.Array]]]:
+    """`train_step(state, batch) -> (state, metrics)`, jitted over `mesh`.
+
+    State in and out replicated, batch split on `data`, the input state donated. Cached, so
+    runs of the same model on the same mesh in one process (CV folds, tests) compile once.
+    """
+    rep, dat = sharding.replicated(mesh), sharding.data_sharding(mesh)
+    return jax.jit(
+        functools.partial(_train_step, model_def, opt_def, loss),
+        in_shardings=(rep, dat),
+        out_shardings=(rep, rep),
+        donate_argnums=(0,),
+    )
+
+
+def _eval_step(
+    model_def: nnx.GraphDef, loss: LossSpec, model_state: nnx.State, batch: Mapping[str, jax.Array]
+) -> dict[str, jax.Array]:
+    """Sufficient statistics of the validation metrics for one global batch.
+
+    Returns `loss_sum` (batch loss x valid rows), `n` (valid rows) and the
+    `metrics.batch_statistics` of the probabilities (pixel and detection counts at 0.5,
+    histograms for AUC), padding rows excluded.
+    """
+    model = nnx.merge(model_def, model_state)
+    logits = model(batch["image"])
+    valid = batch["valid"].astype(jnp.float32)
+    value, _ = loss(logits, batch["mask"], valid)
+    n = jnp.sum(valid)
+    probs = jax.nn.sigmoid(logits.astype(jnp.float32))
+    stats = batch_statistics(probs, batch["mask"], batch["label"], batch["valid"])
+    return {"loss_sum": value * n, "n": n, **stats}
+
+
+@functools.lru_cache(maxsize=16)
+def make_eval_step(model_def: nnx.GraphDef, loss: LossSpec, mesh: Mesh) -> Callable[..., Any]:
+    """`eval_step(model_state, batch) -> statistics`, jitted over `mesh` (no donation)."""
+    rep, dat = sharding.replicated(mesh), sharding.data_sharding(mesh)
+    return jax.jit(
+        functools.partial(_eval_step, model_def, loss),
+        in_shardings=(rep, dat),
+        out_shardings=rep,
+    )
+
+
+def _batch_stats_step(
+    model_def: nnx.GraphDef, model_state: nnx.State, images: jax.Array
+) -> nnx.State:
+    """BatchNorm statistics of one global batch (the model graph has momentum 0)."""
+    model = nnx.merge(model_def, model_state)
+    model(images)
+    return nnx.state(model, nnx.BatchStat)
+
+
+@functools.lru_cache(maxsize=16)
+def make_batch_stats_step(model_def: nnx.GraphDef, mesh: Mesh) -> Callable[..., Any]:
+    rep, dat = sharding.replicated(mesh), sharding.data_sharding(mesh)
+    return jax.jit(
+        functools.partial(_batch_stats_step, model_def),
+        in_shardings=(rep, dat),
+        out_shardings=rep,
+    )
+
+
+def zero_momentum_graphdef(model: nnx.Module) -> nnx.GraphDef:
+    """The train-mode graph of `model` with every BatchNorm's momentum set to 0, so a
+    forward pass leaves each layer's *batch* statistics in its running averages."""
+    saved = []
+    for _, m in model.iter_modules():
+        if isinstance(m, nnx.BatchNorm):
+            saved.append((m, m.momentum))
+            m.momentum = 0.0
+    model.train()
+    graphdef = nnx.graphdef(model)
+    for m, momentum in saved:
+        m.momentum = momentum
+    return graphdef
+
+
+def recalibrate_batch_norm(
+    stats_step: Callable[..., Any],
+    model_state: nnx.State,
+    batches: Iterator[Mapping[str, jax.Array]],
+    num_batches: int,
+) -> nnx.State:
+    """Replaces BatchNorm running averages by the mean of `num_batches` batches' statistics.
+
+    The running averages (Keras momentum 0.99) lag behind the weights for the first few
+    hundred steps, so a short run evaluated in inference mode looks far worse than it is.
+    Averaging exact batch statistics of the *current* weights ("precise BN") removes the
+    lag; weights are untouched. Opt-in (`config.bn_recalibration_batches`); the paper
+    configs leave it off.
+    """
+    acc = None
+    for _ in range(num_batches):
+        stats = stats_step(model_state, next(batches)["image"])
+        acc = stats if acc is None else jax.tree.map(jnp.add, acc, stats)
+    mean = jax.tree.map(lambda x: x / num_batches, acc)
+    return _replace_batch_stats(model_state, mean)
+
+
+def _replace_batch_stats(model_state: nnx.State, stats: nnx.State) -> nnx.State:
+    flat = dict(nnx.to_flat_state(model_state))
+    for path, var in nnx.to_flat_state(stats):
+        flat[path] = var
+    return nnx.from_flat_state(flat)
+
+
+def validate(
+    eval_step: Callable[..., Any], model_state: nnx.State, batches: Iterator[Mapping[str, Any]]
+) -> tuple[dict[str, float], MetricAccumulator]:
+    """Validation over one pass of `batches`.
+
+    Returns:
+      (flat metrics, accumulator): `loss`, `num_examples` and every `{level}_{metric}` of
+      `metrics.flat_metrics` (e.g. `pixel_f1`, `detection_sensitivity`, `pixel_tp`); the
+      accumulator holds the counts and histograms (to pool folds later).
+    """
+    acc = MetricAccumulator()
+    loss_sum, n = 0.0, 0.0
+    for batch in batches:
+        stats = eval_step(model_state, {k: batch[k] for k in ("image", "mask", "label", "valid")})
+        stats = jax.device_get(stats)
+        loss_sum += float(np.asarray(stats.pop("loss_sum"), np.float64))
+        n += float(np.asarray(stats.pop("n"), np.float64))
+        acc.update(stats)
+    if acc.num_images == 0:
+        raise ValueError("The validation split is empty; check config.data and config.fold.")
+    flat = {"loss": loss_sum / max(n, 1.0), "num_examples": int(n)}
+    flat.update(flat_metrics(acc.summary()))
+    return flat, acc
