@@ -23,6 +23,7 @@ LAYERS = (
     "weights",  # porting pretrained encoders
     "training",  # model factory, losses, steps, loop, run directories, cross-validation
     "inference",  # predictor, infection maps, severity, files in -> maps out
+    "export",  # deployment artifacts (StableHLO, SavedModel) + manifests
     "evaluation",  # evaluation of runs: reports, plots, example maps
     "benchmarking",  # timing helpers, the paper's Table 8
     "quickstart",

@@ -300,6 +300,45 @@ def _input_size(config: Any, run_dir: Path) -> Any:
     return tuple(size) if isinstance(size, list | tuple) else int(size)
 
 
+@dataclasses.dataclass(frozen=True)
+class LoadedModels:
+    """Trained models by role ("infection", "lung"), with what running them needs.
+
+    Attributes:
+      models: name -> model in eval mode.
+      configs: name -> the run's configuration.
+      preprocessing: name -> the input preprocessing the model was trained with.
+      sizes: name -> input size (a square's side, or (height, width)).
+      runs: name -> the run directory it came from.
+    """
+
+    models: dict[str, Any]
+    configs: dict[str, Any]
+    preprocessing: dict[str, Any]
+    sizes: dict[str, Any]
+    runs: dict[str, Path]
+
+
+def load_models(runs: dict[str, str | Path], *, which: str = "best") -> LoadedModels:
+    """Loads each run directory's model (`training.rundir.load_model`) and its input size.
+
+    Raises:
+      FileNotFoundError, ValueError: a run cannot be loaded; the message names its role.
+    """
+    loaded = LoadedModels({}, {}, {}, {}, {})
+    for name, run_dir in runs.items():
+        run_dir = Path(run_dir)
+        try:
+            model, config, prep = load_model(run_dir, which=which)
+            size = _input_size(config, run_dir)
+        except (FileNotFoundError, ValueError) as e:
+            raise type(e)(f"cannot load the {name} model from {run_dir}: {e}") from None
+        loaded.models[name], loaded.configs[name] = model, config
+        loaded.preprocessing[name], loaded.sizes[name] = prep, size
+        loaded.runs[name] = run_dir
+    return loaded
+
+
 def infer_files(
     checkpoint: str | Path,
     inputs: Sequence[str | Path],
@@ -335,17 +374,13 @@ def infer_files(
 
     mesh = make_mesh()
     batch_size = batch_size or 8 * mesh.devices.size
-    runs = {"infection": Path(checkpoint)}
+    runs: dict[str, str | Path] = {"infection": checkpoint}
     if lung_checkpoint is not None:
-        runs["lung"] = Path(lung_checkpoint)
-    models, preps, sizes = {}, {}, {}
-    for name, run_dir in runs.items():
-        try:
-            models[name], config, preps[name] = load_model(run_dir, which=which)
-            sizes[name] = _input_size(config, run_dir)
-        except (FileNotFoundError, ValueError) as e:
-            raise type(e)(f"cannot load the {name} model from {run_dir}: {e}") from None
-    predictor = Predictor(models, preps, sizes, mesh, batch_size=batch_size)
+        runs["lung"] = lung_checkpoint
+    loaded = load_models(runs, which=which)
+    predictor = Predictor(
+        loaded.models, loaded.preprocessing, loaded.sizes, mesh, batch_size=batch_size
+    )
     log.info(
         "%d images to process on %d device(s), batch %d", len(items), mesh.devices.size, batch_size
     )

@@ -39,6 +39,45 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([x, pad], axis=0)
 
 
+def make_probability_fn(
+    models: Mapping[str, nnx.Module],
+    preprocessing: Mapping[str, Preprocessing | None],
+) -> tuple[Callable[[Any, Mapping[str, Any]], dict[str, jax.Array]], dict[str, nnx.State]]:
+    """The pure inference function of one or more models: what `make_predict_fn` jits and
+    `qatacov_jax.export` serialises, so both compute the same thing.
+
+    Args:
+      models: name -> segmentation model (call: (B, H, W, 3) -> logits (B, H, W, 1)).
+      preprocessing: name -> the model's `Preprocessing`, applied inside the function to
+        inputs in [0, 1] with 1 or 3 channels; None for inputs that are already preprocessed.
+
+    Returns:
+      (forward, states): `forward(states, images)` maps name -> (B, H, W, C) images to name ->
+      (B, H, W, 1) float32 sigmoid probabilities; BatchNorm is folded into the convs
+      (`models.folding.make_forward`, the fastest exact inference form). `states` holds each
+      model's folded state; pass it (or a replicated copy) as the first argument.
+    """
+    missing = set(models) - set(preprocessing)
+    if missing:
+        raise ValueError(f"No preprocessing given for model(s) {sorted(missing)}.")
+    preps = {k: preprocessing[k] for k in models}
+    forwards, states = {}, {}
+    for name, m in models.items():
+        forwards[name], states[name] = make_forward(m)
+
+    def forward(states: Any, images: Mapping[str, Any]) -> dict[str, jax.Array]:
+        out = {}
+        for name, fwd in forwards.items():
+            x = images[name]
+            if preps[name] is not None:
+                x = preps[name](x.astype(jnp.float32))
+            logits = fwd(states[name], x)
+            out[name] = jax.nn.sigmoid(logits.astype(jnp.float32))
+        return out
+
+    return forward, states
+
+
 def make_predict_fn(
     model: Models,
     mesh: Mesh,
@@ -68,12 +107,9 @@ def make_predict_fn(
     multi = isinstance(model, Mapping)
     models = dict(model) if multi else {"_": model}
     if preprocessing is None or isinstance(preprocessing, Preprocessing):
-        preps = dict.fromkeys(models, preprocessing)
+        preps: Mapping[str, Preprocessing | None] = dict.fromkeys(models, preprocessing)
     else:
-        missing = set(models) - set(preprocessing)
-        if missing:
-            raise ValueError(f"No preprocessing given for model(s) {sorted(missing)}.")
-        preps = {k: preprocessing[k] for k in models}
+        preps = preprocessing
     n_dev = mesh.devices.size
     if batch_size is not None and batch_size % n_dev:
         raise ValueError(
@@ -81,24 +117,9 @@ def make_predict_fn(
             f"multiple of {n_dev}."
         )
 
-    # The fastest exact inference form: BatchNorm folded into the convs
-    # (qatacov_jax.models.folding; benchmarks/compare_keras.py).
-    forwards, states = {}, {}
-    for name, m in models.items():
-        forwards[name], states[name] = make_forward(m)
+    forward, states = make_probability_fn(models, preps)
     states = replicate(states, mesh)
     in_sharding = data_sharding(mesh)
-
-    def forward(states: dict[str, nnx.State], images: dict[str, jax.Array]) -> dict[str, Any]:
-        out = {}
-        for name, fwd in forwards.items():
-            x = images[name]
-            if preps[name] is not None:
-                x = preps[name](x.astype(jnp.float32))
-            logits = fwd(states[name], x)
-            out[name] = jax.nn.sigmoid(logits.astype(jnp.float32))
-        return out
-
     jitted = jax.jit(forward, out_shardings=in_sharding)
 
     def predict(images: Any) -> Any:

@@ -10,10 +10,13 @@ from absl import logging as absl_logging
 # (path fragment of the logging module, lowest level that still shows). Below it these
 # libraries only narrate routine work: orbax every checkpoint read and write; TFDS every
 # dataset-info load, that a builder config is "custom" (ours always are) and that OpenCV
-# would decode faster.
+# would decode faster; TensorFlow every SavedModel write (assets, fingerprint, sharding
+# timings); JAX that it found no TPU.
 _QUIET_BELOW = (
     ("/orbax/", logging.WARNING),
     ("/tensorflow_datasets/", logging.ERROR),
+    ("/tensorflow/", logging.WARNING),
+    ("/jax/_src/xla_bridge.py", logging.WARNING),
 )
 # Warnings that only restate what we asked for: orbax on checkpoints opened read-only
 # (evaluation and inference never write into a run).

@@ -1,0 +1,248 @@
+"""Serialized artifacts of a serving function, and `export_run` (`scripts/export.py`).
+
+Formats (each written with a `manifest.json` beside it, `export.manifest`):
+
+| format       | file(s)                  | runs with                          | how                      |
+|--------------|--------------------------|------------------------------------|--------------------------|
+| `stablehlo`  | `model.stablehlo`        | JAX (`jax.export.deserialize`)     | `jax.export`, weights    |
+|              |                          |                                    | embedded as constants    |
+| `savedmodel` | `saved_model/`           | TensorFlow alone, no JAX           | jax2tf (native StableHLO |
+|              |                          | (`tf.saved_model.load`)            | in an XlaCallModule op), |
+|              |                          |                                    | weights as tf.Variables  |
+
+Both hold the whole serving function (`export.serving`): BatchNorm folded, preprocessing and
+sigmoid inside, and a symbolic batch dimension unless a fixed batch is asked for. The
+StableHLO is lowered for `platforms` (default: CPU; e.g. ("cpu", "cuda") serves on both).
+
+ONNX is not offered: see `ONNX_UNAVAILABLE` for what was found with the converters that
+exist for this stack.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from qatacov_jax.export.manifest import MANIFEST_FILE, build_manifest, file_checksums
+from qatacov_jax.export.manifest import verify_checksums as _verify_checksums
+from qatacov_jax.export.outdir import check_output, staged_output
+from qatacov_jax.export.serving import BATCH_SYMBOL, ServingModel, load_serving_model
+from qatacov_jax.runtime.files import write_json
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("stablehlo", "savedmodel", "onnx")
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+STABLEHLO_FILE = "model.stablehlo"
+SAVEDMODEL_DIR = "saved_model"
+SIGNATURE = "serving_default"
+
+# What was found (jax 0.10.2, flax 0.12.8, tensorflow-cpu 2.21; see README "Deploy").
+ONNX_UNAVAILABLE = (
+    "--format onnx is not available: jax2onnx 0.17.1 fails on these models (its flax.nnx "
+    "pooling patches reject positional window shapes and explicit padding; converting the "
+    "plain jaxpr instead yields a 4-D MaxPool that ONNX Runtime 1.31 refuses and fails on a "
+    "symbolic batch in lax.pad), it would also downgrade orbax-checkpoint to < 0.11.37, and "
+    "tf2onnx 1.17 cannot read jax2tf SavedModels (XlaCallModule op). Use --format savedmodel "
+    "(no JAX needed to serve) or --format stablehlo."
+)
+
+
+class FormatUnavailableError(ValueError):
+    """A format this exporter knows but cannot produce for these models."""
+
+
+def _check_platforms(platforms: Sequence[str]) -> tuple[str, ...]:
+    bad = [p for p in platforms if p not in PLATFORMS]
+    if bad or not platforms:
+        raise ValueError(f"Unsupported platform(s) {bad or '(none)'}; choose from {PLATFORMS}.")
+    return tuple(dict.fromkeys(platforms))
+
+
+def export_stablehlo(
+    serving: ServingModel, directory: Path, platforms: Sequence[str] = ("cpu",)
+) -> tuple[str, dict[str, Any]]:
+    """Writes `directory/model.stablehlo` (`jax.export.Exported.serialize()`).
+
+    Returns:
+      (artifact path relative to `directory`, what the manifest's `serving` records).
+    """
+    exported = jax.export.export(jax.jit(serving.closed()), platforms=tuple(platforms))(
+        serving.input_specs()
+    )
+    (directory / STABLEHLO_FILE).write_bytes(exported.serialize())
+    return STABLEHLO_FILE, {
+        "load": "jax.export.deserialize(bytearray(open(PATH, 'rb').read()))",
+        "call": "exported.call({name: images}) -> {name: probabilities}",
+        "calling_convention_version": exported.calling_convention_version,
+        "jax_supported_calling_conventions": [
+            jax.export.minimum_supported_calling_convention_version,
+            jax.export.maximum_supported_calling_convention_version,
+        ],
+    }
+
+
+def export_savedmodel(
+    serving: ServingModel, directory: Path, platforms: Sequence[str] = ("cpu",)
+) -> tuple[str, dict[str, Any]]:
+    """Writes `directory/saved_model/`, a TF SavedModel with one signature, `serving_default`:
+    keyword inputs name -> (B, H, W, 1) tensors, outputs name -> probabilities.
+
+    The serving function is converted by jax2tf (native serialization: its StableHLO runs in
+    TensorFlow's XlaCallModule op) with the weights as tf.Variables, so loading it needs
+    TensorFlow only.
+    """
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    leaves, treedef = jax.tree.flatten(serving.state)
+    fn = serving.fn
+
+    def with_leaves(leaves: list[Any], images: dict[str, Any]) -> dict[str, Any]:
+        return fn(jax.tree.unflatten(treedef, leaves), images)
+
+    poly = None
+    if serving.batch is None:
+        poly = [
+            None,
+            {i.name: f"({BATCH_SYMBOL}, {i.height}, {i.width}, 1)" for i in serving.inputs},
+        ]
+    converted = jax2tf.convert(
+        with_leaves,
+        polymorphic_shapes=poly,
+        with_gradient=False,
+        native_serialization_platforms=tuple(platforms),
+    )
+    module = tf.Module()
+    module.params = [tf.Variable(np.asarray(x), trainable=False) for x in leaves]
+
+    @tf.function(autograph=False)
+    def serve(**images: Any) -> dict[str, Any]:
+        return converted(list(module.params), images)
+
+    specs = {
+        i.name: tf.TensorSpec(i.shape(serving.batch), tf.as_dtype(i.dtype), name=i.name)
+        for i in serving.inputs
+    }
+    signature = serve.get_concrete_function(**specs)
+    tf.saved_model.save(module, str(directory / SAVEDMODEL_DIR), signatures={SIGNATURE: signature})
+    return SAVEDMODEL_DIR, {
+        "load": "tf.saved_model.load(PATH).signatures['serving_default'] (TensorFlow only)",
+        "call": "signature(**{name: images}) -> {name: probabilities}",
+        "signature": SIGNATURE,
+        "jax2tf": "native serialization (StableHLO in an XlaCallModule op)",
+        "calling_convention_version": jax.config.jax_export_calling_convention_version,
+    }
+
+
+WRITERS: dict[str, Callable[[ServingModel, Path, Sequence[str]], tuple[str, dict[str, Any]]]] = {
+    "stablehlo": export_stablehlo,
+    "savedmodel": export_savedmodel,
+}
+
+
+def check_format(fmt: str) -> None:
+    """Raises ValueError for an unknown format, FormatUnavailableError for ONNX."""
+    if fmt not in FORMATS:
+        raise ValueError(f"Unsupported format {fmt!r}; choose one of {list(FORMATS)}.")
+    if fmt not in WRITERS:
+        raise FormatUnavailableError(ONNX_UNAVAILABLE)
+
+
+def write_artifact(
+    serving: ServingModel,
+    out: str | Path,
+    *,
+    fmt: str,
+    thresholds: dict[str, float] | None = None,
+    platforms: Sequence[str] = ("cpu",),
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Writes `serving` as `fmt` with its manifest into `out` (staged, then renamed).
+
+    Returns:
+      The manifest written to `out/manifest.json`.
+    """
+    check_format(fmt)
+    platforms = _check_platforms(platforms)
+    thresholds = {n: 0.5 for n in serving.names} | dict(thresholds or {})
+    with staged_output(out, overwrite=overwrite) as tmp:
+        artifact, info = WRITERS[fmt](serving, tmp, platforms)
+        manifest = build_manifest(
+            serving,
+            fmt=fmt,
+            artifact=artifact,
+            checksums=file_checksums(tmp, artifact),
+            thresholds=thresholds,
+            platforms=platforms,
+            serving_info=info,
+        )
+        write_json(tmp / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def export_run(
+    run: str | Path,
+    out: str | Path,
+    *,
+    fmt: str,
+    lung_run: str | Path | None = None,
+    which: str = "best",
+    dtype: str = "float32",
+    input_dtype: str = "uint8",
+    batch: int | None = None,
+    threshold: float = 0.5,
+    lung_threshold: float = 0.5,
+    platforms: Sequence[str] = ("cpu",),
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """What `scripts/export.py` does: a trained run (+ a lung run) -> `out/` artifact + manifest.
+
+    Everything that can be refused is checked before the models are loaded: the format,
+    platforms and the output directory.
+
+    Raises:
+      FormatUnavailableError, ValueError: an unsupported format, dtype, batch or platform.
+      FileExistsError: `out` exists and may not be replaced (`outdir.check_output`).
+      FileNotFoundError: a run directory or its checkpoint is missing.
+    """
+    check_format(fmt)
+    platforms = _check_platforms(platforms)
+    check_output(Path(out).absolute(), overwrite)
+    serving = load_serving_model(
+        run, lung_run=lung_run, which=which, dtype=dtype, input_dtype=input_dtype, batch=batch
+    )
+    thresholds = {"infection": threshold, "lung": lung_threshold}
+    manifest = write_artifact(
+        serving,
+        out,
+        fmt=fmt,
+        thresholds={n: thresholds[n] for n in serving.names},
+        platforms=platforms,
+        overwrite=overwrite,
+    )
+    log.info(
+        "wrote %s and %s (%s, %s, batch %s)",
+        Path(out) / manifest["artifact"]["path"],
+        MANIFEST_FILE,
+        fmt,
+        dtype,
+        manifest["batch"],
+    )
+    return manifest
+
+
+def load_stablehlo(directory: str | Path, *, verify: bool = True) -> jax.export.Exported:
+    """The `jax.export.Exported` of a stablehlo export directory (its sha256 checked first).
+
+    Call it as `exported.call({name: (B, H, W, 1) pixels})` -> {name: probabilities}.
+    """
+    directory = Path(directory)
+    if verify:
+        _verify_checksums(directory)
+    return jax.export.deserialize(bytearray((directory / STABLEHLO_FILE).read_bytes()))
