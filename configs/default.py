@@ -12,6 +12,8 @@ Config file naming (one file per paper configuration, each ~15 lines importing t
 and `_frozen` for a frozen encoder (segmentation_models semantics: encoder BatchNorm
 scale/offset stay trainable). `lung_*` configs segment lungs (COVID-QU-Ex, 256x256).
 `quickstart.py` trains a small model on the synthetic set in minutes on a CPU.
+`classifier_<encoder>.py` are the activation-map baseline (paper 1: the encoders as 2-class
+COVID-19 classifiers, `classifier_variant`); `classifier_quickstart.py` is its small one.
 """
 
 from __future__ import annotations
@@ -102,4 +104,17 @@ def variant(arch: str, encoder: str, frozen: bool = False) -> ml_collections.Con
     config.model.arch = arch
     config.model.encoder = ENCODER_NAMES[encoder]
     config.model.frozen = frozen
+    return config
+
+
+def classifier_variant(encoder: str, frozen: bool = False) -> ml_collections.ConfigDict:
+    """The activation-map baseline of paper 1 ("Infection vs activation maps"): the encoder
+    + global average pooling + a 2-class softmax head, categorical cross-entropy, Adam 1e-5,
+    10 epochs; data, folds, balancing and batch size as the segmentation runs."""
+    config = variant("classifier", encoder, frozen)
+    config.loss = ml_collections.ConfigDict({"name": "categorical_crossentropy"})
+    config.optim.lr = 1e-5
+    config.num_epochs = 10
+    # A classifier predicts no pixels: checkpoints/best is picked on image-level detection.
+    config.best_metric = "detection_f1"
     return config

@@ -38,7 +38,7 @@ def test_config_is_consistent(name):
     config = _load(name)
     config_to_dict(config)  # serialisable (it becomes config.json)
     make_tx(config.optim)
-    assert config.model.arch in ("unet", "unetpp", "dla", "fpn")
+    assert config.model.arch in ("unet", "unetpp", "dla", "fpn", "classifier")
     assert config.model.encoder in ("densenet121", "chexnet", "inceptionv3", "resnet50")
     if name in PAPER:
         arch, enc = name.removesuffix("_frozen").split("_")
@@ -56,6 +56,34 @@ def test_config_is_consistent(name):
         assert (config.loss.alpha, config.loss.gamma) == (0.25, 2.0)
     doc = importlib.import_module(f"configs.{name}").__doc__
     assert "scripts/train.py" in doc or name == "default", "the command belongs in the docstring"
+
+
+CLASSIFIERS = [
+    "classifier_densenet121",
+    "classifier_chexnet",
+    "classifier_incv3",
+    "classifier_resnet50",
+]
+
+
+def test_classifier_configs_follow_the_paper():
+    """The activation-map baseline (docs/method.md): every encoder as a 2-class classifier,
+    categorical cross-entropy, Adam 1e-5, 10 epochs, otherwise the segmentation settings."""
+    assert set(CLASSIFIERS) <= set(ALL)
+    for name in CLASSIFIERS:
+        config = _load(name)
+        assert config.model.arch == "classifier"
+        assert config.loss.to_dict() == {"name": "categorical_crossentropy"}
+        assert (config.optim.name, config.optim.lr, config.num_epochs) == ("adam", 1e-5, 10)
+        assert (config.data.image_size, config.batch_size, config.fold) == (224, 32, 0)
+        assert config.best_metric.startswith("detection_")
+
+
+def test_classifier_quickstart_reads_the_quickstart_data():
+    """Same images as configs/quickstart.py, so the two can be compared image by image."""
+    cls, seg = _load("classifier_quickstart"), _load("quickstart")
+    assert cls.data.to_dict() == seg.data.to_dict() and cls.fold == seg.fold
+    assert cls.model.arch == "classifier" and cls.model.encoder == seg.model.encoder
 
 
 def test_lung_config_targets_lungs_at_256():

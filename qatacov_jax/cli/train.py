@@ -71,6 +71,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         fv, _ = parsed
         results = train_and_evaluate(fv.config, fv.workdir)
         final = results["final"] or {}
+        if "pixel_f1" not in final:  # a classifier: image-level detection only
+            log.info(
+                "Done: held-out detection sensitivity %.4f / specificity %.4f (accuracy %.4f); "
+                "results in %s/results.json",
+                final.get("detection_sensitivity", float("nan")),
+                final.get("detection_specificity", float("nan")),
+                final.get("detection_accuracy", float("nan")),
+                fv.workdir,
+            )
+            return 0
         log.info(
             "Done: held-out pixel F1 %.4f, detection sensitivity %.4f / specificity %.4f; "
             "results in %s/results.json",

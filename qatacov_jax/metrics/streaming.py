@@ -66,7 +66,7 @@ def _counts(pred: jax.Array, truth: jax.Array, select: jax.Array) -> dict[str, j
 
 def batch_statistics(
     probs: jax.Array,
-    masks: jax.Array,
+    masks: jax.Array | None,
     labels: jax.Array,
     valid: jax.Array,
     *,
@@ -76,8 +76,10 @@ def batch_statistics(
     """Reduces one batch to the sufficient statistics of all metrics (pure, jit-friendly).
 
     Args:
-      probs: (B, H, W, 1) or (B, H, W) predicted probabilities in [0, 1].
-      masks: same shape, ground-truth mask in {0, 1} (> 0.5 is positive).
+      probs: (B, H, W, 1) or (B, H, W) predicted probabilities in [0, 1]; or (B,) image
+        probabilities of a classifier (then `masks` is None).
+      masks: same shape as `probs`, ground-truth mask in {0, 1} (> 0.5 is positive); None
+        for a classifier, which predicts no pixels: its pixel counts and histograms are 0.
       labels: (B,) int, 1 = COVID-19 (the detection ground truth).
       valid: (B,) bool, False on padding rows of the last batch (they count nowhere).
       threshold: a pixel is predicted positive when p >= threshold; an image when any pixel is.
@@ -90,14 +92,19 @@ def batch_statistics(
     """
     b = probs.shape[0]
     probs = probs.reshape(b, -1).astype(jnp.float32)
-    truth = masks.reshape(b, -1) > 0.5
-    pix_valid = jnp.broadcast_to(valid.reshape(b, 1), truth.shape)
-    pred = probs >= threshold
-    idx = _bin_index(probs, num_bins)
-
-    out = {f"pixel_{k}": v for k, v in _counts(pred, truth, pix_valid).items()}
-    out["pixel_pos_hist"] = _histogram(idx, truth & pix_valid, num_bins)
-    out["pixel_neg_hist"] = _histogram(idx, ~truth & pix_valid, num_bins)
+    if masks is None:
+        # Zeros of the same keys and dtypes, so classifier statistics add up in the same
+        # `MetricAccumulator` (its detection level is then the classifier's).
+        out = {f"pixel_{k}": jnp.zeros((), jnp.int32) for k in COUNT_KEYS}
+        out["pixel_pos_hist"] = out["pixel_neg_hist"] = jnp.zeros((num_bins,), jnp.int32)
+    else:
+        truth = masks.reshape(b, -1) > 0.5
+        pix_valid = jnp.broadcast_to(valid.reshape(b, 1), truth.shape)
+        pred = probs >= threshold
+        idx = _bin_index(probs, num_bins)
+        out = {f"pixel_{k}": v for k, v in _counts(pred, truth, pix_valid).items()}
+        out["pixel_pos_hist"] = _histogram(idx, truth & pix_valid, num_bins)
+        out["pixel_neg_hist"] = _histogram(idx, ~truth & pix_valid, num_bins)
 
     score = jnp.max(probs, axis=1)  # detection score: positive iff any pixel >= threshold
     positive = labels.reshape(b) == 1

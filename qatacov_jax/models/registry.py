@@ -15,6 +15,7 @@ import jax
 from flax import nnx
 
 from qatacov_jax.data.preprocessing import Preprocessing
+from qatacov_jax.models.classifier import EncoderClassifier
 from qatacov_jax.models.densenet import DenseNet121
 from qatacov_jax.models.fpn import FPNDecoder
 from qatacov_jax.models.inception import InceptionV3
@@ -52,6 +53,9 @@ ARCHS: dict[str, Callable[..., nnx.Module]] = {
     "dla": partial(NestedDecoder, dense_skips=False),
     "fpn": FPNDecoder,
 }
+# `config.model.arch` of the activation-map baseline: the encoder as a COVID-19 classifier
+# (`create_classifier`) instead of a decoder on it.
+CLASSIFIER_ARCH = "classifier"
 
 
 def _lookup(table: dict[str, Any], name: str, what: str) -> Any:
@@ -116,6 +120,37 @@ def create_model(
     decoder = decoder_cls(tuple(encoder.out_channels), rngs=rngs, dtype=dtype)
     return SegmentationModel(
         encoder, decoder, rngs=rngs, dtype=dtype, arch=arch, encoder_name=encoder_name
+    )
+
+
+def create_classifier(
+    encoder: str | nnx.Module,
+    *,
+    num_classes: int = 2,
+    frozen: bool = False,
+    rngs: nnx.Rngs,
+    dtype: Any = None,
+) -> EncoderClassifier:
+    """Builds the activation-map baseline: the encoder + GAP + a `num_classes` softmax head.
+
+    Args:
+      encoder: an encoder module from `create_encoder` or an encoder name (built randomly).
+      num_classes: output logits (2: control, COVID-19, as the paper).
+      frozen: freeze the encoder as `create_model` does (BatchNorm scale/offset stay trainable).
+
+    Returns:
+      An `EncoderClassifier`: `(B, H, W, 3)` -> `(B, num_classes)` float32 logits, in
+      training mode.
+    """
+    if isinstance(encoder, str):
+        encoder_name = encoder
+        encoder = create_encoder(encoder, rngs=rngs, dtype=dtype)
+    else:
+        encoder_name = next((n for n, c in ENCODERS.items() if type(encoder) is c), "")
+    if frozen:
+        freeze(encoder)
+    return EncoderClassifier(
+        encoder, num_classes=num_classes, rngs=rngs, dtype=dtype, encoder_name=encoder_name
     )
 
 

@@ -1,4 +1,4 @@
-"""The model factory: a configuration -> the segmentation model and its preprocessing.
+"""The model factory: a configuration -> the model (segmenter or classifier) and its preprocessing.
 
 Used by training (`training.loop`), by loading a trained run (`training.rundir.load_model`)
 and so by evaluation, inference and the benchmarks: one place decides how
@@ -39,7 +39,11 @@ def compute_dtype(config: ml_collections.ConfigDict) -> Any:
 def build_model(
     config: ml_collections.ConfigDict, *, seed: int, load_weights: bool = True
 ) -> tuple[nnx.Module, Preprocessing]:
-    """The segmentation model of `config.model`, and the preprocessing its weights expect.
+    """The model of `config.model`, and the preprocessing its weights expect.
+
+    `config.model.arch` names a decoder (a segmentation model, `models.create_model`) or is
+    `models.CLASSIFIER_ARCH` (the activation-map baseline: the encoder + GAP + a 2-class
+    head, `models.create_classifier`); everything else is shared.
 
     With `config.model.encoder_weights` (a directory written by `qatacov_jax.weights.port`)
     the encoder is filled from it (unless `load_weights=False`, used when a checkpoint will
@@ -68,8 +72,17 @@ def build_model(
     encoder = models.create_encoder(m.encoder, rngs=rngs, dtype=dtype)
     if weights_dir is not None and load_weights:
         preprocessing = load_encoder_weights(encoder, weights_dir)
-    model = models.create_model(m.arch, encoder, frozen=bool(m.frozen), rngs=rngs, dtype=dtype)
+    if is_classifier(config):
+        model = models.create_classifier(encoder, frozen=bool(m.frozen), rngs=rngs, dtype=dtype)
+    else:
+        model = models.create_model(m.arch, encoder, frozen=bool(m.frozen), rngs=rngs, dtype=dtype)
     return model, preprocessing
+
+
+def is_classifier(config: ml_collections.ConfigDict) -> bool:
+    """Whether `config` trains the activation-map baseline classifier (one image label per
+    image) rather than a segmentation model (one mask per image)."""
+    return config.model.get("arch") == models.CLASSIFIER_ARCH
 
 
 def count_trainable(model: nnx.Module) -> tuple[int, int]:

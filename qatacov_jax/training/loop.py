@@ -28,9 +28,9 @@ from qatacov_jax.training import optim, rundir
 from qatacov_jax.training.checkpoint import CheckpointStore
 from qatacov_jax.training.factory import build_model, count_trainable
 from qatacov_jax.training.steps import (
-    LossSpec,
     make_batch_stats_step,
     make_eval_step,
+    make_loss,
     make_train_step,
     recalibrate_batch_norm,
     validate,
@@ -139,7 +139,7 @@ def train_and_evaluate(
     )
     model.eval()
     eval_def = nnx.graphdef(model)
-    loss = LossSpec.from_config(config.get("loss"))
+    loss = make_loss(config)  # segmentation (masks) or classification (image labels)
     train_step = make_train_step(model_def, opt_def, loss, mesh)
     eval_step = make_eval_step(eval_def, loss, mesh)
     state = sharding.replicate({"model": model_state, "opt": opt_state}, mesh)
@@ -231,7 +231,7 @@ def train_and_evaluate(
         for step in range(start_step + 1, total_steps + 1):
             batch = next(train_iter)
             state, step_metrics = train_step(
-                state, {"image": batch["image"], "mask": batch["mask"]}
+                state, {"image": batch["image"], loss.target: batch[loss.target]}
             )
             history.append(step_metrics)
             progress(step)

@@ -19,6 +19,9 @@ positives. `dice_reduction="image"` gives eq. 7 per image, averaged over the bat
 Everything is computed from logits: log q = log_sigmoid(z) and log(1 - q) = log_sigmoid(-z)
 are exact and finite for any z, so no clipping is needed (Keras clips q to [1e-7, 1 - 1e-7],
 which only differs for |z| > ~16).
+
+`categorical_crossentropy` is the loss of the activation-map baseline (paper 1 trains the
+encoders as 2-class softmax classifiers with categorical cross-entropy).
 """
 
 from __future__ import annotations
@@ -136,3 +139,24 @@ def hybrid_loss(
     f = focal_loss(logits, targets, alpha=alpha, gamma=gamma, weights=weights)
     d = dice_loss(logits, targets, reduction=dice_reduction, smooth=smooth, weights=weights)
     return f + d, {"focal": f, "dice": d}
+
+
+def categorical_crossentropy(
+    logits: jax.Array, labels: jax.Array, *, weights: jax.Array | None = None
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Categorical cross-entropy of a softmax classifier (the activation-map baseline's loss).
+
+    Keras' `categorical_crossentropy` on one-hot targets: -log softmax(z)[label], averaged
+    over the batch; computed from logits with `log_softmax`, so it is finite for any z.
+
+    Args:
+      logits: (B, C) pre-softmax scores (any float dtype; computed in float32).
+      labels: (B,) int class indices (1 = COVID-19).
+      weights: optional (B,) per-example weights (0 drops padding examples).
+
+    Returns:
+      (loss, {}): a float32 scalar, and no parts (the same shape as `hybrid_loss`'s result).
+    """
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    picked = jnp.take_along_axis(log_p, labels.astype(jnp.int32).reshape(-1, 1), axis=-1)
+    return _weighted_mean(-picked[:, 0], weights), {}

@@ -9,6 +9,11 @@ happens in place, without a second copy of the model + Adam moments in device me
 
 Validation counts with the same streaming statistics as `scripts/evaluate.py`
 (`qatacov_jax.metrics.batch_statistics` into a `MetricAccumulator`).
+
+The loss object (`LossSpec` for segmentation, `ClassificationLoss` for the activation-map
+baseline classifiers; `make_loss` picks one from the config) also says which batch key is
+the target and how logits become probabilities, so the steps serve both tasks: a classifier
+is validated on the image-level *detection* counts alone (no pixel predictions).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -27,14 +32,17 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from qatacov_jax.metrics import MetricAccumulator, batch_statistics, flat_metrics
-from qatacov_jax.models import TRAINABLE
+from qatacov_jax.models import CLASSIFIER_ARCH, TRAINABLE
 from qatacov_jax.runtime import sharding
 from qatacov_jax.training import losses
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-    """The hashable part of `config.loss` (a static argument of the jitted steps)."""
+    """The hashable part of `config.loss` (a static argument of the jitted steps): the
+    segmentation models' focal + dice loss on per-pixel logits (B, H, W, 1)."""
+
+    target: ClassVar[str] = "mask"  # the batch key the loss compares the logits with
 
     alpha: float = losses.FOCAL_ALPHA
     gamma: float = losses.FOCAL_GAMMA
@@ -63,11 +71,53 @@ class LossSpec:
             weights=weights,
         )
 
+    @staticmethod
+    def probabilities(logits: jax.Array) -> jax.Array:
+        """(B, H, W, 1) logits -> per-pixel infection probabilities (sigmoid), float32."""
+        return jax.nn.sigmoid(logits.astype(jnp.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationLoss:
+    """Categorical cross-entropy on (B, 2) softmax logits against the image `label`
+    (the paper's COVID-19 classifiers; no options, so `config.loss` only names it)."""
+
+    target: ClassVar[str] = "label"
+
+    def __call__(self, logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None):
+        return losses.categorical_crossentropy(logits, labels, weights=weights)
+
+    @staticmethod
+    def probabilities(logits: jax.Array) -> jax.Array:
+        """(B, 2) logits -> (B,) COVID-19 probability (softmax, class 1), float32."""
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[:, 1]
+
+
+Loss = LossSpec | ClassificationLoss
+
+
+def make_loss(config: ml_collections.ConfigDict) -> Loss:
+    """The loss of a run: categorical cross-entropy for `model.arch == "classifier"`, else the
+    segmentation loss of `config.loss`.
+
+    Raises:
+      ValueError: a classifier config whose `loss.name` is not categorical cross-entropy.
+    """
+    if config.model.get("arch") != CLASSIFIER_ARCH:
+        return LossSpec.from_config(config.get("loss"))
+    name = (config.get("loss") or {}).get("name", "categorical_crossentropy")
+    if name != "categorical_crossentropy":
+        raise ValueError(
+            f"config.loss.name={name!r}: classifiers train with 'categorical_crossentropy' "
+            "(paper 1's activation-map baseline)."
+        )
+    return ClassificationLoss()
+
 
 def _train_step(
     model_def: nnx.GraphDef,
     opt_def: nnx.GraphDef,
-    loss: LossSpec,
+    loss: Loss,
     state: dict[str, nnx.State],
     batch: Mapping[str, jax.Array],
 ) -> tuple[dict[str, nnx.State], dict[str, jax.Array]]:
@@ -75,17 +125,19 @@ def _train_step(
 
     Args:
       state: {"model": model state, "opt": optimizer state}.
-      batch: `image` (B, H, W, 3) float32 preprocessed, `mask` (B, H, W, 1) {0, 1}.
+      batch: `image` (B, H, W, 3) float32 preprocessed and the loss's target: `mask`
+        (B, H, W, 1) {0, 1} for segmentation, `label` (B,) int for a classifier.
 
     Returns:
-      (new state, metrics): `loss`, `focal`, `dice`, `grad_norm` float32 scalars.
+      (new state, metrics): `loss`, `grad_norm` and the loss's parts (segmentation: `focal`,
+      `dice`), float32 scalars.
     """
     model = nnx.merge(model_def, state["model"])
     opt = nnx.merge(opt_def, state["opt"])
 
     def loss_fn(model: nnx.Module) -> tuple[jax.Array, dict[str, jax.Array]]:
         logits = model(batch["image"])
-        return loss(logits, batch["mask"])
+        return loss(logits, batch[loss.target])
 
     grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, TRAINABLE), has_aux=True)
     (value, parts), grads = grad_fn(model)
@@ -96,7 +148,7 @@ def _train_step(
 
 @functools.lru_cache(maxsize=16)
 def make_train_step(
-    model_def: nnx.GraphDef, opt_def: nnx.GraphDef, loss: LossSpec, mesh: Mesh
+    model_def: nnx.GraphDef, opt_def: nnx.GraphDef, loss: Loss, mesh: Mesh
 ) -> Callable[[dict[str, nnx.State], Mapping[str, jax.Array]], tuple[Any, dict[str, jax.Array]]]:
     """`train_step(state, batch) -> (state, metrics)`, jitted over `mesh`.
 
@@ -113,26 +165,27 @@ def make_train_step(
 
 
 def _eval_step(
-    model_def: nnx.GraphDef, loss: LossSpec, model_state: nnx.State, batch: Mapping[str, jax.Array]
+    model_def: nnx.GraphDef, loss: Loss, model_state: nnx.State, batch: Mapping[str, jax.Array]
 ) -> dict[str, jax.Array]:
     """Sufficient statistics of the validation metrics for one global batch.
 
     Returns `loss_sum` (batch loss x valid rows), `n` (valid rows) and the
     `metrics.batch_statistics` of the probabilities (pixel and detection counts at 0.5,
-    histograms for AUC), padding rows excluded.
+    histograms for AUC; a classifier's pixel counts stay 0), padding rows excluded.
     """
     model = nnx.merge(model_def, model_state)
     logits = model(batch["image"])
     valid = batch["valid"].astype(jnp.float32)
-    value, _ = loss(logits, batch["mask"], valid)
+    value, _ = loss(logits, batch[loss.target], valid)
     n = jnp.sum(valid)
-    probs = jax.nn.sigmoid(logits.astype(jnp.float32))
-    stats = batch_statistics(probs, batch["mask"], batch["label"], batch["valid"])
+    probs = loss.probabilities(logits)
+    masks = batch["mask"] if loss.target == "mask" else None
+    stats = batch_statistics(probs, masks, batch["label"], batch["valid"])
     return {"loss_sum": value * n, "n": n, **stats}
 
 
 @functools.lru_cache(maxsize=16)
-def make_eval_step(model_def: nnx.GraphDef, loss: LossSpec, mesh: Mesh) -> Callable[..., Any]:
+def make_eval_step(model_def: nnx.GraphDef, loss: Loss, mesh: Mesh) -> Callable[..., Any]:
     """`eval_step(model_state, batch) -> statistics`, jitted over `mesh` (no donation)."""
     rep, dat = sharding.replicated(mesh), sharding.data_sharding(mesh)
     return jax.jit(
@@ -212,8 +265,9 @@ def validate(
 
     Returns:
       (flat metrics, accumulator): `loss`, `num_examples` and every `{level}_{metric}` of
-      `metrics.flat_metrics` (e.g. `pixel_f1`, `detection_sensitivity`, `pixel_tp`); the
-      accumulator holds the counts and histograms (to pool folds later).
+      `metrics.flat_metrics` (e.g. `pixel_f1`, `detection_sensitivity`, `pixel_tp`; no
+      `pixel_*` for a classifier, which predicts no pixels); the accumulator holds the
+      counts and histograms (to pool folds later).
     """
     acc = MetricAccumulator()
     loss_sum, n = 0.0, 0.0
@@ -226,5 +280,8 @@ def validate(
     if acc.num_images == 0:
         raise ValueError("The validation split is empty; check config.data and config.fold.")
     flat = {"loss": loss_sum / max(n, 1.0), "num_examples": int(n)}
-    flat.update(flat_metrics(acc.summary()))
+    metrics = flat_metrics(acc.summary())
+    if acc.pixel.total == 0:  # a classifier: all-NaN pixel metrics would only be noise
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("pixel_")}
+    flat.update(metrics)
     return flat, acc
