@@ -1,8 +1,11 @@
-"""A tiny quickstart-trained run directory shared by the evaluation and inference tests.
+"""Quickstart-trained run directories shared by several tests.
 
-The real quickstart config (U-Net DenseNet-121 on synthetic CXRs) shrunk to a couple of
-steps: the point is a genuine checkpoint written by `train_and_evaluate`, not a good model.
-With pytest-xdist the workers share one copy (file lock), so it is trained once per session.
+`trained_run`: the real quickstart config (U-Net DenseNet-121 on synthetic CXRs) shrunk to a
+couple of steps, for the evaluation and inference tests: the point is a genuine checkpoint
+written by `train_and_evaluate`, not a good model. `learned_run`: the quickstart config
+itself, stopped after 2 of its 3 epochs, a model that has learned to segment (the learning
+test checks it; the localisation comparison uses it as the segmenter). With pytest-xdist the
+workers share one copy of each (file lock), so each is trained once per session.
 """
 
 from __future__ import annotations
@@ -45,3 +48,38 @@ def trained_run(tmp_path_factory) -> Path:
             train_and_evaluate(quickstart_config(shared / "tfds"), run)
             json.loads((run / "results.json").read_text())
     return run
+
+
+def _shared_dir(tmp_path_factory) -> Path:
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if base.name.startswith("popen-gw") else base
+
+
+def learned_config(data_dir: Path):
+    """`configs/quickstart.py` with 2 epochs instead of 3 (the same model, data, optimizer
+    and constant lr, stopped one evaluation earlier), its data in `data_dir`."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from configs import quickstart
+
+    config = quickstart.get_config()
+    config.data.data_dir = str(data_dir)
+    config.num_epochs = 2
+    return config
+
+
+def learned_run(tmp_path_factory) -> Path:
+    """Path of the 2-epoch quickstart run (trained on first use, then reused); its data
+    lives in `learned_data_dir(tmp_path_factory)`."""
+    shared = _shared_dir(tmp_path_factory)
+    run = shared / "quickstart_learned"
+    with filelock.FileLock(str(shared / "quickstart_learned.lock")):
+        if not (run / "results.json").exists():
+            from qatacov_jax.training.loop import train_and_evaluate
+
+            train_and_evaluate(learned_config(learned_data_dir(tmp_path_factory)), run)
+    return run
+
+
+def learned_data_dir(tmp_path_factory) -> Path:
+    return _shared_dir(tmp_path_factory) / "tfds_quickstart"

@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from qatacov_jax import data
+from qatacov_jax.data.preprocessing import Preprocessing
 from qatacov_jax.evaluation.examples import example_maps
 from qatacov_jax.evaluation.reports import check_outputs_free, write_outputs
 from qatacov_jax.metrics import (
@@ -45,6 +46,7 @@ from qatacov_jax.metrics import (
     MetricAccumulator,
     batch_statistics,
 )
+from qatacov_jax.models import CLASSIFIER_ARCH
 from qatacov_jax.runtime.files import json_ready
 from qatacov_jax.runtime.sharding import make_mesh, replicate
 from qatacov_jax.training.rundir import load_model, read_config
@@ -91,6 +93,24 @@ def _stats_step(graphdef: nnx.GraphDef, threshold: float, num_bins: int) -> Call
     return step
 
 
+def pipelined(
+    step: Callable[[Mapping[str, jax.Array]], Any], batches: Iterable[Mapping[str, jax.Array]]
+) -> Iterator[tuple[Mapping[str, jax.Array], Any]]:
+    """Yields `(batch, step(batch))` one batch late, so the host never stalls the devices.
+
+    `step` dispatches asynchronously; by the time the caller reads batch i's results the
+    devices already run batch i + 1, and only two batches' results are alive at a time.
+    """
+    pending = None
+    for batch in batches:
+        out = step(batch)
+        if pending is not None:
+            yield pending
+        pending = (batch, out)
+    if pending is not None:
+        yield pending
+
+
 def accumulate(
     stats_fn: Callable[[Mapping[str, jax.Array]], Mapping[str, jax.Array]],
     batches: Iterable[Mapping[str, jax.Array]],
@@ -103,22 +123,37 @@ def accumulate(
     """Runs `stats_fn` over all batches into a `MetricAccumulator`, logging progress."""
     acc = MetricAccumulator(threshold, num_bins)
     t0 = last = time.time()
-    pending = None
-    for batch in batches:
-        stats = stats_fn(batch)
-        # Fetch the previous batch's counts while this one runs: the host never stalls the
-        # devices, and only two small stat dicts are alive at a time.
-        if pending is not None:
-            acc.update(pending)
-        pending = stats
+    for _, stats in pipelined(stats_fn, batches):
+        acc.update(stats)
         if time.time() - last > every_secs:
             last = time.time()
             done = acc.num_images
             of = f"/{total}" if total else ""
             log.info("evaluated %d%s images (%.1f images/s)", done, of, done / (last - t0))
-    if pending is not None:
-        acc.update(pending)
     return acc
+
+
+def split_batches(
+    config: Any, split: str, batch_size: int | None, preprocessing: Preprocessing, mesh: Mesh
+) -> tuple[data.ShardedIterator, int, int]:
+    """One pass over a run's `split` (its data config and fold): (batches, images, batch size).
+
+    The batch size defaults to the run's, rounded down to a multiple of the device count.
+    """
+    fold = None if config.get("fold") is None else int(config.fold)
+    n_dev = mesh.devices.size
+    bs = int(batch_size or config.get("batch_size", n_dev))
+    bs = max(n_dev, bs // n_dev * n_dev)
+    total = data.num_examples(config.data, fold=fold, split=split)
+    batches = data.eval_iterator(
+        config.data,
+        fold=fold,
+        split=split,
+        global_batch_size=bs,
+        preprocessing=preprocessing,
+        mesh=mesh,
+    )
+    return batches, total, bs
 
 
 def is_cv_run(path: Path) -> bool:
@@ -157,19 +192,19 @@ def evaluate_run(
       (accumulator, info) where info names the model, fold and split.
     """
     model, config, prep = load_model(run_dir, which=which)
+    if config.model.get("arch") == CLASSIFIER_ARCH:
+        raise ValueError(
+            f"{run_dir} is a classifier run (the activation-map baseline); it has no infection "
+            "maps to evaluate. Its detection metrics are in results.json; compare its Grad-CAM "
+            "maps with a segmenter's infection maps with scripts/compare_localization.py."
+        )
     if data_dir is not None:
         config.data.data_dir = data_dir
     split = split or config.get("eval_split", "eval")
     fold = None if config.get("fold") is None else int(config.fold)
     mesh = mesh or make_mesh()
-    n_dev = mesh.devices.size
-    bs = int(batch_size or config.get("batch_size", n_dev))
-    bs = max(n_dev, bs // n_dev * n_dev)
-    total = data.num_examples(config.data, fold=fold, split=split)
+    batches, total, bs = split_batches(config, split, batch_size, prep, mesh)
     log.info("Evaluating %s (fold %s, split %s, %d images)", run_dir, fold, split, total)
-    batches = data.eval_iterator(
-        config.data, fold=fold, split=split, global_batch_size=bs, preprocessing=prep, mesh=mesh
-    )
     stats_fn = make_stats_fn(model, mesh, threshold=threshold, num_bins=num_bins)
     acc = accumulate(stats_fn, batches, threshold=threshold, num_bins=num_bins, total=total)
     close = getattr(batches, "close", None)

@@ -172,6 +172,27 @@ def curves_from_histograms(pos_hist: np.ndarray, neg_hist: np.ndarray) -> Curves
     return Curves(thresholds, tpr, fpr, precision)
 
 
+def best_f1_threshold(pos_hist: np.ndarray, neg_hist: np.ndarray) -> tuple[float, ConfusionCounts]:
+    """The bin-edge threshold t = k / num_bins (k = 1 .. num_bins; t = 0 would call everything
+    positive) with the highest F1, and the confusion counts of `p >= t` there.
+
+    IoU = F1 / (2 - F1), so the same threshold maximises IoU. Ties go to the highest t.
+
+    Args:
+      pos_hist, neg_hist: (num_bins,) counts of positives / negatives per probability bin.
+    """
+    pos = np.asarray(pos_hist, np.int64)
+    neg = np.asarray(neg_hist, np.int64)
+    p, n = int(pos.sum()), int(neg.sum())
+    tp = np.cumsum(pos[::-1])[::-1]  # tp[k]: positives in bins >= k, i.e. p >= k / num_bins
+    fp = np.cumsum(neg[::-1])[::-1]
+    f1 = np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + (p - tp), 1), 0.0)
+    f1[0] = -1.0  # k = 0 is not a threshold
+    k = int(len(f1) - 1 - np.argmax(f1[::-1]))
+    counts = ConfusionCounts(tp=int(tp[k]), fp=int(fp[k]), tn=n - int(fp[k]), fn=p - int(tp[k]))
+    return k / len(pos), counts
+
+
 def average_precision(curves: Curves) -> float:
     """Area under the PR curve as the step sum over recall increments (sklearn's definition)."""
     recall = curves.tpr
