@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _trained_run import trained_run
 from flax import nnx
+from train_utils import tiny_config, tiny_model, use_tiny_model
 
 from qatacov_jax.cli import export as export_cli
 from qatacov_jax.data.preprocessing import Preprocessing
@@ -41,8 +43,6 @@ from qatacov_jax.runtime.sharding import make_mesh
 from qatacov_jax.training import rundir
 from qatacov_jax.training.checkpoint import CheckpointStore
 from qatacov_jax.training.factory import compute_dtype
-from tests._trained_run import trained_run
-from tests.train_utils import tiny_config, tiny_model, use_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT = ROOT / "tests" / "export_client.py"
