@@ -32,6 +32,10 @@ class UsageError(Exception):
     """Bad command line: the message says which flag and what to do."""
 
 
+class HelpPrinted(Exception):
+    """`--help` was printed: `run_main` ends the command with exit code 0."""
+
+
 def new_flags() -> flags.FlagValues:
     """A fresh flag registry with `--help`, for one parse."""
     fv = flags.FlagValues()
@@ -48,6 +52,11 @@ def parse(fv: flags.FlagValues, argv: Sequence[str], prog: str, doc: str) -> lis
     Raises:
       UsageError: an unknown flag, a bad value or a missing required flag.
     """
+    if "--help" in argv or "-h" in argv:
+        # Before parsing: absl checks required flags while parsing, so `--help` alone
+        # would be refused for the very flags it is meant to explain.
+        print(doc.strip() + "\n\n" + fv.get_help())
+        return None
     try:
         rest = fv([prog, *argv])[1:]
     except flags.Error as e:
@@ -58,6 +67,26 @@ def parse(fv: flags.FlagValues, argv: Sequence[str], prog: str, doc: str) -> lis
     return rest
 
 
+def parse_command(
+    define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None, prog: str, doc: str
+) -> tuple[flags.FlagValues, list[str]]:
+    """Defines a command's flags (`define(fv)`) on a fresh registry and parses `argv`.
+
+    Returns:
+      (flag values, positional arguments).
+
+    Raises:
+      HelpPrinted: `--help` was given (and printed).
+      UsageError: an unknown flag, a bad value or a missing required flag.
+    """
+    fv = new_flags()
+    define(fv)
+    rest = parse(fv, list(argv or []), prog, doc)
+    if rest is None:
+        raise HelpPrinted
+    return fv, rest
+
+
 def run_main(
     body: Callable[[], int | None], *, log_format: str = "%(levelname)s %(message)s"
 ) -> int:
@@ -66,6 +95,8 @@ def run_main(
     try:
         setup_cli_logging(log_format)
         code = body()
+    except HelpPrinted:
+        return 0
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

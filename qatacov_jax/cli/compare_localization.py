@@ -12,8 +12,7 @@ from absl import flags
 from qatacov_jax.cli.common import (
     UsageError,
     in_unit_interval,
-    new_flags,
-    parse,
+    parse_command,
     positive,
     run_main,
 )
@@ -61,11 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 done, 2 refused)."""
 
     def body() -> int:
-        fv = new_flags()
-        _define(fv)
-        rest = parse(fv, list(argv or []), PROG, DOC)
-        if rest is None:
-            return 0
+        fv, rest = parse_command(_define, argv, PROG, DOC)
         if rest:
             raise UsageError(f"unexpected arguments {rest}")
         v = lambda name: fv[name].value  # noqa: E731 - dashed flag names need item access

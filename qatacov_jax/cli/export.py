@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from qatacov_jax.cli.common import UsageError, in_unit_interval, new_flags, parse, run_main
+from qatacov_jax.cli.common import UsageError, in_unit_interval, parse_command, run_main
 from qatacov_jax.export.artifact import (
     FORMATS,
     PLATFORMS,
@@ -98,11 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 written, 2 refused)."""
 
     def body() -> int:
-        fv = new_flags()
-        _define(fv)
-        rest = parse(fv, list(argv or []), PROG, DOC)
-        if rest is None:
-            return 0
+        fv, rest = parse_command(_define, argv, PROG, DOC)
         v = lambda name: fv[name].value  # noqa: E731 - dashed flag names need item access
         if len(rest) != 1:
             raise UsageError(f"expected one run directory, got {rest or 'none'}")

@@ -12,8 +12,7 @@ from absl import flags
 from qatacov_jax.cli.common import (
     UsageError,
     in_unit_interval,
-    new_flags,
-    parse,
+    parse_command,
     positive,
     run_main,
 )
@@ -70,11 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 all good, 1 some inputs failed, 2 refused)."""
 
     def body() -> int:
-        fv = new_flags()
-        _define(fv)
-        inputs = parse(fv, list(argv or []), PROG, DOC)
-        if inputs is None:
-            return 0
+        fv, inputs = parse_command(_define, argv, PROG, DOC)
         v = lambda name: fv[name].value  # noqa: E731 - dashed flag names need item access
         if not inputs:
             raise UsageError("no image files or folders given")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from qatacov_jax.cli.common import UsageError, new_flags, parse, run_main
+from qatacov_jax.cli.common import UsageError, parse_command, run_main
 from qatacov_jax.data.preprocessing import MODES, Preprocessing
 from qatacov_jax.models import ENCODER_ARCHITECTURES
 from qatacov_jax.weights import port, read_manifest
@@ -45,11 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 done, 2 refused)."""
 
     def body() -> int:
-        fv = new_flags()
-        _define(fv)
-        rest = parse(fv, list(argv or []), PROG, DOC)
-        if rest is None:
-            return 0
+        fv, rest = parse_command(_define, argv, PROG, DOC)
         if len(rest) != 1:
             raise UsageError(f"expected one weights file, got {rest or 'none'}")
         for name in ("encoder", "out"):

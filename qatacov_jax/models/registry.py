@@ -84,6 +84,21 @@ def create_encoder(name: str, *, rngs: nnx.Rngs, dtype: Any = None) -> nnx.Modul
     return _lookup(ENCODERS, name, "encoder")(rngs=rngs, dtype=dtype)
 
 
+def _encoder(
+    encoder: str | nnx.Module, *, frozen: bool, rngs: nnx.Rngs, dtype: Any
+) -> tuple[nnx.Module, str]:
+    """(encoder module, its registry name): built from a name, or the module passed in
+    (named by its class; "" if unregistered); frozen in place if asked."""
+    if isinstance(encoder, str):
+        name = encoder
+        encoder = create_encoder(encoder, rngs=rngs, dtype=dtype)
+    else:
+        name = next((n for n, c in ENCODERS.items() if type(encoder) is c), "")
+    if frozen:
+        freeze(encoder)
+    return encoder, name
+
+
 def create_model(
     arch: str,
     encoder: str | nnx.Module,
@@ -109,14 +124,7 @@ def create_model(
       **logits** (no sigmoid). It starts in training mode; use `model.eval()` for inference.
     """
     decoder_cls = _lookup(ARCHS, arch, "architecture")
-    encoder_name = ""
-    if isinstance(encoder, str):
-        encoder_name = encoder
-        encoder = create_encoder(encoder, rngs=rngs, dtype=dtype)
-    else:
-        encoder_name = next((n for n, c in ENCODERS.items() if type(encoder) is c), "")
-    if frozen:
-        freeze(encoder)
+    encoder, encoder_name = _encoder(encoder, frozen=frozen, rngs=rngs, dtype=dtype)
     decoder = decoder_cls(tuple(encoder.out_channels), rngs=rngs, dtype=dtype)
     return SegmentationModel(
         encoder, decoder, rngs=rngs, dtype=dtype, arch=arch, encoder_name=encoder_name
@@ -142,13 +150,7 @@ def create_classifier(
       An `EncoderClassifier`: `(B, H, W, 3)` -> `(B, num_classes)` float32 logits, in
       training mode.
     """
-    if isinstance(encoder, str):
-        encoder_name = encoder
-        encoder = create_encoder(encoder, rngs=rngs, dtype=dtype)
-    else:
-        encoder_name = next((n for n, c in ENCODERS.items() if type(encoder) is c), "")
-    if frozen:
-        freeze(encoder)
+    encoder, encoder_name = _encoder(encoder, frozen=frozen, rngs=rngs, dtype=dtype)
     return EncoderClassifier(
         encoder, num_classes=num_classes, rngs=rngs, dtype=dtype, encoder_name=encoder_name
     )
