@@ -32,12 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         def define(fv: flags.FlagValues) -> None:
             flags.DEFINE_list("folds", None, "Folds to run (default: all).", flag_values=fv)
 
-        parsed = config_and_workdir(
+        fv = config_and_workdir(
             argv or [], PROG, DOC, "CV directory (fold_k/ run dirs, results).", define
         )
-        if parsed is None:
-            return 0
-        fv, _ = parsed
         folds = [int(f) for f in fv.folds] if fv.folds else None
         summary = cross_validate(fv.config, fv.workdir, folds=folds)
         log.info(

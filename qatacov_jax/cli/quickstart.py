@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from configs import quickstart as quickstart_config  # the checkout's configs/ (on sys.path)
-from qatacov_jax.cli.common import UsageError, new_flags, parse, positive, run_main
+from qatacov_jax.cli.common import UsageError, parse_command, positive, run_main
 from qatacov_jax.quickstart import QuickstartError, run
 
 PROG = "scripts/quickstart.py"
@@ -22,17 +22,17 @@ evaluation/ (metrics.json, tables.md, curves), samples/ (unseen X-rays) and maps
 (infection maps, masks, report.csv/json), and overview.png."""
 
 
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", "runs/quickstart", "folder for everything", flag_values=fv)
+    flags.DEFINE_integer("num-samples", 6, "X-rays to draw maps for", flag_values=fv)
+    flags.DEFINE_boolean("overwrite", False, "replace earlier metrics and maps", flag_values=fv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 done, 2 refused)."""
 
     def body() -> int:
-        fv = new_flags()
-        flags.DEFINE_string("workdir", "runs/quickstart", "folder for everything", flag_values=fv)
-        flags.DEFINE_integer("num-samples", 6, "X-rays to draw maps for", flag_values=fv)
-        flags.DEFINE_boolean("overwrite", False, "replace earlier metrics and maps", flag_values=fv)
-        rest = parse(fv, list(argv or []), PROG, DOC)
-        if rest is None:
-            return 0
+        fv, rest = parse_command(_define, argv, PROG, DOC)
         if rest:
             raise UsageError(f"unexpected arguments {rest}")
         try:

@@ -4,12 +4,12 @@ configuration (optionally one CV fold) into a run directory, resuming if it hold
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from absl import flags
 from ml_collections import config_flags
 
-from qatacov_jax.cli.common import UsageError, new_flags, parse, run_main
+from qatacov_jax.cli.common import UsageError, parse_command, run_main
 from qatacov_jax.training.loop import train_and_evaluate
 
 log = logging.getLogger(__name__)
@@ -28,47 +28,49 @@ is refused. Multi-host: run the same command on every host with
 
 
 def config_and_workdir(
-    argv: Sequence[str], prog: str, doc: str, workdir_help: str, define: object = None
-) -> tuple[flags.FlagValues, list[str]] | None:
+    argv: Sequence[str],
+    prog: str,
+    doc: str,
+    workdir_help: str,
+    define: Callable[[flags.FlagValues], None] | None = None,
+) -> flags.FlagValues:
     """Parses `--config FILE [--config.x=y ...] --workdir DIR` (+ what `define(fv)` adds).
 
-    Returns:
-      (flag values, positional arguments), or None when `--help` was printed.
+    Raises:
+      HelpPrinted: `--help` was given (and printed); `run_main` exits 0.
+      UsageError: a stray argument, a missing --config / --workdir, or a bad value.
     """
-    fv = new_flags()
     argv = list(argv)
-    config_flags.DEFINE_config_file(
-        "config",
-        None,
-        "Training config file (configs/*.py).",
-        flag_values=fv,
-        lock_config=True,
-        sys_argv=[prog, *argv],
-    )
-    flags.DEFINE_string("workdir", None, workdir_help, flag_values=fv)
-    if callable(define):
-        define(fv)
-    rest = parse(fv, argv, prog, doc)
-    if rest is None:
-        return None
+
+    def define_all(fv: flags.FlagValues) -> None:
+        config_flags.DEFINE_config_file(
+            "config",
+            None,
+            "Training config file (configs/*.py).",
+            flag_values=fv,
+            lock_config=True,
+            sys_argv=[prog, *argv],
+        )
+        flags.DEFINE_string("workdir", None, workdir_help, flag_values=fv)
+        if define is not None:
+            define(fv)
+
+    fv, rest = parse_command(define_all, argv, prog, doc)
     if rest:
         raise UsageError(f"unexpected arguments {rest}")
     for name in ("config", "workdir"):
         if fv[name].value is None:
             raise UsageError(f"--{name} is required")
-    return fv, rest
+    return fv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 done, 2 refused)."""
 
     def body() -> int:
-        parsed = config_and_workdir(
+        fv = config_and_workdir(
             argv or [], PROG, DOC, "Run directory (checkpoints, logs, results)."
         )
-        if parsed is None:
-            return 0
-        fv, _ = parsed
         results = train_and_evaluate(fv.config, fv.workdir)
         final = results["final"] or {}
         if "pixel_f1" not in final:  # a classifier: image-level detection only
