@@ -5,4 +5,10 @@ infection-percentage severity of Tahir et al. (COVID-QU-Ex). See README.md for t
 modules.
 """
 
+from qatacov_jax.runtime import xla_flags as _xla_flags
+
 __version__ = "0.1.0"
+
+# XLA's fast CPU convolution settings, while JAX's backend has not started yet (XLA reads
+# XLA_FLAGS once, at that start); a warning naming the fix if it has. Importing jax is fine.
+_xla_flags.apply_at_import()

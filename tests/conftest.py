@@ -8,9 +8,12 @@ imported anywhere, hence here.
 import os
 import tempfile
 
-from qatacov_jax.runtime import xla_flags
-
+# Before anything imports qatacov_jax: the import adds its XLA defaults to XLA_FLAGS, which
+# would make this setdefault a no-op.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+from qatacov_jax.runtime import xla_flags  # noqa: E402
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The reference frameworks of the parity tests: segmentation_models on tf-keras (Keras 2).
 # TensorFlow resolves `tf.keras` from TF_USE_LEGACY_KERAS when it is used, so these hold

@@ -2,8 +2,11 @@
 
 XLA reads `XLA_FLAGS` once, when the first backend is created, so `apply_defaults()` must run
 before anything calls `jax.devices()` or runs a computation (importing jax is fine). Flags the
-user already put in `XLA_FLAGS` win; `QATACOV_XLA_DEFAULTS=0` turns the defaults off. The
-command-line scripts call it first thing; library users call it themselves, before JAX starts.
+user already put in `XLA_FLAGS` win; `QATACOV_XLA_DEFAULTS=0` turns the defaults off.
+`import qatacov_jax` applies them (`apply_at_import`), so library users get them for free as
+long as they import the package before JAX runs anything; if JAX's backend is already up by
+then, it warns once, naming the fix. The command-line scripts also call `apply_defaults` first
+thing.
 
 What was measured (U-Net DenseNet-121, 224x224, batch 8, float32, 2-core Xeon with AVX-512,
 jax/jaxlib 0.10.2; `benchmarks/compare_keras.py` and per-conv micro-benchmarks):
@@ -29,6 +32,8 @@ jax/jaxlib 0.10.2; `benchmarks/compare_keras.py` and per-conv micro-benchmarks):
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from importlib import metadata
 
 # YNNPACK convolutions off (see the module docstring); understood from jaxlib 0.10.
@@ -73,3 +78,53 @@ def apply_defaults(extra: tuple[str, ...] = ()) -> str:
     if flags:
         os.environ["XLA_FLAGS"] = flags
     return flags
+
+
+def _backend_started() -> bool:
+    """Whether JAX has created a backend (after which XLA_FLAGS is no longer read).
+
+    Looks only at modules already imported: never imports (let alone starts) JAX itself.
+    """
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    if bridge is None:
+        return False
+    try:
+        return bool(bridge.backends_are_initialized())
+    except Exception:  # a JAX release without it: assume started, so at worst we warn
+        return True
+
+
+def _default_platform() -> str:
+    """The started backend's platform ("cpu", "gpu", ...), "cpu" when it cannot be read."""
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    try:
+        return str(bridge._default_backend.platform)  # type: ignore[union-attr]
+    except Exception:  # private attribute moved: warn as if on CPU
+        return "cpu"
+
+
+def missing_defaults(flags: str | None = None) -> tuple[str, ...]:
+    """The default flags whose name `flags` (default: `$XLA_FLAGS`) does not set."""
+    if os.environ.get("QATACOV_XLA_DEFAULTS", "1") == "0":
+        return ()
+    have = {_name(f) for f in (os.environ.get("XLA_FLAGS", "") if flags is None else flags).split()}
+    return tuple(f for f in default_flags() if _name(f) not in have)
+
+
+def apply_at_import() -> None:
+    """What `import qatacov_jax` does: `apply_defaults()` while JAX's backend has not started;
+    once it has (too late for XLA_FLAGS), a one-line `RuntimeWarning` naming the fix when a
+    default is missing. Never raises."""
+    if not _backend_started():
+        apply_defaults()
+        return
+    missing = missing_defaults()
+    if missing and _default_platform() == "cpu":  # the defaults only concern XLA:CPU
+        warnings.warn(
+            "JAX started before qatacov_jax was imported, so its XLA defaults are off "
+            "(CPU convolutions up to 1.7x slower); import qatacov_jax before running any JAX "
+            f"code, or start Python with XLA_FLAGS='{' '.join(missing)}' "
+            "(QATACOV_XLA_DEFAULTS=0 silences this).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
