@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +195,16 @@ def run_inference(
     """
     rows: list[dict[str, Any]] = []
     total, done, t0 = len(items), 0, time.time()
+    # Colouring and PNG encoding (numpy and zlib release the GIL) run on worker threads while
+    # the device predicts the next chunk; a chunk's rows are collected one chunk later, so at
+    # most two chunks of outputs are in memory.
+    writers = ThreadPoolExecutor(max_workers=4)
+    previous: dict[int, Any] = {}
+
+    def collect(chunk_rows: dict[int, Any]) -> None:
+        rows.extend(
+            r.result() if isinstance(r, Future) else r for _, r in sorted(chunk_rows.items())
+        )
 
     def chunks() -> Iterator[list[tuple[InputItem, np.ndarray | None, str | None]]]:
         # Decoding (PNG/DICOM) runs in threads, one chunk ahead of the devices.
@@ -208,35 +218,49 @@ def run_inference(
                 current, pending = pending, submit(start + batch_size)
                 yield [f.result() for f in current]
 
-    for chunk in chunks():
-        # Rows keep the input order, failed files included, so the report reads like the input.
-        chunk_rows: dict[int, dict[str, Any]] = {}
-        good = []
-        for i, (it, img, err) in enumerate(chunk):
-            if err is None:
-                good.append((i, it, img))
-            else:
-                log.error("%s: %s", it.path, err)
-                chunk_rows[i] = {"file": str(it.path), "status": "error", "error": err}
-        try:
-            preds = predict_batch([img for _, _, img in good]) if good else []
-        except Exception as e:  # noqa: BLE001 - report the batch's files, go on with the rest
-            for i, it, _ in good:
-                log.error("%s: prediction failed (%s: %s)", it.path, type(e).__name__, e)
-                chunk_rows[i] = {
-                    "file": str(it.path),
-                    "status": "error",
-                    "error": f"prediction failed: {e}",
-                }
-            preds, good = [], []
-        for (i, it, img), pred in zip(good, preds, strict=True):
-            chunk_rows[i] = _write_outputs(
-                it, img, pred, out_dir, threshold, lung_threshold, display_floor, scale, with_lung
-            )
-        rows.extend(chunk_rows[i] for i in sorted(chunk_rows))
-        done += len(chunk)
-        rate = done / max(time.time() - t0, 1e-9)
-        log.info("processed %d/%d images (%.1f images/s)", done, total, rate)
+    try:
+        for chunk in chunks():
+            # Rows keep the input order, failed files included (the report reads like the input).
+            chunk_rows: dict[int, Any] = {}  # index in chunk -> row, or the Future of one
+            good = []
+            for i, (it, img, err) in enumerate(chunk):
+                if err is None:
+                    good.append((i, it, img))
+                else:
+                    log.error("%s: %s", it.path, err)
+                    chunk_rows[i] = {"file": str(it.path), "status": "error", "error": err}
+            try:
+                preds = predict_batch([img for _, _, img in good]) if good else []
+            except Exception as e:  # noqa: BLE001 - report the batch's files, go on with the rest
+                for i, it, _ in good:
+                    log.error("%s: prediction failed (%s: %s)", it.path, type(e).__name__, e)
+                    chunk_rows[i] = {
+                        "file": str(it.path),
+                        "status": "error",
+                        "error": f"prediction failed: {e}",
+                    }
+                preds, good = [], []
+            for (i, it, img), pred in zip(good, preds, strict=True):
+                chunk_rows[i] = writers.submit(
+                    _write_outputs,
+                    it,
+                    img,
+                    pred,
+                    out_dir,
+                    threshold,
+                    lung_threshold,
+                    display_floor,
+                    scale,
+                    with_lung,
+                )
+            collect(previous)
+            previous = chunk_rows
+            done += len(chunk)
+            rate = done / max(time.time() - t0, 1e-9)
+            log.info("processed %d/%d images (%.1f images/s)", done, total, rate)
+        collect(previous)
+    finally:
+        writers.shutdown()  # waits for the outputs already submitted
     return rows
 
 

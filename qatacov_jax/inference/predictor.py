@@ -42,6 +42,8 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
 def make_probability_fn(
     models: Mapping[str, nnx.Module],
     preprocessing: Mapping[str, Preprocessing | None],
+    *,
+    fold: bool = True,
 ) -> tuple[Callable[[Any, Mapping[str, Any]], dict[str, jax.Array]], dict[str, nnx.State]]:
     """The pure inference function of one or more models: what `make_predict_fn` jits and
     `qatacov_jax.export` serialises, so both compute the same thing.
@@ -50,6 +52,8 @@ def make_probability_fn(
       models: name -> segmentation model (call: (B, H, W, 3) -> logits (B, H, W, 1)).
       preprocessing: name -> the model's `Preprocessing`, applied inside the function to
         inputs in [0, 1] with 1 or 3 channels; None for inputs that are already preprocessed.
+      fold: fold BatchNorm into the convs (False: the graph as built, for benchmarks'
+        `--no-fold`; same function up to float rounding).
 
     Returns:
       (forward, states): `forward(states, images)` maps name -> (B, H, W, C) images to name ->
@@ -63,7 +67,7 @@ def make_probability_fn(
     preps = {k: preprocessing[k] for k in models}
     forwards, states = {}, {}
     for name, m in models.items():
-        forwards[name], states[name] = make_forward(m)
+        forwards[name], states[name] = make_forward(m, fold=fold)
 
     def forward(states: Any, images: Mapping[str, Any]) -> dict[str, jax.Array]:
         out = {}
@@ -84,6 +88,7 @@ def make_predict_fn(
     *,
     preprocessing: Preprocessing | Mapping[str, Preprocessing] | None = None,
     batch_size: int | None = None,
+    fold: bool = True,
 ) -> Callable[[Any], Any]:
     """A jitted function from a batch of images to per-pixel probabilities on all devices.
 
@@ -97,6 +102,7 @@ def make_predict_fn(
       batch_size: pad every host (NumPy) batch to this many rows, so that the last, short
         batch reuses the compiled function. Must divide evenly over the mesh. Default: pad
         only to a multiple of the device count.
+      fold: BatchNorm folded into the convs (`make_probability_fn`).
 
     Returns:
       predict(images): `images` is (B, H, W, C) (a NumPy array or a sharded `jax.Array`), or a
@@ -117,7 +123,7 @@ def make_predict_fn(
             f"multiple of {n_dev}."
         )
 
-    forward, states = make_probability_fn(models, preps)
+    forward, states = make_probability_fn(models, preps, fold=fold)
     states = replicate(states, mesh)
     in_sharding = data_sharding(mesh)
     jitted = jax.jit(forward, out_shardings=in_sharding)
@@ -171,6 +177,7 @@ class Predictor:
         mesh: Mesh,
         *,
         batch_size: int | None = None,
+        fold: bool = True,
     ) -> None:
         n_dev = mesh.devices.size
         self.batch_size = int(batch_size) if batch_size else n_dev
@@ -182,7 +189,11 @@ class Predictor:
         self.names = tuple(models)
         self.sizes = {k: height_width(input_size[k]) for k in self.names}
         self._predict = make_predict_fn(
-            dict(models), mesh, preprocessing=dict(preprocessing), batch_size=self.batch_size
+            dict(models),
+            mesh,
+            preprocessing=dict(preprocessing),
+            batch_size=self.batch_size,
+            fold=fold,
         )
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
