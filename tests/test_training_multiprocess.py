@@ -1,4 +1,10 @@
-"""2 processes on localhost through `jax.distributed` (CPU, gloo) == 1 process."""
+"""2 processes on localhost through `jax.distributed` (CPU, gloo) == 1 process.
+
+The two processes are started the two ways the launch files start them (launch/): rank 0
+with its rank in `--config.distributed.*` (launch/train-k8s.yaml), rank 1 with only the
+SLURM_* environment `srun` sets under launch/train.sbatch, so it finds its rank, the process
+count and the coordinator through jax.distributed's SLURM detection. One run covers both.
+"""
 
 from __future__ import annotations
 
@@ -45,23 +51,33 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch):
     # sets its own device count before importing JAX.
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS",)}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
+    script, workdir = str(HERE / "multiprocess_train.py"), str(tmp_path / "two")
+    # launch/train.sbatch: QATACOV_DISTRIBUTED=1, and what srun sets for task 1 of 2 on one
+    # node (the coordinator's port from JAX_COORDINATOR_PORT instead of the job id).
+    slurm_env = {
+        **env,
+        "QATACOV_DISTRIBUTED": "1",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_STEP_NODELIST": "localhost",
+        "SLURM_STEP_NUM_NODES": "1",
+        "SLURM_NTASKS": "2",
+        "SLURM_PROCID": "1",
+        "SLURM_LOCALID": "1",
+        "JAX_COORDINATOR_PORT": str(port),
+    }
+    commands = [
+        ([script, "0", "2", str(port), data_dir, workdir], env),  # rank given explicitly
+        ([script, "slurm", data_dir, workdir], slurm_env),  # rank detected
+    ]
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                str(HERE / "multiprocess_train.py"),
-                str(i),
-                "2",
-                str(port),
-                data_dir,
-                str(tmp_path / "two"),
-            ],
-            env=env,
+            [sys.executable, *argv],
+            env=child_env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for i in range(2)
+        for argv, child_env in commands
     ]
     outputs = []
     try:
@@ -74,6 +90,7 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch):
                 p.kill()
     for i, (p, out) in enumerate(zip(procs, outputs, strict=True)):
         assert p.returncode == 0, f"process {i} failed:\n{out[-4000:]}"
+        assert f"RANK {i} FINAL_LOSS" in out, out[-2000:]
 
     multi = rundir.read_config(tmp_path / "two")
     assert multi.distributed.num_processes == 2
