@@ -23,6 +23,11 @@ already on the device.
 Each round times one call of every model in turn, so the machine's load (this one is
 shared) hits all of them alike; medians and the Keras/ours ratio (> 1: ours is faster) are
 reported.
+
+`--train` times one optimizer step instead (the paper's recipe: focal + dice loss, Adam 1e-4,
+BatchNorm in training mode): Keras `train_on_batch` of the model compiled with
+segmentation_models' `binary_focal_dice_loss`, against ours, the project's jitted train step
+(`qatacov_jax.training.steps.make_train_step`, donated state), interleaved as above.
 """
 
 from __future__ import annotations
@@ -150,6 +155,45 @@ def our_predict(arch: str, encoder: str, x: Any, *, fold: bool) -> tuple[Any, An
     return (lambda: compiled(state, xj)), counts, xj
 
 
+def our_train_step(arch: str, encoder: str, x: Any, y: Any) -> tuple[Any, Any]:
+    """One compiled optimizer step of ours (a closure feeding its donated state back)."""
+    import jax
+    import optax
+    from flax import nnx
+
+    from qatacov_jax.models import TRAINABLE, count_params, create_model
+    from qatacov_jax.runtime.sharding import make_mesh, replicate, shard_batch
+    from qatacov_jax.training.steps import LossSpec, make_train_step
+
+    model = create_model(arch, encoder, rngs=nnx.Rngs(0))
+    counts = count_params(model)
+    model.train()
+    opt = nnx.Optimizer(model, optax.adam(1e-4), wrt=TRAINABLE)  # the paper's optimizer
+    mesh = make_mesh(1)
+    model_def, model_state = nnx.split(model)
+    opt_def, opt_state = nnx.split(opt)
+    holder = {"state": replicate({"model": model_state, "opt": opt_state}, mesh)}
+    batch = shard_batch({"image": x, "mask": y}, mesh)
+    step = make_train_step(model_def, opt_def, LossSpec(), mesh)
+    compiled = step.lower(holder["state"], batch).compile()
+
+    def run() -> Any:
+        holder["state"], metrics = compiled(holder["state"], batch)
+        return metrics
+
+    jax.block_until_ready(run())  # first call
+    return run, counts
+
+
+def keras_train_step(sm: Any, km: Any, x: Any, y: Any) -> Any:
+    """Keras `train_on_batch` of `km` with the paper's loss and optimizer (first call done)."""
+    import tf_keras
+
+    km.compile(optimizer=tf_keras.optimizers.Adam(1e-4), loss=sm.losses.binary_focal_dice_loss)
+    km.train_on_batch(x, y)  # builds the training function
+    return lambda: km.train_on_batch(x, y)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
@@ -158,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--rounds", type=int, default=10, help="timed calls of each model")
     p.add_argument("--no-fold", action="store_true", help="time ours without BatchNorm folding")
+    p.add_argument(
+        "--train", action="store_true",
+        help="time one optimizer step (focal + dice, Adam) instead of inference",
+    )  # fmt: skip
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     p.add_argument("--force", action="store_true", help="overwrite existing --json/--markdown")
@@ -177,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     x = np.random.default_rng(0).standard_normal(
         (args.batch_size, args.image_size, args.image_size, 3), dtype=np.float32
     )
+    # Masks for --train: blobs covering about a third of each image.
+    y = (np.random.default_rng(1).random(x.shape[:3] + (1,)) > 0.7).astype(np.float32)
     runners: dict[str, Any] = {}
     info: dict[str, dict[str, Any]] = {}
     for arch in args.archs:
@@ -189,12 +239,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"The rebuilt Keras {arch} has {kcounts} parameters, Table 8 says {exact}: the "
                 "Keras graph is not the paper's; not timing it."
             )
-        xt = tf.constant(x)
-        kfn = tf.function(lambda v, m=km: m(v, training=False))
-        kfn(xt).numpy()  # trace + first run
-        runners[f"{arch}/keras"] = lambda f=kfn, v=xt: f(v).numpy()
-        ours, counts, _ = our_predict(arch, args.encoder, x, fold=not args.no_fold)
-        jax.block_until_ready(ours())
+        if args.train:
+            runners[f"{arch}/keras"] = keras_train_step(sm, km, x, y)
+            ours, counts = our_train_step(arch, args.encoder, x, y)
+        else:
+            xt = tf.constant(x)
+            kfn = tf.function(lambda v, m=km: m(v, training=False))
+            kfn(xt).numpy()  # trace + first run
+            runners[f"{arch}/keras"] = lambda f=kfn, v=xt: f(v).numpy()
+            ours, counts, _ = our_predict(arch, args.encoder, x, fold=not args.no_fold)
+            jax.block_until_ready(ours())
         runners[f"{arch}/ours"] = ours
         info[arch] = {
             "keras_params": list(kcounts),
@@ -240,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         "image_size": args.image_size,
         "rounds": args.rounds,
         "bn_folded": not args.no_fold,
+        "mode": "train" if args.train else "inference",
+        "command": "python benchmarks/compare_keras.py " + " ".join(sys.argv[1:]),
         "rows": rows,
     }
     md = markdown(report)
@@ -253,14 +309,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
+    train = report.get("mode") == "train"
+    what = (
+        "one optimizer step (focal + dice, Adam 1e-4; Keras `train_on_batch`)"
+        if train
+        else "inference"
+    )
     lines = [
-        f"Ours (JAX {env['jax']}, XLA:CPU) vs the original Keras models (TensorFlow "
+        f"{what[0].upper() + what[1:]}: "
+        f"ours (JAX {env['jax']}, XLA:CPU) vs the original Keras models (TensorFlow "
         f"{env['tensorflow']}, segmentation_models {env['segmentation_models']}), "
         f"{report['image_size']}x{report['image_size']}, batch {report['batch_size']}, float32, "
         f"{env['device_count']} x {env['device_kind']} ({env['host_cpu']}, "
         f"{env['host_cores']} cores), {report['rounds']} interleaved rounds, {env['date']}.",
-        f"XLA_FLAGS: `{env['xla_flags'] or '(none)'}`; BatchNorm folded: "
-        f"{'yes' if report['bn_folded'] else 'no'}; ours runs the whole batch at once.",
+        f"XLA_FLAGS: `{env['xla_flags'] or '(none)'}`; "
+        + ("" if train else f"BatchNorm folded: {'yes' if report['bn_folded'] else 'no'}; ")
+        + "ours runs the whole batch at once."
+        + (f" Command: `{report['command']}`." if report.get("command") else ""),
         "",
         "| model | Keras ms/sample (p10-p90) | ours ms/sample (p10-p90) | Keras / ours |",
         "|---|---:|---:|---:|",
