@@ -3,6 +3,7 @@ curves and confusion matrices (PNG)."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -128,17 +129,33 @@ def markdown_tables(
 
 
 def check_outputs_free(out_dir: Path, overwrite: bool, *, cv_folds: Sequence[str] = ()) -> None:
-    """Refuses (FileExistsError naming the file) to replace earlier results without overwrite."""
-    if overwrite:
-        return
+    """Refuses (FileExistsError naming the file) to replace earlier results without
+    `overwrite`, and with it to replace files of a folder that is not an earlier evaluation
+    output of ours (its metrics.json)."""
     for sub in ["", *cv_folds]:
         for name in (*OUTPUTS, "maps"):
             p = out_dir / sub / name
-            if p.exists() and not (p.is_dir() and not any(p.iterdir())):
+            if not p.exists() or (p.is_dir() and not any(p.iterdir())):
+                continue
+            if not overwrite:
                 raise FileExistsError(
                     f"{p} already exists; refusing to overwrite earlier evaluation results. "
                     "Pass --overwrite or choose another --out."
                 )
+            if not _is_our_output(out_dir / sub):
+                raise FileExistsError(
+                    f"{p} already exists and {out_dir / sub} is not an earlier output of "
+                    "scripts/evaluate.py (no metrics.json of ours in it); refusing to replace "
+                    "it even with --overwrite. Choose another --out."
+                )
+
+
+def _is_our_output(directory: Path) -> bool:
+    try:
+        metrics = json.loads((directory / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and "info" in metrics and "state" in metrics
 
 
 def write_outputs(

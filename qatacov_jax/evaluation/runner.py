@@ -48,6 +48,7 @@ from qatacov_jax.metrics import (
 )
 from qatacov_jax.models import CLASSIFIER_ARCH
 from qatacov_jax.runtime.files import json_ready
+from qatacov_jax.runtime.locking import run_dir_lock
 from qatacov_jax.runtime.sharding import make_mesh, replicate
 from qatacov_jax.training.rundir import load_model, read_config
 
@@ -266,16 +267,21 @@ def evaluate(
         out_dir = path / "evaluation" / str(split or "eval")
     out = Path(out_dir)
     check_outputs_free(out, overwrite, cv_folds=[f.name for f in folds])
-    if not cv:
-        acc, info = evaluate_run(path, maps_dir=out / "maps", **kwargs)
-        return json_ready(write_outputs(out, acc, info))
-    results = []
-    for f in folds:
-        acc, info = evaluate_run(f, maps_dir=out / f.name / "maps", **kwargs)
-        write_outputs(out / f.name, acc, info)
-        results.append((acc, info))
-    total = results[0][0]
-    for acc, _ in results[1:]:
-        total = total.merge(acc)
-    info = {**results[0][1], "fold": "all", "run_dir": str(path), "folds": [f.name for f in folds]}
-    return json_ready(write_outputs(out, total, info, per_fold=results))
+    # One writer per output folder (runtime/locking.py); the run itself is only read, so
+    # evaluating while it trains is allowed.
+    with run_dir_lock(out, purpose="evaluate", enabled=jax.process_index() == 0):
+        check_outputs_free(out, overwrite, cv_folds=[f.name for f in folds])
+        if not cv:
+            acc, info = evaluate_run(path, maps_dir=out / "maps", **kwargs)
+            return json_ready(write_outputs(out, acc, info))
+        results = []
+        for f in folds:
+            acc, info = evaluate_run(f, maps_dir=out / f.name / "maps", **kwargs)
+            write_outputs(out / f.name, acc, info)
+            results.append((acc, info))
+        total = results[0][0]
+        for acc, _ in results[1:]:
+            total = total.merge(acc)
+        info = {**results[0][1], "fold": "all", "run_dir": str(path)}
+        info["folds"] = [f.name for f in folds]
+        return json_ready(write_outputs(out, total, info, per_fold=results))

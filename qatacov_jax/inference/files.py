@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import logging
 import math
 import time
@@ -146,19 +147,39 @@ def output_paths(key: str, out_dir: Path, with_lung: bool) -> dict[str, Path]:
 def check_no_overwrite(
     items: Sequence[InputItem], out_dir: Path, with_lung: bool, overwrite: bool
 ) -> None:
-    """Raises OutputExistsError naming the first existing output unless overwrite is set."""
-    if overwrite:
-        return
+    """Raises OutputExistsError naming the first existing output, unless `overwrite` is set
+    and `out_dir` is recognisably an earlier output of ours (its report.json): an output
+    name that collides with an unrelated file is never replaced."""
     candidates = [out_dir / REPORT_CSV, out_dir / REPORT_JSON]
     for item in items:
         candidates.extend(output_paths(item.key, out_dir, with_lung).values())
     existing = [p for p in candidates if p.exists()]
-    if existing:
-        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+    if not existing:
+        return
+    more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+    if not overwrite:
         raise OutputExistsError(
             f"{existing[0]} already exists{more}; refusing to overwrite earlier results. "
             "Choose another --out folder or pass --overwrite."
         )
+    if not _is_our_output(out_dir):
+        raise OutputExistsError(
+            f"{existing[0]} already exists{more} and {out_dir} is not an earlier output of "
+            f"scripts/infer.py (no {REPORT_JSON} of ours in it); refusing to replace it even "
+            "with --overwrite. Choose another --out folder."
+        )
+
+
+def _is_our_output(out_dir: Path) -> bool:
+    try:
+        report = json.loads((out_dir / REPORT_JSON).read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(report, dict)
+        and isinstance(report.get("images"), list)
+        and ("checkpoint" in report)
+    )
 
 
 def _read(item: InputItem) -> tuple[InputItem, np.ndarray | None, str | None]:
