@@ -62,6 +62,7 @@ REPORT_FIELDS = (
     "infected_percent_of_lung",
     "severity_grade",
     "severity",
+    "intensity",
     "map",
     "mask",
     "lung_mask",
@@ -184,11 +185,20 @@ def _is_our_output(out_dir: Path) -> bool:
 
 def _read(item: InputItem) -> tuple[InputItem, np.ndarray | None, str | None]:
     try:
-        return item, imageio.read_xray(item.path), None
+        img, note = imageio.read_xray_with_info(item.path)
+        # Kept aside (dict writes are atomic across the reader threads) so that the read
+        # tuple keeps its shape; `_write_outputs` moves it into the report row.
+        _INTENSITY_NOTES[item.path] = note
+        return item, img, None
     except imageio.ImageReadError as e:
         return item, None, e.reason
     except Exception as e:  # noqa: BLE001 - one odd file must not end the run
         return item, None, f"{type(e).__name__}: {e}"
+
+
+# How each input's intensities were mapped to [0, 1] (imageio.read_xray_with_info), reported
+# per image as "intensity" (e.g. a 12-bit X-ray in a 16-bit PNG: "sBIT 12: values / 4095").
+_INTENSITY_NOTES: dict[Path, str] = {}
 
 
 def _finite(x: Any) -> Any:
@@ -286,6 +296,7 @@ def _write_outputs(
         return {"file": str(item.path), "status": "error", "error": f"cannot write outputs: {e}"}
     max_p = float(prob.max())
     row: dict[str, Any] = {
+        "intensity": _INTENSITY_NOTES.pop(item.path, ""),
         "file": str(item.path),
         "status": "ok",
         "error": "",
