@@ -12,7 +12,7 @@ from absl import flags
 from qatacov_jax.data.features import DataError
 from qatacov_jax.runtime.console import setup_cli_logging
 from qatacov_jax.runtime.locking import DirectoryLockedError
-from qatacov_jax.runtime.storage import StorageError
+from qatacov_jax.runtime.storage import StorageError, quiet_storage_noise
 from qatacov_jax.training.loop import NonFiniteLossError, TrainingInterrupted
 from qatacov_jax.training.rundir import RunDirMismatchError
 from qatacov_jax.weights import WeightsError
@@ -105,7 +105,8 @@ def run_main(
     fault with exit code 74 and a signal-requested stop with 75 (both one line)."""
     try:
         setup_cli_logging(log_format)
-        code = body()
+        with quiet_storage_noise():  # one line for a full disk, not a pile of tracebacks
+            code = body()
     except HelpPrinted:
         return 0
     except TrainingInterrupted as e:

@@ -8,9 +8,16 @@ docs/reliability.md#storage-faults.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
+import logging
 import os
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # errno -> what the user is told.
 FULL_ERRNOS = {
@@ -102,3 +109,91 @@ def check_writable(directory: str | os.PathLike, what: str) -> None:
             probe.unlink()
         except OSError:
             pass
+
+
+def drop_background_storage_errors(record: logging.LogRecord) -> bool:
+    """Logging filter: drops orbax's own ERROR reports of a storage fault (one per write
+    thread, each with a traceback); the command ends with one line that names the fault,
+    the directory and the intact checkpoint instead. Other errors are kept."""
+    if "/orbax/" not in record.pathname or record.levelno < logging.ERROR:
+        return True
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is not None and storage_errno(exc) is not None:
+        return False
+    return storage_errno(Exception(record.getMessage())) is None
+
+
+class _TracebackFilter(io.TextIOBase):
+    """A stderr wrapper that drops tracebacks printed straight to stderr (not logged) whose
+    last line is in `drop`: TensorStore write futures that fail after orbax closed its event
+    loop (a full disk) print one "RuntimeError: Event loop is closed" each."""
+
+    def __init__(self, stream: Any, drop: tuple[str, ...]) -> None:
+        self.stream, self.drop = stream, drop
+        # Per thread: the failing futures print from several threads at once.
+        self.pending: dict[int, str] = {}
+        self.blocks: dict[int, list[str]] = {}
+        self.lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self.lock:
+            me = threading.get_ident()
+            *lines, self.pending[me] = (self.pending.get(me, "") + text).split("\n")
+            for line in lines:
+                self._line(me, line + "\n")
+        return len(text)
+
+    def _line(self, me: int, line: str) -> None:
+        block = self.blocks.get(me)
+        if block is None:
+            if line.startswith("Traceback (most recent call last):"):
+                self.blocks[me] = [line]
+            else:
+                self.stream.write(line)
+            return
+        block.append(line)
+        if not line.startswith((" ", "\t", "Traceback")):  # the exception line ends it
+            del self.blocks[me]
+            if not any(line.startswith(d) for d in self.drop):
+                self.stream.write("".join(block))
+
+    def flush(self) -> None:
+        with self.lock:
+            me = threading.get_ident()
+            if self.pending.get(me) and me not in self.blocks:
+                self.stream.write(self.pending.pop(me))
+        self.stream.flush()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+
+@contextlib.contextmanager
+def quiet_storage_noise() -> Iterator[None]:
+    """For command-line entry points: orbax's per-thread reports of a storage fault and the
+    tracebacks of its closed event loop are left out of stderr (the two filters above; the
+    logging one goes on every root handler, where propagated records are filtered)."""
+    handlers = list(logging.getLogger().handlers)
+    for h in handlers:
+        h.addFilter(drop_background_storage_errors)
+    old = sys.stderr
+    if not isinstance(old, _TracebackFilter):
+        sys.stderr = _TracebackFilter(old, ("RuntimeError: Event loop is closed",))
+    keep = False
+    try:
+        yield
+    except StorageError:
+        # The failed writes' futures keep completing (and printing) after the command has
+        # reported the fault, until the interpreter exits: the filters stay.
+        keep = True
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        if not keep:
+            sys.stderr = old
+            for h in handlers:
+                h.removeFilter(drop_background_storage_errors)

@@ -231,6 +231,8 @@ def _train_locked(
         return _train(
             config, workdir, mesh, store, model, preprocessing, steps_per_epoch, step_callback
         )
+    except storage.StorageError:
+        raise
     except BaseException as e:
         code = storage.storage_errno(e)
         vanished = not workdir.exists()
@@ -245,18 +247,21 @@ def _train_locked(
         raise _storage_failure(workdir, store, code, vanished, e) from None
 
 
+def _vanished(workdir: Path) -> storage.StorageError:
+    return storage.StorageError(
+        f"--workdir {workdir} vanished during training (deleted, moved or unmounted); "
+        "nothing more can be saved there. Restore it and rerun the same command to resume "
+        "from its last checkpoint."
+    )
+
+
 def _storage_failure(
     workdir: Path, store: CheckpointStore, code: int | None, vanished: bool, e: BaseException
 ) -> storage.StorageError:
     """One line for a full / read-only / vanished run directory; partial checkpoints of
     this run are removed, complete ones never."""
     if vanished:
-        return storage.StorageError(
-            f"--workdir {workdir} vanished during training (deleted or unmounted); nothing "
-            "more can be saved there. Restore it and rerun the same command to resume from "
-            "its last checkpoint.",
-            code,
-        )
+        return _vanished(workdir)
     removed = checkpoint.remove_partial(store.directory)
     last = checkpoint.complete_steps(store.directory / "latest")
     kept = (
@@ -407,6 +412,10 @@ def _train(
                 )
                 window.append(step_metrics)
                 progress(step)
+                if not (workdir / rundir.CONFIG_FILE).exists():
+                    # Orbax would recreate the checkpoint folders in an empty new directory
+                    # and carry on; a run directory that vanished must stop the run.
+                    raise _vanished(workdir)
                 end_of_epoch = step % steps_per_epoch == 0
                 periodic = ckpt_every > 0 and step % ckpt_every == 0
                 saving = end_of_epoch or periodic or step == total_steps
