@@ -245,3 +245,33 @@ def test_8000_by_8000_xray_is_read_and_resized(tmp_path):
     assert small.shape[:2] == (32, 32)
     back = resize_map(np.full((32, 32), 0.5, np.float32), img.shape)
     assert back.shape == (8000, 8000)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory no one can write: chmod for a normal user; for root (whom chmod does not
+    stop) a read-only bind mount of it, skipped where mounting is not permitted."""
+    d = tmp_path / "ro"
+    d.mkdir()
+    if os.geteuid() != 0:
+        d.chmod(0o555)
+        yield d
+        d.chmod(0o755)
+        return
+    try:
+        subprocess.run(["mount", "--bind", str(d), str(d)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("running as root without mount permission: no way to make a read-only dir")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(d)], check=True, capture_output=True)
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], check=False, capture_output=True)
+
+
+def test_read_only_workdir_is_one_line(read_only_dir, capsys):
+    workdir = read_only_dir / "run"
+    assert train_cli.main(["--config", QUICKSTART, "--workdir", str(workdir)]) == 74
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert str(workdir) in err and ("read-only" in err or "permission denied" in err)

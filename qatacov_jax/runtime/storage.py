@@ -115,12 +115,16 @@ def drop_background_storage_errors(record: logging.LogRecord) -> bool:
     """Logging filter: drops orbax's own ERROR reports of a storage fault (one per write
     thread, each with a traceback); the command ends with one line that names the fault,
     the directory and the intact checkpoint instead. Other errors are kept."""
-    if "/orbax/" not in record.pathname or record.levelno < logging.ERROR:
+    if record.levelno < logging.ERROR:
         return True
     exc = record.exc_info[1] if record.exc_info else None
     if exc is not None and storage_errno(exc) is not None:
         return False
-    return storage_errno(Exception(record.getMessage())) is None
+    # orbax's own reports, and asyncio's "Task exception was never retrieved" for orbax's
+    # write tasks, name the fault only in their text.
+    if any(f in record.pathname for f in ("/orbax/", "/asyncio/")):
+        return storage_errno(Exception(record.getMessage())) is None
+    return True
 
 
 class _TracebackFilter(io.TextIOBase):
