@@ -275,3 +275,22 @@ def test_read_only_workdir_is_one_line(read_only_dir, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert str(workdir) in err and ("read-only" in err or "permission denied" in err)
+
+
+def test_storage_faults_are_recognised_in_their_wrappers():
+    import errno
+
+    from qatacov_jax.runtime import storage
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as inner:
+            raise RuntimeError("orbax: background save failed") from inner
+    except RuntimeError as e:
+        assert storage.storage_errno(e) == errno.ENOSPC
+    tensorstore = ValueError('RESOURCE_EXHAUSTED: Error writing local file "/x/ocdbt.data"')
+    assert storage.is_full(storage.storage_errno(tensorstore))
+    assert storage.storage_errno(OSError(errno.EDQUOT, "quota")) == errno.EDQUOT
+    assert "quota" in storage.describe(errno.EDQUOT)
+    assert storage.storage_errno(ValueError("shape mismatch")) is None

@@ -201,6 +201,8 @@ def _train_locked(
 ) -> dict[str, Any]:
     global_batch = int(config.batch_size)
     fold = None if config.fold is None else int(config.fold)
+    if (workdir / rundir.CONFIG_FILE).exists():
+        rundir.check_or_write_config(workdir, config)  # a different run: refused at once
     # The data and the model are checked before config.json is written (a failed start
     # must not leave a config that makes the corrected command be refused).
     n_train = data.num_examples(config.data, fold=fold, split="train")
@@ -368,6 +370,7 @@ def _train(
         )
         return validate(eval_step, state["model"], batches)
 
+    writer_process = jax.process_index() == 0  # the one that wrote config.json
     window: list[dict[str, jax.Array]] = []  # step metrics since the last flush (on device)
 
     def flush(step: int) -> dict[str, float]:
@@ -412,7 +415,7 @@ def _train(
                 )
                 window.append(step_metrics)
                 progress(step)
-                if not (workdir / rundir.CONFIG_FILE).exists():
+                if writer_process and not (workdir / rundir.CONFIG_FILE).exists():
                     # Orbax would recreate the checkpoint folders in an empty new directory
                     # and carry on; a run directory that vanished must stop the run.
                     raise _vanished(workdir)
