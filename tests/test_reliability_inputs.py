@@ -233,7 +233,7 @@ def test_bad_and_extreme_inputs_are_reported_per_file(tmp_path):
 
 
 def test_8000_by_8000_xray_is_read_and_resized(tmp_path):
-    from qatacov_jax.data.resize import resize_image, resize_map
+    from qatacov_jax.data.resize import resize_image
 
     Image.fromarray(np.full((8000, 8000), 90, np.uint8)).save(
         tmp_path / "huge.png", compress_level=1
@@ -242,9 +242,7 @@ def test_8000_by_8000_xray_is_read_and_resized(tmp_path):
     assert img.shape == (8000, 8000) and img.dtype == np.float32
     np.testing.assert_allclose(img[::997, ::997], 90 / 255, atol=1e-6)
     small = resize_image(img, 32)  # what the predictor feeds the model
-    assert small.shape[:2] == (32, 32)
-    back = resize_map(np.full((32, 32), 0.5, np.float32), img.shape)
-    assert back.shape == (8000, 8000)
+    assert small.shape[:2] == (32, 32) and abs(int(small[16, 16]) - 90) <= 1
 
 
 @pytest.fixture
