@@ -292,3 +292,28 @@ def test_storage_faults_are_recognised_in_their_wrappers():
     assert storage.storage_errno(OSError(errno.EDQUOT, "quota")) == errno.EDQUOT
     assert "quota" in storage.describe(errno.EDQUOT)
     assert storage.storage_errno(ValueError("shape mismatch")) is None
+
+
+def test_stderr_filter_drops_only_closed_loop_tracebacks():
+    import io
+
+    from qatacov_jax.runtime.storage import _TracebackFilter
+
+    out = io.StringIO()
+    f = _TracebackFilter(out, ("RuntimeError: Event loop is closed",))
+    for text in (
+        "progress 10%\r",  # passes at once (progress bars)
+        "Traceback (most recent call last):\n",
+        '  File "orbax.py", line 1\n',
+        "RuntimeError: Event loop is closed\n",
+        "next line\n",
+        "Traceback (most recent call last):\n",
+        '  File "ours.py", line 2\n',
+        "ValueError: a real error\n",
+    ):
+        f.write(text)
+    f.flush()
+    assert out.getvalue() == (
+        "progress 10%\rnext line\nTraceback (most recent call last):\n"
+        '  File "ours.py", line 2\nValueError: a real error\n'
+    )

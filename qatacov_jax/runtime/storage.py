@@ -142,6 +142,13 @@ class _TracebackFilter(io.TextIOBase):
     def write(self, text: str) -> int:
         with self.lock:
             me = threading.get_ident()
+            if (
+                me not in self.blocks
+                and not self.pending.get(me)
+                and not text.startswith("Traceback (most recent call last):")
+            ):
+                self.stream.write(text)  # not a traceback: through at once (progress bars)
+                return len(text)
             *lines, self.pending[me] = (self.pending.get(me, "") + text).split("\n")
             for line in lines:
                 self._line(me, line + "\n")
