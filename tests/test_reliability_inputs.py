@@ -317,3 +317,10 @@ def test_stderr_filter_drops_only_closed_loop_tracebacks():
         "progress 10%\rnext line\nTraceback (most recent call last):\n"
         '  File "ours.py", line 2\nValueError: a real error\n'
     )
+
+
+def test_lower_case_none_stays_a_string():
+    fv = train_cli.config_and_workdir(
+        ["--config", QUICKSTART, "--config.data.augment=none", "--workdir", "x"], "p", "d", "w"
+    )
+    assert fv.config.data.augment == "none"

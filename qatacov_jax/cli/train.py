@@ -33,7 +33,9 @@ process), 74 disk full / read-only while writing, 75 stopped by SIGTERM/SIGINT a
 a checkpoint (rerun to resume)."""
 
 
-NONE_WORDS = ("None", "none", "null")
+# Exactly the Python literal: lower-case "none" is a real value of some string fields
+# (config.data.augment="none").
+NONE_WORDS = ("None",)
 
 
 def _split_none_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
