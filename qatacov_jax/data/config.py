@@ -29,6 +29,11 @@ def default_config() -> ml_collections.ConfigDict:
       fold_seed: seed of the fold assignment (and of the fold=None validation hold-out).
       val_fraction: with fold=None on a dataset without a predefined validation split,
         this stratified fraction of the train split is held out as `eval`.
+      validation_fraction: a stratified fraction of the *training* part (of the CV round,
+        or of the train split) held out as the `validation` split that picks
+        checkpoints/best; 0 = none (the final model is evaluated, as paper 1; paper 2 uses
+        0.2). The test fold is then read only by the final evaluation
+        (docs/method.md#model-selection).
       balance: oversample the minority class (COVID-19 on QaTa) up to the majority count
         each epoch, as the paper's Table 1.
       augment: `copies` (paper: only the extra copies made by balancing are augmented),
@@ -52,6 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.num_folds = 5
     cfg.fold_seed = 0
     cfg.val_fraction = 0.2
+    cfg.validation_fraction = 0.0
     cfg.balance = True
     cfg.augment = "copies"
     cfg.max_shift = 0.1

@@ -324,7 +324,8 @@ def eval_iterator(
     preprocessing: Preprocessing,
     mesh: Mesh,
 ) -> ShardedIterator:
-    """One pass over the held-out fold (`split='eval'`) or the test split (`'test'`).
+    """One pass over the held-out fold (`split='eval'`), the validation split carved from
+    the training part (`'validation'`) or the test split (`'test'`).
 
     Returns:
       An iterator of dicts with the training keys plus `valid` (B,) bool (False on the
@@ -332,7 +333,9 @@ def eval_iterator(
       `example_filenames(data_cfg, fold=fold, split=split)`.
     """
     if split == "train":
-        raise ValueError("eval_iterator reads 'eval' or 'test'; use train_iterator for training.")
+        raise ValueError(
+            "eval_iterator reads 'eval', 'validation' or 'test'; use train_iterator for training."
+        )
     builder = sources.prepare(data_cfg)
     tfds_split, records = sources.select(data_cfg, builder, fold=fold, split=split)
     local = _local_batch(global_batch_size, mesh)

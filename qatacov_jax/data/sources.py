@@ -228,7 +228,9 @@ def select(
       fold: CV round k in [0, num_folds) — folds are cut from the train split — or None for
         the dataset's predefined splits (a stratified `val_fraction` hold-out of train serves
         as `eval` where the dataset has no validation split).
-      split: `train`, `eval` (held-out fold / validation) or `test`.
+      split: `train`, `eval` (held-out fold / validation), `validation` (the stratified
+        `config.data.validation_fraction` of the training part, which `train` then leaves
+        out; docs/method.md#model-selection) or `test`.
 
     Returns:
       (TFDS split name, sorted record indices into it).
@@ -242,21 +244,82 @@ def select(
             )
         labels = binary_labels(builder, s.test, s.positive)
         return s.test, np.arange(len(labels))
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train', 'eval' or 'test', got {split!r}.")
+    if split not in ("train", "eval", "validation"):
+        raise ValueError(
+            f"split must be 'train', 'eval', 'validation' or 'test', got {split!r}."
+        )
+    if split in ("train", "validation"):
+        tfds_split, records = _training_part(data_cfg, builder, s, fold)
+        fraction = validation_fraction(data_cfg)
+        if fraction == 0.0:
+            if split == "validation":
+                raise ValueError(
+                    "There is no validation split: config.data.validation_fraction is 0. Set "
+                    "it in (0, 1) to carve one from the training part of the fold."
+                )
+            return tfds_split, records
+        labels = binary_labels(builder, tfds_split, s.positive)[records]
+        # Seeded by fold_seed + 1 so the carve is independent of the fold assignment.
+        kept, held = splits.stratified_holdout(labels, fraction, data_cfg.fold_seed + 1)
+        return tfds_split, records[kept if split == "train" else held]
     labels = binary_labels(builder, s.train, s.positive)
     if fold is not None:
-        train, held = splits.cv_indices(labels, fold, data_cfg.num_folds, data_cfg.fold_seed)
-        return s.train, train if split == "train" else held
+        return s.train, splits.cv_indices(labels, fold, data_cfg.num_folds, data_cfg.fold_seed)[1]
     if s.validation is not None:
-        if split == "train":
-            return s.train, np.arange(len(labels))
         val = binary_labels(builder, s.validation, s.positive)
         return s.validation, np.arange(len(val))
+    _need_test(data_cfg, s)
+    return s.train, splits.stratified_holdout(labels, data_cfg.val_fraction, data_cfg.fold_seed)[1]
+
+
+def _need_test(data_cfg: Any, s: DatasetSpec) -> None:
     if s.test is None:
         raise ValueError(
             f"{data_cfg.dataset} has no predefined train/test split; pass a CV fold number "
             f"(0..{data_cfg.num_folds - 1}) instead of fold=None."
         )
-    kept, held = splits.stratified_holdout(labels, data_cfg.val_fraction, data_cfg.fold_seed)
-    return s.train, kept if split == "train" else held
+
+
+def _training_part(
+    data_cfg: Any, builder: tfds.core.DatasetBuilder, s: DatasetSpec, fold: int | None
+) -> tuple[str, np.ndarray]:
+    """(TFDS split, records) that training may read: the other folds of CV round `fold`, or
+    the dataset's train split less its `eval` hold-out (fold=None)."""
+    labels = binary_labels(builder, s.train, s.positive)
+    if fold is not None:
+        return s.train, splits.cv_indices(labels, fold, data_cfg.num_folds, data_cfg.fold_seed)[0]
+    if s.validation is not None:
+        return s.train, np.arange(len(labels))
+    _need_test(data_cfg, s)
+    return s.train, splits.stratified_holdout(labels, data_cfg.val_fraction, data_cfg.fold_seed)[0]
+
+
+def validation_fraction(data_cfg: Any) -> float:
+    """`config.data.validation_fraction` checked to be in [0, 1) (0 = no validation split)."""
+    fraction = float(data_cfg.get("validation_fraction", 0.0) or 0.0)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(
+            f"config.data.validation_fraction must be in [0, 1), got {fraction} (0 = no "
+            "validation split: the final model is evaluated)."
+        )
+    return fraction
+
+
+def selection_split(data_cfg: Any, fold: int | None) -> str | None:
+    """The split that picks `checkpoints/best` (and is evaluated every epoch), or None.
+
+    docs/method.md#model-selection: the test data must never choose the model. With
+    `validation_fraction > 0` it is `validation` (carved from the training part); with
+    fold=None it is `eval` (the dataset's own validation split or the `val_fraction`
+    hold-out of train, never its test split); in a CV round without a validation fraction
+    nothing selects: `checkpoints/best` is the final model, as paper 1 evaluates it.
+    """
+    if validation_fraction(data_cfg) > 0.0:
+        return "validation"
+    return "eval" if fold is None else None
+
+
+def final_split(data_cfg: Any, fold: int | None) -> str:
+    """The split a run is finally evaluated on: the held-out fold of a CV round (`eval`),
+    else the dataset's predefined test split."""
+    return "eval" if fold is not None else "test"

@@ -1,7 +1,11 @@
 """`train_and_evaluate`: the training loop of one run directory.
 
-Every epoch ends with a validation pass (`training.steps.validate`), a best-on-
-`config.best_metric` checkpoint and a periodic checkpoint; re-running resumes exactly.
+Every epoch ends with a pass over the *selection split* (`data.sources.selection_split`:
+a validation split, never the test data), a best-on-`config.best_metric` checkpoint and a
+periodic checkpoint; re-running resumes exactly. Without a selection split (paper 1's CV:
+no validation set) nothing is evaluated during training and `checkpoints/best` is the
+newest epoch's model. The test split (`config.eval_split`, the held-out fold in CV) is read
+once, by the final evaluation after training (docs/method.md#model-selection).
 The steps themselves are in `training.steps`, the run directory in `training.rundir` and
 `training.checkpoint`.
 """
@@ -23,9 +27,10 @@ from clu import metric_writers, periodic_actions
 from flax import nnx
 
 from qatacov_jax import data
+from qatacov_jax.data.sources import selection_split
 from qatacov_jax.runtime import sharding
 from qatacov_jax.training import optim, rundir
-from qatacov_jax.training.checkpoint import CheckpointStore
+from qatacov_jax.training.checkpoint import CheckpointStore, restore_model
 from qatacov_jax.training.factory import build_model, count_trainable
 from qatacov_jax.training.steps import (
     make_batch_stats_step,
@@ -105,8 +110,10 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Trains `config` in `workdir` (resuming if it holds a checkpoint) and evaluates it.
 
-    Every epoch ends with an evaluation on the held-out split (`config.eval_split`) of fold
-    `config.fold`, a best-on-`config.best_metric` checkpoint and a periodic checkpoint.
+    Every epoch ends with an evaluation on the selection split (if the run has one), a
+    best-on-`config.best_metric` checkpoint and a periodic checkpoint. After the last step
+    the chosen model (`checkpoints/best`) is evaluated once on `config.eval_split` of fold
+    `config.fold` (the held-out fold in CV): results.json `final` / `final_state`.
 
     Args:
       config: the full config (see configs/default.py).
@@ -156,8 +163,17 @@ def train_and_evaluate(
         steps_per_epoch = min(steps_per_epoch, int(config.steps_per_epoch))
     total_steps = int(config.num_epochs) * steps_per_epoch
 
+    selection = selection_split(config.data, fold)
+    if selection is not None and selection == config.eval_split and fold is not None:
+        raise ValueError(
+            f"config.eval_split={config.eval_split!r} is also the split that picks "
+            "checkpoints/best; evaluate on the held-out fold ('eval') instead."
+        )
+    # Without a selection split, `best` is ranked by epoch: the newest epoch's model.
     store = CheckpointStore(
-        workdir, keep=int(config.get("keep_checkpoints", 2)), best_metric=config.best_metric
+        workdir,
+        keep=int(config.get("keep_checkpoints", 2)),
+        best_metric=config.best_metric if selection else "epoch",
     )
     train_iter = data.train_iterator(
         config.data,
@@ -199,16 +215,19 @@ def train_and_evaluate(
         state["model"] = recalibrate_batch_norm(stats_step, state["model"], batches, recal_batches)
         batches.close()
 
-    def do_eval() -> tuple[dict[str, float], Any]:
+    def do_eval(split: str, model_state: Any) -> tuple[dict[str, float], Any]:
         batches = data.eval_iterator(
             config.data,
             fold=fold,
-            split=config.eval_split,
+            split=split,
             global_batch_size=global_batch,
             preprocessing=preprocessing,
             mesh=mesh,
         )
-        return validate(eval_step, state["model"], batches)
+        try:
+            return validate(eval_step, model_state, batches)
+        finally:
+            batches.close()
 
     history: list[dict[str, jax.Array]] = []
     t0 = time.perf_counter()
@@ -247,17 +266,29 @@ def train_and_evaluate(
                 epoch = step // steps_per_epoch
                 if recal_batches:
                     recalibrate()
-                val, val_acc = do_eval()
-                writer.write_scalars(step, {f"val/{k}": v for k, v in val.items()})
                 meta["epoch"] = epoch
-                # Counts and histograms of the latest validation, so that cross-validation
-                # pools folds with the same accumulator as scripts/evaluate.py.
-                meta["validation_state"] = val_acc.to_dict()
-                meta["history"].append({"epoch": epoch, "step": step, "train": last_train, **val})
-                score = val[config.best_metric]
-                if math.isfinite(score) and (meta["best"] is None or score > meta["best"]["score"]):
-                    meta["best"] = {"epoch": epoch, "step": step, "score": score, "metrics": val}
-                    store.save_best(step, state["model"], _finite_only(val))
+                entry: dict[str, Any] = {"epoch": epoch, "step": step, "train": last_train}
+                if selection is None:
+                    # Nothing may choose the model: `best` is simply the newest epoch's.
+                    meta["best"] = {"epoch": epoch, "step": step, "split": None}
+                    store.save_best(step, state["model"], {"epoch": float(epoch)})
+                else:
+                    val, val_acc = do_eval(selection, state["model"])
+                    writer.write_scalars(step, {f"val/{k}": v for k, v in val.items()})
+                    meta["validation_state"] = val_acc.to_dict()
+                    entry.update({"split": selection, **val})
+                    score = val[config.best_metric]
+                    best = meta["best"]
+                    if math.isfinite(score) and (best is None or score > best["score"]):
+                        meta["best"] = {
+                            "epoch": epoch,
+                            "step": step,
+                            "split": selection,
+                            "score": score,
+                            "metrics": val,
+                        }
+                        store.save_best(step, state["model"], _finite_only(val))
+                meta["history"].append(entry)
             if end_of_epoch or periodic or step == total_steps:
                 meta["train_time_s"] = train_time_before + time.perf_counter() - t0
                 store.save_latest(step, state, train_iter.get_state(), meta)
@@ -268,10 +299,42 @@ def train_and_evaluate(
         writer.flush()
         store.close()
 
+    # The one read of the test split: the chosen model (the final one without a selection
+    # split), whose counts and histograms cross-validation pools over folds.
+    chosen = state["model"]
+    if selection is not None and meta["best"] is not None:
+        chosen = _restore_best(workdir, state["model"], mesh)
+    final, final_acc = do_eval(config.eval_split, chosen)
+    writer.write_scalars(total_steps, {f"test/{k}": v for k, v in final.items()})
+    writer.flush()
+    best = meta["best"] or {}
+    meta["final"] = {
+        "epoch": best.get("epoch"),
+        "step": best.get("step"),
+        "split": config.eval_split,
+        **final,
+    }
+    meta["final_state"] = final_acc.to_dict()
     results = _results(config, meta, trainable, non_trainable, total_steps, steps_per_epoch)
+    results["selection"] = {
+        "split": selection,
+        "metric": config.best_metric if selection else None,
+        "checkpoint": f"best {config.best_metric} on {selection}" if selection else "final",
+        "test_split": config.eval_split,
+    }
     results["preprocessing"] = preprocessing.to_dict()
     rundir.write_json(workdir / rundir.RESULTS_FILE, results)
     return results
+
+
+def _restore_best(workdir: Path, like: Any, mesh: Any) -> Any:
+    """`checkpoints/best` as a replicated model state of `like`'s structure."""
+    pure = restore_model(
+        workdir / "checkpoints" / "best", "best", jax.device_get(like.to_pure_dict())
+    )
+    restored = jax.tree.map(lambda x: x, like)
+    nnx.replace_by_pure_dict(restored, pure)
+    return sharding.replicate(restored, mesh)
 
 
 def _finite_only(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -291,10 +354,9 @@ def _results(
     total_steps: int,
     steps_per_epoch: int,
 ) -> dict[str, Any]:
-    final = meta["history"][-1] if meta["history"] else None
     return {
-        "final": final,
-        "final_state": meta.get("validation_state"),
+        "final": meta.get("final"),
+        "final_state": meta.get("final_state"),
         "best": meta["best"],
         "best_metric": config.best_metric,
         "history": meta["history"],
