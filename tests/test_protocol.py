@@ -124,3 +124,122 @@ def test_evaluate_refuses_the_selection_split(clean_and_poisoned, tmp_path, caps
     rundir.write_json(run / "results.json", {"eval_split": "eval"})
     with pytest.raises(runner.SelectionSplitError, match="'eval' split"):
         runner.evaluate(run, split="eval")
+
+
+# ------------------------------------------------------------- paper 2's IoU / DSC, AUC
+
+
+def test_per_image_iou_dsc_by_hand():
+    """Three 2x2 images and a padding row: per-image means vs pooled ratios."""
+    from qatacov_jax.metrics import MetricAccumulator, batch_statistics
+
+    pred = np.array(
+        [[[1, 1], [0, 0]], [[0, 0], [0, 0]], [[1, 0], [0, 0]], [[1, 1], [1, 1]]], np.float32
+    )
+    truth = np.array(
+        [[[1, 0], [0, 0]], [[0, 0], [0, 0]], [[0, 1], [1, 0]], [[0, 0], [0, 0]]], np.float32
+    )
+    probs = np.where(pred > 0, 0.9, 0.1)[..., None]
+    valid = np.array([True, True, True, False])
+    acc = MetricAccumulator()
+    acc.update(batch_statistics(probs, truth[..., None], np.array([1, 0, 1, 0]), valid))
+    m = acc.summary()["pixel"]["metrics"]
+    # Image 0: tp 1, fp 1, fn 0 -> IoU 1/2, DSC 2/3; image 1: empty and empty -> 1, 1;
+    # image 2: tp 0, fp 1, fn 2 -> 0, 0. Padding counts nowhere.
+    assert m["iou_per_image"]["value"] == pytest.approx((0.5 + 1 + 0) / 3)
+    assert m["dsc_per_image"]["value"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert m["iou_per_image"]["n"] == 3 and m["iou_per_image"]["empty_images"] == 1
+    mean = (0.5 + 1 + 0) / 3
+    assert m["iou_per_image"]["ci95"] == pytest.approx(1.96 * np.sqrt(mean * (1 - mean) / 3))
+    # Pooled: tp 1, fp 2, fn 2 over all pixels.
+    assert m["iou"]["value"] == pytest.approx(1 / 5) and m["dsc"]["value"] == pytest.approx(2 / 6)
+    # Merging (folds) adds the per-image sums; the state round-trips.
+    both = acc.merge(MetricAccumulator.from_dict(acc.to_dict())).summary()["pixel"]["metrics"]
+    assert both["iou_per_image"]["value"] == pytest.approx(mean)
+    assert both["iou_per_image"]["n"] == 6
+
+
+def test_logit_binned_auc_matches_sklearn_on_skewed_pixels():
+    """Realistic skew: 1% infection pixels, background probabilities mostly 1e-6..1e-2 (the
+    range uniform bins lumped into one bin): the bound holds and is below 0.05 points."""
+    from sklearn.metrics import roc_auc_score
+
+    from qatacov_jax.metrics import MetricAccumulator, batch_statistics
+
+    rng = np.random.default_rng(0)
+    n_img, side = 16, 64
+    truth = np.zeros((n_img, side, side), bool)
+    truth[:, 20:26, 20:27] = True  # 42 of 4096 pixels per image
+    logits = np.where(truth, rng.normal(1.0, 2.5, truth.shape), rng.normal(-9.0, 2.5, truth.shape))
+    probs = (1 / (1 + np.exp(-logits))).astype(np.float32)
+    acc = MetricAccumulator()
+    for i in range(0, n_img, 4):  # streamed in batches
+        sl = slice(i, i + 4)
+        acc.update(
+            batch_statistics(
+                probs[sl, ..., None],
+                truth[sl, ..., None].astype(np.float32),
+                np.ones(4, np.int32),
+                np.ones(4, bool),
+            )
+        )
+    auc = acc.summary()["pixel"]["metrics"]["auc"]
+    exact = roc_auc_score(truth.ravel(), probs.ravel())
+    assert abs(auc["value"] - exact) <= auc["bin_error"] + 1e-12
+    assert auc["bin_error"] <= 0.0005
+    # The curve thresholds are the bin edges and 0.5 is one of them.
+    curves = acc.curves("pixel")
+    assert curves.thresholds[0] == 1.0 and curves.thresholds[-1] == 0.0
+    assert np.any(curves.thresholds == 0.5)
+
+
+# ------------------------------------------------- detection decided on the model grid
+
+
+def test_infer_and_evaluate_decide_detection_on_the_model_grid(tmp_path):
+    """A borderline image: the threshold lies between the maximum of the map resized to the
+    image (what infer.py used to test) and the maximum on the model grid (what evaluate.py
+    tests). Both now call it COVID-19."""
+    from PIL import Image
+    from train_utils import tiny_model
+
+    from qatacov_jax.data.preprocessing import Preprocessing
+    from qatacov_jax.data.resize import resize_image, resize_map
+    from qatacov_jax.inference import files as infer
+    from qatacov_jax.inference.predictor import Predictor, grid_max_key
+    from qatacov_jax.runtime.sharding import make_mesh
+
+    model = tiny_model(3)
+    model.eval()
+    mesh, unit = make_mesh(1), Preprocessing.from_mode("unit")
+    pixels = (np.random.default_rng(1).random((53, 47)) * 255).astype(np.uint8)
+    path = tmp_path / "xray.png"
+    Image.fromarray(pixels).save(path)
+
+    # evaluate.py's path: the image at the model size, its stats step's detection counts.
+    grid = resize_image(pixels.astype(np.float32) / 255.0, 16).astype(np.float32) / 255.0
+    image = unit(grid[None, ..., None])
+    probs = np.asarray(jax.nn.sigmoid(model(image)))[0, ..., 0]
+    grid_max, resized_max = probs.max(), resize_map(probs, pixels.shape).max()
+    assert grid_max - resized_max > 1e-4, "not a borderline image"
+    threshold = float((grid_max + resized_max) / 2)
+    stats = runner.make_stats_fn(model, mesh, threshold=threshold)(
+        {
+            "image": image,
+            "mask": np.zeros((1, 16, 16, 1), np.float32),
+            "label": np.ones(1, np.int32),
+            "valid": np.ones(1, bool),
+        }
+    )
+    assert int(stats["detection_tp"]) == 1  # evaluate: COVID-19
+
+    predictor = Predictor({"infection": model}, {"infection": unit}, {"infection": 16}, mesh)
+    items, _ = infer.collect_inputs([path])
+    pred = predictor.predict_batch([pixels.astype(np.float32) / 255.0])[0]
+    assert float(pred[grid_max_key("infection")]) == pytest.approx(grid_max, abs=1e-6)
+    assert pred["infection"].max() < threshold  # the resized map alone would say control
+    rows = infer.run_inference(
+        items, predictor.predict_batch, tmp_path / "out", batch_size=1, threshold=threshold
+    )
+    assert rows[0]["covid19"] is True
+    assert rows[0]["max_probability"] == pytest.approx(grid_max, abs=1e-6)
