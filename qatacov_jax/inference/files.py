@@ -263,7 +263,7 @@ def _write_outputs(
     except OSError as e:
         log.error("%s: cannot write outputs (%s)", item.path, e)
         return {"file": str(item.path), "status": "error", "error": f"cannot write outputs: {e}"}
-    # Decided on the model grid, as evaluate.py (docs/method.md#detection); the resized map's
+    # Decided on the model grid, as evaluate.py (docs/method.md#detection-rule); the resized map's
     # maximum is the fallback for a predict_batch that does not report it.
     max_p = float(pred.get(grid_max_key("infection"), prob.max()))
     row: dict[str, Any] = {
