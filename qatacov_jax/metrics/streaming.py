@@ -244,7 +244,7 @@ def best_f1_threshold(pos_hist: np.ndarray, neg_hist: np.ndarray) -> tuple[float
     pos = np.asarray(pos_hist, np.int64)
     neg = np.asarray(neg_hist, np.int64)
     p, n = int(pos.sum()), int(neg.sum())
-    tp = np.cumsum(pos[::-1])[::-1]  # tp[k]: positives in bins >= k, i.e. p >= k / num_bins
+    tp = np.cumsum(pos[::-1])[::-1]  # tp[k]: positives in bins >= k, i.e. p >= edges[k]
     fp = np.cumsum(neg[::-1])[::-1]
     f1 = np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + (p - tp), 1), 0.0)
     f1[0] = -1.0  # k = 0 is not a threshold
