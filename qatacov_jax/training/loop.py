@@ -27,7 +27,7 @@ from clu import metric_writers, periodic_actions
 from flax import nnx
 
 from qatacov_jax import data
-from qatacov_jax.data.sources import selection_split
+from qatacov_jax.data.sources import final_split, selection_split
 from qatacov_jax.runtime import sharding
 from qatacov_jax.training import optim, rundir
 from qatacov_jax.training.checkpoint import CheckpointStore, restore_model
@@ -164,11 +164,11 @@ def train_and_evaluate(
     total_steps = int(config.num_epochs) * steps_per_epoch
 
     selection = selection_split(config.data, fold)
-    if selection is not None and selection == config.eval_split and fold is not None:
-        raise ValueError(
-            f"config.eval_split={config.eval_split!r} is also the split that picks "
-            "checkpoints/best; evaluate on the held-out fold ('eval') instead."
-        )
+    # The final evaluation never reports the split that chose the model: with fold=None
+    # the default eval_split ('eval', the validation split) gives way to 'test'.
+    test_split = config.eval_split
+    if test_split == selection:
+        test_split = final_split(config.data, fold)
     # Without a selection split, `best` is ranked by epoch: the newest epoch's model.
     store = CheckpointStore(
         workdir,
@@ -304,14 +304,14 @@ def train_and_evaluate(
     chosen = state["model"]
     if selection is not None and meta["best"] is not None:
         chosen = _restore_best(workdir, state["model"], mesh)
-    final, final_acc = do_eval(config.eval_split, chosen)
+    final, final_acc = do_eval(test_split, chosen)
     writer.write_scalars(total_steps, {f"test/{k}": v for k, v in final.items()})
     writer.flush()
     best = meta["best"] or {}
     meta["final"] = {
         "epoch": best.get("epoch"),
         "step": best.get("step"),
-        "split": config.eval_split,
+        "split": test_split,
         **final,
     }
     meta["final_state"] = final_acc.to_dict()
@@ -320,7 +320,7 @@ def train_and_evaluate(
         "split": selection,
         "metric": config.best_metric if selection else None,
         "checkpoint": f"best {config.best_metric} on {selection}" if selection else "final",
-        "test_split": config.eval_split,
+        "test_split": test_split,
     }
     results["preprocessing"] = preprocessing.to_dict()
     rundir.write_json(workdir / rundir.RESULTS_FILE, results)
@@ -332,6 +332,8 @@ def _restore_best(workdir: Path, like: Any, mesh: Any) -> Any:
     pure = restore_model(
         workdir / "checkpoints" / "best", "best", jax.device_get(like.to_pure_dict())
     )
+    # Host arrays, replicated below exactly as the initial state is (multi-process too).
+    pure = jax.device_get(pure)
     restored = jax.tree.map(lambda x: x, like)
     nnx.replace_by_pure_dict(restored, pure)
     return sharding.replicate(restored, mesh)
