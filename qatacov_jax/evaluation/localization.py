@@ -7,7 +7,7 @@ probabilities) and the classifier's Grad-CAM and Grad-CAM++ maps (`inference.cam
 sufficient statistics come back, so memory stays flat however large the split. Per method:
 
 * pixel F1 / IoU (and the other confusion metrics) at the decision threshold (0.5) and at the
-  best global threshold (the one of the thresholds k / num_bins with the highest F1), read
+  best global threshold (the one of the bin-edge thresholds with the highest F1), read
   off the probability histograms `metrics.batch_statistics` keeps for AUC (exact at the bin
   edges), on all images and on the COVID-19 images alone;
 * pointing game: the share of COVID-19 images whose map peaks inside the infected region;

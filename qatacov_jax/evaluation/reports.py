@@ -29,8 +29,10 @@ _LABELS = {
     "f2": "F2-Score",
     "accuracy": "Accuracy",
     "auc": "AUC",
-    "iou": "IoU",
-    "dsc": "DSC",
+    "iou": "IoU (pooled)",
+    "dsc": "DSC (pooled)",
+    "iou_per_image": "IoU (per image)",
+    "dsc_per_image": "DSC (per image)",
 }
 
 
@@ -57,8 +59,10 @@ def markdown_tables(
     ]
     lines += [
         f"Threshold {summary['threshold']}; AUC from {summary['num_bins']} probability bins "
-        f"(width {summary['auc_bin_width']:g}). 95% CI r = 1.96 sqrt(m(1-m)/N), N = positives "
-        "(sensitivity), negatives (specificity), all samples (others).",
+        f"({summary.get('auc_bins', 'uniform')}). 95% CI r = 1.96 sqrt(m(1-m)/N), N = "
+        "positives (sensitivity), negatives (specificity), all samples (others). Pooled "
+        "IoU/DSC: one ratio of the pixel counts summed over all images (paper 1); per-image "
+        "IoU/DSC: the mean of each image's (paper 2), CI with N = images.",
         "",
         "## Table 1: test samples",
         "",
@@ -92,6 +96,24 @@ def markdown_tables(
         lines += [
             "",
             f"Pixel AUC bin error: at most {100 * auc['bin_error']:.4f} percentage points.",
+        ]
+    if "iou_per_image" in pix["metrics"]:
+        iou, dsc = pix["metrics"]["iou_per_image"], pix["metrics"]["dsc_per_image"]
+        ci = lambda m: "" if not math.isfinite(m["ci95"]) else f" ± {m['ci95']:.4f}"  # noqa: E731
+        lines += [
+            "",
+            "## Paper-2 style: infection segmentation, per-image IoU and DSC (%, ± 95% CI)",
+            "",
+            f"N = {iou['n']:,} images ({iou['empty_images']:,} with neither ground-truth nor "
+            "predicted pixels, which count 100%).",
+            "",
+            "| Model | Encoder | Frozen | IoU (per image) | DSC (per image) |",
+            "|---|---|---|---|---|",
+            "| "
+            + " | ".join(
+                _model_cells(info) + [_pct(iou["value"]) + ci(iou), _pct(dsc["value"]) + ci(dsc)]
+            )
+            + " |",
         ]
 
     det_names = ["sensitivity", "specificity", "precision", "f1", "f2", "accuracy"]

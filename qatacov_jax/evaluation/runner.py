@@ -25,6 +25,7 @@ over all test samples as its Table 3) and the mean/std over folds.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -38,6 +39,7 @@ from jax.sharding import Mesh
 
 from qatacov_jax import data
 from qatacov_jax.data.preprocessing import Preprocessing
+from qatacov_jax.data.sources import selection_split
 from qatacov_jax.evaluation.examples import example_maps
 from qatacov_jax.evaluation.reports import check_outputs_free, write_outputs
 from qatacov_jax.metrics import (
@@ -168,6 +170,46 @@ def fold_dirs(path: Path) -> list[Path]:
     )
 
 
+class SelectionSplitError(ValueError):
+    """The asked split chose the checkpoint: its metrics would be optimistic."""
+
+
+def run_selection_split(run_dir: Path, config: Any) -> str | None:
+    """The split that picked the run's `checkpoints/best` (None: nothing picked it).
+
+    results.json records it (`selection.split`); a run still training has no results.json
+    and its config decides (`data.sources.selection_split`); results.json written before
+    that record existed selected on its `eval_split` every epoch.
+    """
+    results = Path(run_dir) / "results.json"
+    if results.exists():
+        recorded = json.loads(results.read_text())
+        if "selection" in recorded:
+            return recorded["selection"]["split"]
+        return recorded.get("eval_split", "eval")
+    fold = None if config.get("fold") is None else int(config.fold)
+    return selection_split(config.data, fold)
+
+
+def default_split(run_dir: Path, config: Any) -> str:
+    """The run's `eval_split`, or its test split where `eval_split` picked the model."""
+    split = config.get("eval_split", "eval")
+    return "test" if split == run_selection_split(run_dir, config) else split
+
+
+def check_not_selection(run_dir: Path, config: Any, split: str, which: str) -> str | None:
+    """Raises `SelectionSplitError` when `checkpoints/best` was chosen on `split`."""
+    selection = run_selection_split(run_dir, config)
+    if which == "best" and split == selection:
+        raise SelectionSplitError(
+            f"{run_dir}: checkpoints/best was chosen by {config.get('best_metric')} on the "
+            f"'{split}' split, so its metrics there are optimistic and not reported. "
+            "Evaluate the test split (--split test, or 'eval' = the held-out fold of a CV "
+            "run), or pass --which latest for the final model (docs/method.md#model-selection)."
+        )
+    return selection
+
+
 def evaluate_run(
     run_dir: Path,
     *,
@@ -184,8 +226,9 @@ def evaluate_run(
     """Evaluates one run directory on its held-out split.
 
     Args:
-      split: 'eval' (the held-out fold / validation split) or 'test'; default the run's
-        `config.eval_split`.
+      split: 'eval' (the held-out fold / validation split), 'validation' or 'test'; default
+        the run's `config.eval_split` unless that split chose the checkpoint (then 'test').
+        The split that chose `checkpoints/best` is refused (`SelectionSplitError`).
       data_dir: override of `config.data.data_dir` (the data moved since training).
       num_maps: also write infection maps of the first `num_maps` examples to `maps_dir`.
 
@@ -201,7 +244,8 @@ def evaluate_run(
         )
     if data_dir is not None:
         config.data.data_dir = data_dir
-    split = split or config.get("eval_split", "eval")
+    split = split or default_split(run_dir, config)
+    selection = check_not_selection(run_dir, config, split, which)
     fold = None if config.get("fold") is None else int(config.fold)
     mesh = mesh or make_mesh()
     batches, total, bs = split_batches(config, split, batch_size, prep, mesh)
@@ -229,6 +273,7 @@ def evaluate_run(
         "dataset": config.data.get("dataset"),
         "target": config.data.get("target", "infection"),
         "checkpoint": which,
+        "selection_split": selection,
     }
     return acc, info
 
@@ -262,9 +307,13 @@ def evaluate(
             f"{path} holds neither config.json nor fold_k/ run directories; pass the --workdir "
             "of scripts/train.py."
         )
+    first = folds[0] if cv else path
+    split = kwargs.get("split") or default_split(first, read_config(first))
+    kwargs["split"] = split
+    for run in folds or [path]:  # refuse before anything is computed or written
+        check_not_selection(run, read_config(run), split, kwargs.get("which", "best"))
     if out_dir is None:
-        split = kwargs.get("split") or read_config(folds[0] if cv else path).get("eval_split")
-        out_dir = path / "evaluation" / str(split or "eval")
+        out_dir = path / "evaluation" / str(split)
     out = Path(out_dir)
     check_outputs_free(out, overwrite, cv_folds=[f.name for f in folds])
     # One writer per output folder (runtime/locking.py); the run itself is only read, so

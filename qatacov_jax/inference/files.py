@@ -39,7 +39,7 @@ from qatacov_jax.inference.infection_map import (
     binary_mask_image,
     infection_map,
 )
-from qatacov_jax.inference.predictor import Predictor
+from qatacov_jax.inference.predictor import Predictor, grid_max_key
 from qatacov_jax.inference.severity import DEFAULT_SCALE, SeverityScale, quantify
 from qatacov_jax.runtime.files import save_png, write_json, write_text
 from qatacov_jax.runtime.sharding import make_mesh
@@ -294,7 +294,9 @@ def _write_outputs(
     except OSError as e:
         log.error("%s: cannot write outputs (%s)", item.path, e)
         return {"file": str(item.path), "status": "error", "error": f"cannot write outputs: {e}"}
-    max_p = float(prob.max())
+    # Decided on the model grid, as evaluate.py (docs/method.md#detection-rule); the resized map's
+    # maximum is the fallback for a predict_batch that does not report it.
+    max_p = float(pred.get(grid_max_key("infection"), prob.max()))
     row: dict[str, Any] = {
         "intensity": _INTENSITY_NOTES.pop(item.path, ""),
         "file": str(item.path),

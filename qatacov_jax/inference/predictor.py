@@ -30,6 +30,11 @@ from qatacov_jax.runtime.sharding import data_sharding, replicate
 Models = nnx.Module | Mapping[str, nnx.Module]
 
 
+def grid_max_key(name: str) -> str:
+    """Key of a model's model-grid maximum probability in `Predictor.predict_batch` outputs."""
+    return f"{name}_grid_max"
+
+
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
     if x.shape[0] == rows:
         return x
@@ -186,7 +191,13 @@ class Predictor:
         )
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """(H_i, W_i) float [0, 1] images -> per image, name -> (H_i, W_i) probabilities."""
+        """(H_i, W_i) float [0, 1] images -> per image, name -> (H_i, W_i) probabilities,
+        plus `grid_max_key(name)` -> () float32, the map's maximum on the model's own grid.
+
+        The detection decision ("COVID-19 if any pixel >= threshold") is taken on that
+        maximum, as `scripts/evaluate.py` and paper 1 take it: the maximum of the map resized
+        to the image can differ (interpolation), flipping a borderline case.
+        """
         if not images:
             return []
         # Quantised to 8 bits and resized exactly as the training data were (the TFDS
@@ -198,12 +209,11 @@ class Predictor:
         probs = jax.device_get(self._predict(batch))
         out = []
         for i, img in enumerate(images):
-            out.append(
-                {
-                    k: np.clip(resize_map(probs[k][i, ..., 0], img.shape), 0.0, 1.0)
-                    for k in self.names
-                }
-            )
+            maps = {
+                k: np.clip(resize_map(probs[k][i, ..., 0], img.shape), 0.0, 1.0) for k in self.names
+            }
+            maps.update({grid_max_key(k): np.float32(probs[k][i].max()) for k in self.names})
+            out.append(maps)
         return out
 
     def predict_all(self, images: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:

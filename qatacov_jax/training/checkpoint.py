@@ -192,7 +192,8 @@ def restore_model(ckpt_dir: Path, which: str, model_target: Any) -> Any:
     Returns:
       The restored pure dict, on the default device.
     """
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    # A local device: in a multi-process run the first global device may be another host's.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = _abstract(model_target, device)
     with ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True)) as m:
         step = m.latest_step() if which == "latest" else (m.best_step() or m.latest_step())

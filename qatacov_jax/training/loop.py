@@ -1,7 +1,11 @@
 """`train_and_evaluate`: the training loop of one run directory.
 
-Every epoch ends with a validation pass (`training.steps.validate`), a best-on-
-`config.best_metric` checkpoint and a periodic checkpoint; re-running resumes exactly.
+Every epoch ends with a pass over the *selection split* (`data.sources.selection_split`:
+a validation split, never the test data), a best-on-`config.best_metric` checkpoint and a
+periodic checkpoint; re-running resumes exactly. Without a selection split (paper 1's CV:
+no validation set) nothing is evaluated during training and `checkpoints/best` is the
+newest epoch's model. The test split (`config.eval_split`, the held-out fold in CV) is read
+once, by the final evaluation after training (docs/method.md#model-selection).
 The steps themselves are in `training.steps`, the run directory in `training.rundir` and
 `training.checkpoint`.
 """
@@ -26,9 +30,10 @@ from clu import metric_writers, periodic_actions
 from flax import nnx
 
 from qatacov_jax import data
+from qatacov_jax.data.sources import final_split, selection_split
 from qatacov_jax.runtime import locking, sharding, storage
 from qatacov_jax.training import checkpoint, optim, rundir
-from qatacov_jax.training.checkpoint import CheckpointStore
+from qatacov_jax.training.checkpoint import CheckpointStore, restore_model
 from qatacov_jax.training.factory import build_model, count_trainable
 from qatacov_jax.training.steps import (
     make_batch_stats_step,
@@ -159,8 +164,10 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Trains `config` in `workdir` (resuming if it holds a checkpoint) and evaluates it.
 
-    Every epoch ends with an evaluation on the held-out split (`config.eval_split`) of fold
-    `config.fold`, a best-on-`config.best_metric` checkpoint and a periodic checkpoint.
+    Every epoch ends with an evaluation on the selection split (if the run has one), a
+    best-on-`config.best_metric` checkpoint and a periodic checkpoint. After the last step
+    the chosen model (`checkpoints/best`) is evaluated once on `config.eval_split` of fold
+    `config.fold` (the held-out fold in CV): results.json `final` / `final_state`.
 
     Nothing is written before the configuration, the devices, the data and the model are
     known to be usable; the run directory is locked against a second writer
@@ -217,8 +224,11 @@ def _train_locked(
     total_steps = int(config.num_epochs) * steps_per_epoch
     model, preprocessing = build_model(config, seed=int(config.seed))
     rundir.check_or_write_config(workdir, config)
+    # Without a selection split, `best` is ranked by epoch: the newest epoch's model.
     store = CheckpointStore(
-        workdir, keep=int(config.get("keep_checkpoints", 2)), best_metric=config.best_metric
+        workdir,
+        keep=int(config.get("keep_checkpoints", 2)),
+        best_metric=config.best_metric if selection_split(config.data, fold) else "epoch",
     )
     done_steps = store.latest_step()
     if done_steps is not None and done_steps > total_steps:
@@ -312,6 +322,12 @@ def _train(
     state = sharding.replicate({"model": model_state, "opt": opt_state}, mesh)
     del model, opt, model_state, opt_state
 
+    selection = selection_split(config.data, fold)
+    # The final evaluation never reports the split that chose the model: with fold=None
+    # the default eval_split ('eval', the validation split) gives way to 'test'.
+    test_split = config.eval_split
+    if test_split == selection:
+        test_split = final_split(config.data, fold)
     train_iter = data.train_iterator(
         config.data,
         fold=fold,
@@ -359,16 +375,19 @@ def _train(
         state["model"] = recalibrate_batch_norm(stats_step, state["model"], batches, recal_batches)
         batches.close()
 
-    def do_eval() -> tuple[dict[str, float], Any]:
+    def do_eval(split: str, model_state: Any) -> tuple[dict[str, float], Any]:
         batches = data.eval_iterator(
             config.data,
             fold=fold,
-            split=config.eval_split,
+            split=split,
             global_batch_size=global_batch,
             preprocessing=preprocessing,
             mesh=mesh,
         )
-        return validate(eval_step, state["model"], batches)
+        try:
+            return validate(eval_step, model_state, batches)
+        finally:
+            batches.close()
 
     writer_process = jax.process_index() == 0  # the one that wrote config.json
     window: list[dict[str, jax.Array]] = []  # step metrics since the last flush (on device)
@@ -432,25 +451,29 @@ def _train(
                     meta["epoch_train"] = _empty_epoch_train()
                     if recal_batches:
                         recalibrate()
-                    val, val_acc = do_eval()
-                    writer.write_scalars(step, {f"val/{k}": v for k, v in val.items()})
                     meta["epoch"] = epoch
-                    # Counts and histograms of the latest validation, so that cross-validation
-                    # pools folds with the same accumulator as scripts/evaluate.py.
-                    meta["validation_state"] = val_acc.to_dict()
-                    meta["history"].append(
-                        {"epoch": epoch, "step": step, "train": train_epoch, **val}
-                    )
-                    score = val[config.best_metric]
-                    best = meta["best"]
-                    if math.isfinite(score) and (best is None or score > best["score"]):
-                        meta["best"] = {
-                            "epoch": epoch,
-                            "step": step,
-                            "score": score,
-                            "metrics": val,
-                        }
-                        store.save_best(step, state["model"], _finite_only(val))
+                    entry: dict[str, Any] = {"epoch": epoch, "step": step, "train": train_epoch}
+                    if selection is None:
+                        # Nothing may choose the model: `best` is simply the newest epoch's.
+                        meta["best"] = {"epoch": epoch, "step": step, "split": None}
+                        store.save_best(step, state["model"], {"epoch": float(epoch)})
+                    else:
+                        val, val_acc = do_eval(selection, state["model"])
+                        writer.write_scalars(step, {f"val/{k}": v for k, v in val.items()})
+                        meta["validation_state"] = val_acc.to_dict()
+                        entry.update({"split": selection, **val})
+                        score = val[config.best_metric]
+                        best = meta["best"]
+                        if math.isfinite(score) and (best is None or score > best["score"]):
+                            meta["best"] = {
+                                "epoch": epoch,
+                                "step": step,
+                                "split": selection,
+                                "score": score,
+                                "metrics": val,
+                            }
+                            store.save_best(step, state["model"], _finite_only(val))
+                    meta["history"].append(entry)
                 if step_callback is not None:
                     step_callback(step)  # before the stop check: tests send signals here
                 stopping = step < total_steps and stop.requested()
@@ -469,7 +492,29 @@ def _train(
                         "Rerun the same command to resume."
                     )
             store.wait()
+
+        # The one read of the test split: the chosen model (the final one without a
+        # selection split), whose counts and histograms cross-validation pools over folds.
+        chosen = state["model"]
+        if selection is not None and meta["best"] is not None:
+            chosen = _restore_best(workdir, state["model"], mesh)
+        final, final_acc = do_eval(test_split, chosen)
+        writer.write_scalars(total_steps, {f"test/{k}": v for k, v in final.items()})
+        best = meta["best"] or {}
+        meta["final"] = {
+            "epoch": best.get("epoch"),
+            "step": best.get("step"),
+            "split": test_split,
+            **final,
+        }
+        meta["final_state"] = final_acc.to_dict()
         results = _results(config, meta, trainable, non_trainable, total_steps, steps_per_epoch)
+        results["selection"] = {
+            "split": selection,
+            "metric": config.best_metric if selection else None,
+            "checkpoint": f"best {config.best_metric} on {selection}" if selection else "final",
+            "test_split": test_split,
+        }
         results["preprocessing"] = preprocessing.to_dict()
         rundir.write_json(workdir / rundir.RESULTS_FILE, results)
     except BaseException:
@@ -490,6 +535,18 @@ def _empty_epoch_train() -> dict[str, Any]:
     return {"sums": {}, "count": 0}
 
 
+def _restore_best(workdir: Path, like: Any, mesh: Any) -> Any:
+    """`checkpoints/best` as a replicated model state of `like`'s structure."""
+    pure = restore_model(
+        workdir / "checkpoints" / "best", "best", jax.device_get(like.to_pure_dict())
+    )
+    # Host arrays, replicated below exactly as the initial state is (multi-process too).
+    pure = jax.device_get(pure)
+    restored = jax.tree.map(lambda x: x, like)
+    nnx.replace_by_pure_dict(restored, pure)
+    return sharding.replicate(restored, mesh)
+
+
 def _finite_only(metrics: Mapping[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
 
@@ -507,10 +564,9 @@ def _results(
     total_steps: int,
     steps_per_epoch: int,
 ) -> dict[str, Any]:
-    final = meta["history"][-1] if meta["history"] else None
     return {
-        "final": final,
-        "final_state": meta.get("validation_state"),
+        "final": meta.get("final"),
+        "final_state": meta.get("final_state"),
         "best": meta["best"],
         "best_metric": config.best_metric,
         "history": meta["history"],
