@@ -25,6 +25,7 @@ def _config(data_dir: str):
     config.data.validation_fraction = 0.25
     config.steps_per_epoch = 2
     config.checkpoint_every_steps = 0
+    config.bn_recalibration_batches = 0  # the loop test covers it; time goes elsewhere
     return config
 
 
@@ -103,7 +104,9 @@ def test_poisoned_test_fold_does_not_change_the_chosen_checkpoint(clean_and_pois
     assert len(loaded) == batches * config.batch_size
     # ... which the poison did change.
     assert clean["final"]["split"] == "eval"
-    assert clean["final"]["pixel_f1"] != poisoned["final"]["pixel_f1"]
+    positives = lambda r: r["final"]["pixel_tp"] + r["final"]["pixel_fn"]  # noqa: E731
+    assert positives(clean) < positives(poisoned)  # inverted masks: mostly infection
+    assert clean["final"]["loss"] != poisoned["final"]["loss"]
     assert clean["final"]["num_examples"] == len(test_fold)
 
 
@@ -142,7 +145,7 @@ def test_per_image_iou_dsc_by_hand():
     probs = np.where(pred > 0, 0.9, 0.1)[..., None]
     valid = np.array([True, True, True, False])
     acc = MetricAccumulator()
-    acc.update(batch_statistics(probs, truth[..., None], np.array([1, 0, 1, 0]), valid))
+    acc.update(jax.jit(batch_statistics)(probs, truth[..., None], np.array([1, 0, 1, 0]), valid))
     m = acc.summary()["pixel"]["metrics"]
     # Image 0: tp 1, fp 1, fn 0 -> IoU 1/2, DSC 2/3; image 1: empty and empty -> 1, 1;
     # image 2: tp 0, fp 1, fn 2 -> 0, 0. Padding counts nowhere.
@@ -172,11 +175,11 @@ def test_logit_binned_auc_matches_sklearn_on_skewed_pixels():
     truth[:, 20:26, 20:27] = True  # 42 of 4096 pixels per image
     logits = np.where(truth, rng.normal(1.0, 2.5, truth.shape), rng.normal(-9.0, 2.5, truth.shape))
     probs = (1 / (1 + np.exp(-logits))).astype(np.float32)
-    acc = MetricAccumulator()
+    acc, stats_fn = MetricAccumulator(), jax.jit(batch_statistics)  # one compile, 4 batches
     for i in range(0, n_img, 4):  # streamed in batches
         sl = slice(i, i + 4)
         acc.update(
-            batch_statistics(
+            stats_fn(
                 probs[sl, ..., None],
                 truth[sl, ..., None].astype(np.float32),
                 np.ones(4, np.int32),
