@@ -23,8 +23,8 @@ from PIL import Image
 from train_utils import use_tiny_model
 from webapp_fixtures import write_tiny_run, write_xray
 
+from qatacov_jax import data
 from qatacov_jax.cli import serve as serve_cli
-from qatacov_jax.data import qatacov19
 from qatacov_jax.inference.files import infer_files
 from qatacov_jax.webapp import images
 from qatacov_jax.webapp.annotation import DATASET_DIR, PROVENANCE, AnnotationStore, dice
@@ -243,8 +243,8 @@ def test_annotation_save_layout_provenance_and_restart(engine, annotation_dirs):
     imgs, out = annotation_dirs
     c = _annotate_client(engine, imgs, out)
     p = c.get("/api/annotate").json()
-    assert p == {"total": 3, "done": 0, "pending": 3, "next": "a"}
-    item = c.get("/api/annotate/a").json()
+    assert p == {"total": 3, "done": 0, "pending": 3, "next": "xrays__a"}
+    item = c.get("/api/annotate/xrays__a").json()
     names = [x["name"] for x in item["candidates"]]
     assert names == ["infection", "cand_b", "consensus"]
     masks = {x["name"]: _decode(x["mask"]) > 0 for x in item["candidates"]}
@@ -263,16 +263,16 @@ def test_annotation_save_layout_provenance_and_restart(engine, annotation_dirs):
         "seconds": 12.5,
         "annotator": "Dr. A",
     }
-    r = c.post("/api/annotate/a", json=body)
+    r = c.post("/api/annotate/xrays__a", json=body)
     assert r.status_code == 200, r.text
     root = out / DATASET_DIR
-    saved = np.asarray(Image.open(root / "Ground-truths" / "mask_a.png")) > 0
+    saved = np.asarray(Image.open(root / "Ground-truths" / "mask_xrays__a.png")) > 0
     np.testing.assert_array_equal(saved, final)
-    assert np.asarray(Image.open(root / "Images" / "a.png")).shape == (48, 40)
+    assert np.asarray(Image.open(root / "Images" / "xrays__a.png")).shape == (48, 40)
     # "No infection" files the X-ray as a control; "sub dir/b.png" gets a safe key.
-    r = c.post("/api/annotate/sub_dir__b", json={"revision": 0, "no_infection": True})
+    r = c.post("/api/annotate/xrays__sub_dir__b", json={"revision": 0, "no_infection": True})
     assert r.status_code == 200, r.text
-    assert (out / "controls" / "sub_dir__b.png").is_file()
+    assert (out / "controls" / "xrays__sub_dir__b.png").is_file()
 
     recs = [json.loads(x) for x in (out / PROVENANCE).read_text().splitlines()]
     assert recs[0]["image"] == "a.png" and recs[0]["chosen"] == "cand_b"
@@ -281,27 +281,41 @@ def test_annotation_save_layout_provenance_and_restart(engine, annotation_dirs):
     assert recs[1]["decision"] == "no_infection" and recs[1]["chosen"] == "manual"
     assert recs[1]["dice_chosen_vs_final"] is None
 
-    # The TFDS builder pairs the accepted image with its mask.
-    pairs = qatacov19._pairs(root, "v1")
-    assert [(i.name, m.name) for i, m in pairs] == [("a.png", "mask_a.png")]
+    # The folder is a QaTa-COV19 dataset: the TFDS builder reads the accepted mask as a
+    # COVID-19 example and the "no infection" X-ray as a control (`manual_dir` = OUT).
+    cfg = data.default_config()
+    cfg.dataset, cfg.data_dir, cfg.manual_dir = "qatacov19/v1", str(out.parent / "tfds"), str(out)
+    cfg.stored_size = 32
+    source = data.prepare(cfg).as_data_source("train")
+    exs = {source[i]["filename"].decode(): source[i] for i in range(len(source))}
+    assert set(exs) == {"xrays__a.png", str(out / "controls" / "xrays__sub_dir__b.png")}
+    assert (
+        exs["xrays__a.png"]["mask"].any()
+        and not exs[str(out / "controls" / "xrays__sub_dir__b.png")]["mask"].any()
+    )
 
     # Restart: a new server over the same folders resumes where the first stopped.
     c2 = _annotate_client(engine, imgs, out)
-    assert c2.get("/api/annotate").json() == {"total": 3, "done": 2, "pending": 1, "next": "c"}
-    assert c2.get("/api/annotate/a").json()["revision"] == 1
+    assert c2.get("/api/annotate").json() == {
+        "total": 3,
+        "done": 2,
+        "pending": 1,
+        "next": "xrays__c",
+    }
+    assert c2.get("/api/annotate/xrays__a").json()["revision"] == 1
 
 
 def test_concurrent_saves_conflict_instead_of_losing_a_mask(engine, annotation_dirs):
     imgs, out = annotation_dirs
     c = _annotate_client(engine, imgs, out)
-    rev = c.get("/api/annotate/c").json()["revision"]
+    rev = c.get("/api/annotate/xrays__c").json()["revision"]
     a, b = np.zeros((32, 32), bool), np.zeros((32, 32), bool)
     a[5:15, 5:15], b[20:30, 20:30] = True, True
     results = {}
 
     def save(who, mask):
         body = {"revision": rev, "mask": _mask_url(mask), "annotator": who}
-        results[who] = c.post("/api/annotate/c", json=body)
+        results[who] = c.post("/api/annotate/xrays__c", json=body)
 
     threads = [threading.Thread(target=save, args=w) for w in (("A", a), ("B", b))]
     for t in threads:
@@ -313,12 +327,12 @@ def test_concurrent_saves_conflict_instead_of_losing_a_mask(engine, annotation_d
     winner = next(k for k, r in results.items() if r.status_code == 200)
     loser = "B" if winner == "A" else "A"
     assert "reload" in results[loser].json()["error"]
-    on_disk = np.asarray(Image.open(out / DATASET_DIR / "Ground-truths" / "mask_c.png")) > 0
+    on_disk = np.asarray(Image.open(out / DATASET_DIR / "Ground-truths" / "mask_xrays__c.png")) > 0
     np.testing.assert_array_equal(on_disk, a if winner == "A" else b)
     # The loser reloads (revision 1) and saves: the winner's mask moves to history/.
     body = {"revision": 1, "mask": _mask_url(b if winner == "A" else a), "annotator": loser}
-    assert c.post("/api/annotate/c", json=body).status_code == 200
-    old = np.asarray(Image.open(out / "history" / "c.r1.mask.png")) > 0
+    assert c.post("/api/annotate/xrays__c", json=body).status_code == 200
+    old = np.asarray(Image.open(out / "history" / "xrays__c.r1.mask.png")) > 0
     np.testing.assert_array_equal(old, a if winner == "A" else b)
 
 
@@ -327,13 +341,24 @@ def test_annotation_errors(engine, annotation_dirs, client):
     c = _annotate_client(engine, imgs, out)
     assert c.get("/api/annotate/nope").status_code == 404
     assert c.get("/api/annotate/..%2F..%2Fetc").status_code == 404
-    r = c.post("/api/annotate/a", json={"revision": 0, "mask": _mask_url(np.ones((8, 8), bool))})
+    r = c.post(
+        "/api/annotate/xrays__a", json={"revision": 0, "mask": _mask_url(np.ones((8, 8), bool))}
+    )
     assert r.status_code == 422 and "reload" in r.json()["error"]
-    r = c.post("/api/annotate/a", json={"revision": 0, "source": "x", "mask": "y"})
+    r = c.post("/api/annotate/xrays__a", json={"revision": 0, "source": "x", "mask": "y"})
     assert r.status_code == 422 and "candidates" in r.json()["error"]
-    r = c.post("/api/annotate/a", json={"revision": "0"})
+    r = c.post("/api/annotate/xrays__a", json={"revision": "0"})
     assert r.status_code == 422
-    assert not (out / PROVENANCE).exists()
+    assert not (out / PROVENANCE).exists()  # nothing was saved by the refused requests
     assert client.get("/api/annotate").status_code == 404  # demo-only server
     with pytest.raises(ValueError, match="outside"):
         AnnotationStore(imgs, imgs / "out")
+    # A later batch in a folder of another name adds to the dataset; the same folder name
+    # somewhere else would replace accepted masks, and is refused.
+    body = {"revision": 0, "no_infection": True}
+    assert c.post("/api/annotate/xrays__c", json=body).status_code == 200
+    write_xray(out.parent / "batch2" / "c.png")
+    assert AnnotationStore(out.parent / "batch2", out).pending() == ["batch2__c"]
+    write_xray(out.parent / "elsewhere" / "xrays" / "c.png")
+    with pytest.raises(ValueError, match="another name"):
+        AnnotationStore(out.parent / "elsewhere" / "xrays", out)

@@ -118,11 +118,12 @@ def overlay(xray8: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = 
 
 
 def disagreement_image(xray8: np.ndarray, votes: np.ndarray) -> np.ndarray:
-    """Where the models disagree, orange (weak minority) to magenta (near majority)."""
+    """Where the models disagree, yellow (few vote "infected") to orange (most do); the
+    rest of the X-ray dimmed."""
     rgb = np.repeat(xray8[..., None], 3, axis=-1).astype(np.float32) * 0.6
     split = (votes > 0) & (votes < 1)
     v = votes[split][:, None]
-    colour = (1 - v) * np.asarray([255, 165, 0], np.float32) + v * np.asarray([255, 0, 200])
+    colour = (1 - v) * np.asarray([255, 230, 0], np.float32) + v * np.asarray([255, 110, 0])
     rgb[split] = 0.3 * rgb[split] + 0.7 * colour
     return np.round(rgb).astype(np.uint8)
 
@@ -134,7 +135,9 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def image_key(rel: Path) -> str:
-    """Relative source path -> output stem: folders joined by '__', odd characters '_'."""
+    """Source path relative to the annotated folder's parent -> output stem: folders joined
+    by '__', odd characters '_' (`batch1/sub/x.png` -> `batch1__sub__x`). The folder's own
+    name is kept so that later batches (`batch2/x.png`) add to the dataset, not replace."""
     parts = [_SAFE.sub("_", p) for p in rel.with_suffix("").parts]
     return "__".join(p.strip("._") or "_" for p in parts)
 
@@ -150,7 +153,7 @@ class AnnotationStore:
     """The X-rays to annotate (`images_dir`) and the accepted masks (`out_dir`)."""
 
     def __init__(self, images_dir: str | Path, out_dir: str | Path) -> None:
-        self.images_dir = Path(images_dir)
+        self.images_dir = Path(images_dir).absolute()
         self.out_dir = Path(out_dir)
         if not self.images_dir.is_dir():
             raise FileNotFoundError(f"--annotate folder {self.images_dir} does not exist.")
@@ -165,7 +168,7 @@ class AnnotationStore:
         self.sources: dict[str, Path] = {}
         for p in sorted(self.images_dir.rglob("*")):
             if p.is_file() and not p.name.startswith(".") and _is_image(p):
-                key, n = image_key(p.relative_to(self.images_dir)), 2
+                key, n = image_key(p.relative_to(self.images_dir.parent)), 2
                 base = key
                 while key in self.sources:
                     key, n = f"{base}_{n}", n + 1
@@ -178,6 +181,21 @@ class AnnotationStore:
         self._lock = threading.Lock()
         self._records: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
         self._load()
+        for key, src in self.sources.items():
+            other = next(
+                (
+                    r["source"]
+                    for r in self._records.get(key, [])
+                    if r.get("source") not in (None, str(src))
+                ),
+                None,
+            )
+            if other is not None:
+                raise ValueError(
+                    f"{self.out_dir / PROVENANCE} already holds {key} from {other}, not "
+                    f"{src}; give the new X-rays a folder of another name or use another "
+                    "--annotations folder."
+                )
 
     # -- reading
     def paths(self, key: str) -> Paths:
@@ -285,6 +303,7 @@ class AnnotationStore:
             rec = {
                 "key": key,
                 "image": src.relative_to(self.images_dir).as_posix(),
+                "source": str(src),
                 "revision": rev,
                 "decision": "no_infection" if mask is None else "mask",
                 "chosen": source,

@@ -117,14 +117,36 @@ class Engine:
             self.candidates.close()
 
 
+def bucket_sizes(max_rows: int, n_dev: int) -> list[int]:
+    """Batch sizes a group is padded to: n_dev, 2 n_dev, 4 n_dev, ... and `max_rows`.
+
+    One compilation each (at start-up); a group of 3 runs as 4 rows, not `max_rows`.
+    """
+    sizes, s = [], n_dev
+    while s < max_rows:
+        sizes.append(s)
+        s *= 2
+    return [*sizes, max_rows]
+
+
 def _queue(loaded: LoadedModels, batch_size: int, wait_ms: float) -> BatchQueue:
     mesh = make_mesh()
     n_dev = mesh.devices.size
     rows = -(-batch_size // n_dev) * n_dev  # a multiple of the device count
-    predictor = Predictor(loaded.models, loaded.preprocessing, loaded.sizes, mesh, batch_size=rows)
-    # Compile now (one dummy image), not on the first user's request.
-    predictor.predict_batch([np.zeros((8, 8), np.float32)])
-    return BatchQueue(predictor.predict_batch, rows, wait_ms)
+    # `Predictor` pads a call to its batch size (n_dev here), or else to a multiple of the
+    # device count; padding groups to bucket sizes keeps the compiled shapes to a few.
+    predictor = Predictor(loaded.models, loaded.preprocessing, loaded.sizes, mesh, batch_size=n_dev)
+    buckets = bucket_sizes(rows, n_dev)
+
+    def predict_batch(imgs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        size = next(b for b in buckets if b >= len(imgs))
+        # Padding rows repeat the first image (a plausible input); their outputs are dropped.
+        return predictor.predict_batch(imgs + [imgs[0]] * (size - len(imgs)))[: len(imgs)]
+
+    # Compile every bucket now (tiny dummy images), not on users' requests.
+    for b in buckets:
+        predict_batch([np.zeros((8, 8), np.float32)] * b)
+    return BatchQueue(predict_batch, rows, wait_ms)
 
 
 def candidate_names(runs: Sequence[str | Path]) -> tuple[str, ...]:

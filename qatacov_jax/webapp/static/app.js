@@ -356,7 +356,9 @@ async function start() {
     showError(e.message);
     return;
   }
-  $("model").textContent = "model: " + config.checkpoint + (config.lung ? " + lung model" : "");
+  const run = config.checkpoint.split(/[\\/]/).filter(Boolean).slice(-2).join("/");
+  $("model").textContent = "model: " + run + (config.lung ? " + lung model" : "");
+  $("model").title = config.checkpoint;
   $("threshold").value = config.threshold;
   $("tab-annotate").hidden = !config.annotate;
   document.body.dataset.config = "ready";
