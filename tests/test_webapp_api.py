@@ -27,7 +27,13 @@ from qatacov_jax import data
 from qatacov_jax.cli import serve as serve_cli
 from qatacov_jax.inference.files import infer_files
 from qatacov_jax.webapp import images
-from qatacov_jax.webapp.annotation import DATASET_DIR, PROVENANCE, AnnotationStore, dice
+from qatacov_jax.webapp.annotation import (
+    DATASET_DIR,
+    PROVENANCE,
+    AnnotationStore,
+    blind_labels,
+    dice,
+)
 from qatacov_jax.webapp.app import Settings, create_app, static_files
 from qatacov_jax.webapp.engine import BatchQueue, load_engine
 
@@ -362,3 +368,18 @@ def test_annotation_errors(engine, annotation_dirs, client):
     write_xray(out.parent / "elsewhere" / "xrays" / "c.png")
     with pytest.raises(ValueError, match="another name"):
         AnnotationStore(out.parent / "elsewhere" / "xrays", out)
+
+
+def test_blind_mode_hides_model_names_but_records_them(engine, annotation_dirs):
+    imgs, out = annotation_dirs
+    c = TestClient(create_app(engine, Settings(blind=True), AnnotationStore(imgs, out)))
+    assert c.get("/api/config").json()["candidates"] == []
+    item = c.get("/api/annotate/xrays__a").json()
+    shown = [x["name"] for x in item["candidates"]]
+    assert shown == ["candidate A", "candidate B", "consensus"]
+    assert item == c.get("/api/annotate/xrays__a").json()  # the same order on reload
+    real = blind_labels("xrays__a", ["infection", "cand_b"])["candidate A"]
+    mask = _decode(item["candidates"][0]["mask"]) > 0
+    body = {"revision": 0, "source": "candidate A", "mask": _mask_url(mask)}
+    rec = c.post("/api/annotate/xrays__a", json=body).json()["saved"]
+    assert rec["chosen"] == real and rec["dice_chosen_vs_final"] == 1.0

@@ -1,9 +1,10 @@
 """The web app end to end in a real headless Chromium (Debian's `chromium`, driven by
-Playwright; never a downloaded browser), against uvicorn serving on a free 127.0.0.1 port.
+Playwright; never a downloaded browser), against the server on a free 127.0.0.1 port.
 
-Demo: upload an X-ray, wait for the map, check the decision text and that the rendered map
-has pixels, move the threshold slider and check the mask and area change. Annotation: pick
-a candidate, paint a stroke, save, and check the files on disk. Screenshots go to a temp
+The server is `scripts/serve.py`'s main in a subprocess (its runs load as the tiny test
+model). Demo: upload an X-ray, wait for the map, check the decision text and that the
+rendered map has pixels, move the threshold slider and check the mask and area change.
+Annotation: pick a candidate, paint a stroke, save, and check the files on disk. Screenshots go to a temp
 folder, or to `$QATACOV_SCREENSHOTS` (how docs/images/webapp_*.png are made).
 """
 
@@ -11,9 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
-import threading
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +27,9 @@ from train_utils import use_tiny_model
 from webapp_fixtures import write_tiny_run
 
 from qatacov_jax.quickstart import write_samples
-from qatacov_jax.webapp.annotation import DATASET_DIR, PROVENANCE, AnnotationStore
-from qatacov_jax.webapp.app import Settings, create_app
-from qatacov_jax.webapp.engine import load_engine
+from qatacov_jax.webapp.annotation import DATASET_DIR, PROVENANCE
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -48,11 +52,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# scripts/serve.py's main in a subprocess, its run directories loading as the tiny model.
+SERVE = """import sys
+sys.path.insert(0, sys.argv.pop(1))
+import train_utils
+train_utils.use_tiny_model()
+from qatacov_jax.cli.serve import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """uvicorn in a thread: demo with a lung model + annotation mode with two candidates."""
-    import uvicorn
-
+    """The CLI serving demo (+ lung model) and annotation mode (two candidates) on a free
+    127.0.0.1 port, in its own process as a user would start it."""
     base = tmp_path_factory.mktemp("webapp_browser")
     xrays = base / "xrays"
     write_samples(xrays, 2, size=96)  # synthetic CXRs, as the quickstart's samples
@@ -63,26 +76,37 @@ def server(tmp_path_factory):
             "lung": write_tiny_run(base / "lung", image_size=16, seed=2),
             "cand_b": write_tiny_run(base / "unetpp_stage1", seed=3),
         }
-        engine = load_engine(
-            runs["infection"],
-            lung_checkpoint=runs["lung"],
-            candidates=[runs["infection"], runs["cand_b"]],
-            annotate=True,
-        )
-    store = AnnotationStore(xrays, base / "accepted")
-    app = create_app(engine, Settings(), store)
     port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started:
-        assert time.time() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}/", "xrays": xrays, "out": base / "accepted"}
-    srv.should_exit = True
-    thread.join(10)
-    engine.close()
+    argv = [
+        *("--checkpoint", runs["infection"], "--lung-checkpoint", runs["lung"]),
+        *("--candidates", runs["infection"], "--candidates", runs["cand_b"]),
+        *("--annotate", xrays, "--annotations", base / "accepted", "--port", port),
+    ]
+    log = open(base / "server.log", "w")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE, str(ROOT / "tests"), *map(str, argv)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while True:
+        assert proc.poll() is None, (base / "server.log").read_text()
+        assert time.time() < deadline, "server did not start: " + (base / "server.log").read_text()
+        try:
+            urllib.request.urlopen(url + "api/config", timeout=2).read()
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield {"url": url, "xrays": xrays, "out": base / "accepted"}
+    proc.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown
+    try:
+        assert proc.wait(30) == 0, (base / "server.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,12 @@ def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_string(
         "annotations", None, "folder for accepted masks (QaTa-COV19 layout)", flag_values=fv
     )
+    flags.DEFINE_boolean(
+        "blind",
+        False,
+        "annotation: show candidates as 'candidate A, B..' in a per-image random order",
+        flag_values=fv,
+    )
     flags.DEFINE_string("host", "127.0.0.1", "address to bind", flag_values=fv)
     flags.DEFINE_integer("port", 8000, "port to listen on", flag_values=fv)
     flags.DEFINE_float("max-upload-mb", 32.0, "largest accepted upload (MB)", flag_values=fv)
@@ -98,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             display_floor=v("display-floor"),
             max_upload_mb=v("max-upload-mb"),
             token=v("token"),
+            blind=v("blind"),
         )
         # The store first: a wrong folder is refused before minutes of model loading.
         store = None
@@ -117,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("serving on %s", where)
         try:
             uvicorn.run(app, host=v("host"), port=v("port"), log_level="info")
+        except KeyboardInterrupt:
+            pass  # uvicorn re-raises Ctrl-C after its graceful shutdown: a normal stop
         finally:
             engine.close()
         return 0

@@ -2,7 +2,8 @@
 
 Paper 1 built QaTa-COV19's ground truth collaboratively: models trained on a first set of
 masks propose candidates for new X-rays, a doctor picks the best, corrects it or draws it by
-hand, and the models are retrained on the result, in stages (docs/method.md). Here:
+hand, and the models are retrained on the result, in stages
+(docs/method.md#collaborative-annotation). Here:
 
 * `candidate_set`: every candidate model's mask (probability >= threshold), their pixel-vote
   consensus (a strict majority of the models), and the disagreement (pixels the models do
@@ -29,9 +30,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import random
 import re
 import threading
 import time
@@ -107,6 +110,16 @@ def candidate_set(probs: Mapping[str, np.ndarray], threshold: float = 0.5) -> di
         "stats": stats,
         "disagreement_percent": 100.0 * float(disagree.mean()),
     }
+
+
+def blind_labels(key: str, names: list[str]) -> dict[str, str]:
+    """Label -> model name for showing candidates blind (docs/method.md#collaborative-annotation):
+    "candidate A", "candidate B", ... in an order shuffled per image (stable across reloads,
+    so the same X-ray always shows the same order)."""
+    seed = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big")
+    order = list(names)
+    random.Random(seed).shuffle(order)
+    return {f"candidate {chr(ord('A') + i)}": n for i, n in enumerate(order)}
 
 
 def overlay(xray8: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (255, 40, 40)):

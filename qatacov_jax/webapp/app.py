@@ -45,6 +45,7 @@ from qatacov_jax.webapp.annotation import (
     AnnotationStore,
     ConflictError,
     UnknownImageError,
+    blind_labels,
     candidate_set,
     dice,
     disagreement_image,
@@ -67,6 +68,7 @@ class Settings:
     display_floor: float = DEFAULT_DISPLAY_FLOOR
     max_upload_mb: float = 32.0
     token: str | None = None
+    blind: bool = False  # annotation: hide model names, shuffle candidates per image
 
     @property
     def max_upload_bytes(self) -> int:
@@ -171,7 +173,8 @@ def create_app(
             {
                 "lung": engine.with_lung,
                 "annotate": store is not None,
-                "candidates": list(engine.candidate_names),
+                "candidates": [] if settings.blind else list(engine.candidate_names),
+                "blind": settings.blind,
                 "threshold": settings.threshold,
                 "lung_threshold": settings.lung_threshold,
                 "display_floor": settings.display_floor,
@@ -254,6 +257,12 @@ def create_app(
         cache.put(key, value)
         return value
 
+    def shown_names(key: str, cs: dict[str, Any]) -> dict[str, str]:
+        """Shown name -> candidate name, models first then the consensus."""
+        models = [k for k in cs["masks"] if k != CONSENSUS]
+        pairs = blind_labels(key, models) if settings.blind else {k: k for k in models}
+        return {**pairs, CONSENSUS: CONSENSUS}
+
     @app.get("/api/annotate")
     def progress() -> JSONResponse:
         return _json(need_store().progress())
@@ -264,11 +273,13 @@ def create_app(
         img, cs = c["xray"], c["set"]
         x8 = images.to_uint8(img)
         png, url = images.png_bytes, images.data_url
+        shown = shown_names(key, cs)
         cands = []
-        for name, m in cs["masks"].items():
+        for label, name in shown.items():
+            m = cs["masks"][name]
             cands.append(
                 {
-                    "name": name,
+                    "name": label,
                     "mask": url(png(np.where(m, 255, 0).astype(np.uint8))),
                     "overlay": url(png(overlay(x8, m))),
                     **cs["stats"][name],
@@ -300,12 +311,13 @@ def create_app(
         rev = body.get("revision")
         if not isinstance(rev, int) or isinstance(rev, bool):
             raise ApiError(422, "revision: the integer revision the image was loaded at")
-        source = str(body.get("source") or MANUAL)
-        if source != MANUAL and source not in cs["masks"]:
+        shown = str(body.get("source") or MANUAL)
+        names = shown_names(key, cs)
+        if shown != MANUAL and shown not in names:
             raise ApiError(
-                422,
-                f"source {source!r} is none of the candidates {[*cs['masks']]} nor {MANUAL!r}",
+                422, f"source {shown!r} is none of the candidates {[*names]} nor {MANUAL!r}"
             )
+        source = names.get(shown, MANUAL)  # the model's name, also when shown blind
         no_infection = bool(body.get("no_infection"))
         mask = None
         if not no_infection:
