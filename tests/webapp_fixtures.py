@@ -55,7 +55,9 @@ def xray(h: int, w: int, seed: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def write_xray(path: Path, h: int = 48, w: int = 40, seed: int = 0) -> Path:
+def write_xray(path: Path, image: np.ndarray | int = 48, w: int = 40, seed: int = 0) -> Path:
+    """Writes `image` ((H, W) uint8), or `xray(image, w, seed)` when `image` is a height."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(xray(h, w, seed)).save(path)
+    arr = image if isinstance(image, np.ndarray) else xray(image, w, seed)
+    Image.fromarray(arr).save(path)
     return path

@@ -83,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"unexpected arguments {rest}; every option is a --flag")
         if (v("annotate") is None) != (v("annotations") is None):
             raise UsageError("--annotate IMAGES_DIR and --annotations OUT_DIR go together")
+        if v("candidates") and v("annotate") is None:
+            raise UsageError("--candidates only applies to annotation mode; add --annotate")
         if v("max-upload-mb") <= 0:
             raise UsageError(f"--max-upload-mb must be positive, got {v('max-upload-mb')}")
         if not 0 < v("port") < 65536:
