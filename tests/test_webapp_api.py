@@ -310,7 +310,9 @@ def test_annotation_save_layout_provenance_and_restart(engine, annotation_dirs):
         "pending": 1,
         "next": "xrays__c",
     }
-    assert c2.get("/api/annotate/xrays__a").json()["revision"] == 1
+    again = c2.get("/api/annotate/xrays__a").json()
+    assert again["revision"] == 1
+    np.testing.assert_array_equal(_decode(again["mask"]) > 0, final)  # shown for correction
 
 
 def test_concurrent_saves_conflict_instead_of_losing_a_mask(engine, annotation_dirs):

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from qatacov_jax.data import imageio
 from qatacov_jax.data.qatacov19 import ROOT as QATA_ROOT
@@ -264,6 +265,18 @@ class AnnotationStore:
             "pending": len(pending),
             "next": pending[0] if pending else None,
         }
+
+    def accepted_mask(self, key: str) -> np.ndarray | None:
+        """(H, W) bool of the mask saved last for `key` (all False for "no infection"), or
+        None when nothing was accepted yet."""
+        p = self.paths(key)
+        if p.mask.exists():
+            with Image.open(p.mask) as im:
+                return np.asarray(im.convert("L")) > 0
+        if p.control.exists():
+            with Image.open(p.control) as im:
+                return np.zeros((im.height, im.width), bool)
+        return None
 
     def read_xray(self, key: str) -> np.ndarray:
         """(H, W) float [0, 1] of the source file (`data.imageio.read_xray`)."""

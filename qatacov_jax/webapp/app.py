@@ -285,6 +285,7 @@ def create_app(
                     **cs["stats"][name],
                 }
             )
+        accepted = st.accepted_mask(key)
         return {
             "key": key,
             "image": st.sources[key].relative_to(st.images_dir).as_posix(),
@@ -295,6 +296,9 @@ def create_app(
             "disagreement": url(png(disagreement_image(x8, cs["votes"]))),
             "disagreement_percent": cs["disagreement_percent"],
             "revision": st.revision(key),
+            "mask": None
+            if accepted is None
+            else url(png(np.where(accepted, 255, 0).astype(np.uint8))),
             "last": st.last_record(key),
             "progress": st.progress(),
         }

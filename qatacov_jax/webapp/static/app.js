@@ -314,7 +314,7 @@ async function save(noInfection) {
     document.body.dataset.saved = r.saved.key;
     await loadNext();
   } catch (e) {
-    showError(e.status === 409 ? "Not saved: " + e.message : e.message);
+    showError(e.status === 409 ? "Not saved: " + e.message + " (Reload shows theirs; your drawing stays until then)" : e.message);
     document.body.dataset.annotate = "error";
   }
 }
@@ -337,6 +337,15 @@ function setupAnnotate() {
   $("no-infection").addEventListener("click", () => save(true));
   $("save").addEventListener("click", () => save(false));
   $("next").addEventListener("click", loadNext);
+  $("reload").addEventListener("click", async () => {
+    if (!ann.item) return loadNext();
+    showError("");
+    try {
+      await loadItem(ann.item.key);
+      // A saved mask (someone else's, after a conflict) is loaded for correction.
+      if (ann.item.mask) await paintMask(ann.item.mask);
+    } catch (e) { showError(e.message); }
+  });
 }
 
 function showTab(name) {
