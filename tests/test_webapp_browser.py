@@ -56,16 +56,12 @@ def _free_port() -> int:
 # scripts/serve.py's main in a subprocess, its run directories loading as the tiny model.
 SERVE = """import sys
 sys.path.insert(0, sys.argv.pop(1))
-if sys.argv.pop(1) == "tiny":
-    import train_utils
-    train_utils.use_tiny_model()
+import train_utils
+train_utils.use_tiny_model()
 from qatacov_jax.cli.serve import main
 sys.exit(main(sys.argv[1:]))
 """
 SIZE = 128  # side of the X-rays served
-# For the README's screenshots: trained runs (comma-separated) served instead of the tiny
-# untrained test models; the first is --checkpoint, all are candidates, no lung model.
-REAL_RUNS = os.environ.get("QATACOV_SCREENSHOT_RUNS")
 
 
 @pytest.fixture(scope="module")
@@ -77,24 +73,19 @@ def server(tmp_path_factory):
     for i in range(2):  # synthetic COVID-19 CXRs the models never saw
         ex = synthetic.generate(SAMPLE_SEED, i, SIZE, positive_fraction=1.0)
         write_xray(xrays / f"case_{i}.png", ex.image)
-    if REAL_RUNS:
-        runs = REAL_RUNS.split(",")
-        argv = ["--checkpoint", runs[0], *(x for r in runs for x in ("--candidates", r))]
-    else:
-        with pytest.MonkeyPatch.context() as mp:
-            use_tiny_model(mp.setattr)
-            a = write_tiny_run(base / "unet_stage1", seed=1)
-            b = write_tiny_run(base / "unetpp_stage1", seed=3)
-            lung = write_tiny_run(base / "lung", image_size=16, seed=2)
-        argv = ["--checkpoint", a, "--lung-checkpoint", lung, "--candidates", a, "--candidates", b]
+    with pytest.MonkeyPatch.context() as mp:
+        use_tiny_model(mp.setattr)
+        a = write_tiny_run(base / "unet_stage1", seed=1)
+        b = write_tiny_run(base / "unetpp_stage1", seed=3)
+        lung = write_tiny_run(base / "lung", image_size=16, seed=2)
+    argv = ["--checkpoint", a, "--lung-checkpoint", lung, "--candidates", a, "--candidates", b]
     port = _free_port()
     # --batch-size 2: two compiled bucket sizes per model instead of four (test start-up).
     argv += ["--annotate", xrays, "--annotations", base / "accepted", "--port", port]
     argv += ["--batch-size", 2]
     log = open(base / "server.log", "w")  # noqa: SIM115 - closed at teardown
-    mode = "real" if REAL_RUNS else "tiny"
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE, str(ROOT / "tests"), mode, *map(str, argv)],
+        [sys.executable, "-c", SERVE, str(ROOT / "tests"), *map(str, argv)],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=ROOT,
@@ -109,7 +100,7 @@ def server(tmp_path_factory):
             break
         except OSError:
             time.sleep(0.2)
-    yield {"url": url, "xrays": xrays, "out": base / "accepted", "lung": not REAL_RUNS}
+    yield {"url": url, "xrays": xrays, "out": base / "accepted"}
     proc.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown
     try:
         assert proc.wait(30) == 0, (base / "server.log").read_text()
@@ -169,11 +160,8 @@ def test_demo_upload_map_decision_and_slider(server, browser, shots, tmp_path):
     assert decision in ("COVID-19 detected", "No COVID-19 detected")
     max_p = float(page.text_content("#max-prob"))
     assert (decision == "COVID-19 detected") == (max_p >= 0.5)
-    if server["lung"]:
-        grade = page.text_content("#severity").split(" (grade ")[0]
-        assert grade in ("none", "mild", "moderate", "severe", "critical", "unknown")
-    else:
-        assert not page.is_visible("#severity")
+    grade = page.text_content("#severity").split(" (grade ")[0]
+    assert grade in ("none", "mild", "moderate", "severe", "critical", "unknown")
     assert _canvas_sum(page, "#map") > 0
     mask_before, pct_before = _canvas_sum(page, "#mask"), page.text_content("#pct-image")
     page.screenshot(path=str(shots / "webapp_demo.png"))
