@@ -271,6 +271,44 @@ def run_inference(
     return rows
 
 
+def image_report(
+    img: np.ndarray,
+    pred: dict[str, np.ndarray],
+    *,
+    threshold: float = 0.5,
+    lung_threshold: float = 0.5,
+    scale: SeverityScale = DEFAULT_SCALE,
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
+    """The report fields of one image and its binary masks (no files written).
+
+    The one place that turns probability maps into the decision and severity, shared by
+    `scripts/infer.py` and the web app (`qatacov_jax.webapp`), so both report the same.
+
+    Args:
+      img: (H, W) X-ray in [0, 1].
+      pred: "infection" (and optionally "lung") -> (H, W) probabilities, and optionally
+        `grid_max_key("infection")` -> the map's maximum on the model grid (the decision).
+
+    Returns:
+      (fields: height, width, covid19, max_probability and `severity.quantify`'s fields;
+      (H, W) uint8 0/255 infection mask; (H, W) uint8 lung mask or None without "lung").
+    """
+    prob = pred["infection"]
+    mask = binary_mask_image(prob, threshold)
+    lung = binary_mask_image(pred["lung"], lung_threshold) if "lung" in pred else None
+    # Decided on the model grid, as evaluate.py (docs/method.md#detection-rule); the resized
+    # map's maximum is the fallback for a `pred` that does not carry it.
+    max_p = float(pred.get(grid_max_key("infection"), prob.max()))
+    fields: dict[str, Any] = {
+        "height": int(img.shape[0]),
+        "width": int(img.shape[1]),
+        "covid19": bool(max_p >= threshold),
+        "max_probability": max_p,
+    }
+    fields.update(quantify(mask > 0, None if lung is None else lung > 0, scale=scale))
+    return fields, mask, lung
+
+
 def _write_outputs(
     item: InputItem,
     img: np.ndarray,
@@ -282,34 +320,30 @@ def _write_outputs(
     scale: SeverityScale,
     with_lung: bool,
 ) -> dict[str, Any]:
-    prob = pred["infection"]
     paths = output_paths(item.key, out_dir, with_lung)
-    mask = binary_mask_image(prob, threshold)
-    lung = binary_mask_image(pred["lung"], lung_threshold) if with_lung else None
+    fields, mask, lung = image_report(
+        img,
+        pred if with_lung else {k: v for k, v in pred.items() if not k.startswith("lung")},
+        threshold=threshold,
+        lung_threshold=lung_threshold,
+        scale=scale,
+    )
     try:
-        save_png(paths["map"], infection_map(img, prob, floor=display_floor))
+        save_png(paths["map"], infection_map(img, pred["infection"], floor=display_floor))
         save_png(paths["mask"], mask)
         if lung is not None:
             save_png(paths["lung_mask"], lung)
     except OSError as e:
         log.error("%s: cannot write outputs (%s)", item.path, e)
         return {"file": str(item.path), "status": "error", "error": f"cannot write outputs: {e}"}
-    # Decided on the model grid, as evaluate.py (docs/method.md#detection-rule); the resized map's
-    # maximum is the fallback for a predict_batch that does not report it.
-    max_p = float(pred.get(grid_max_key("infection"), prob.max()))
     row: dict[str, Any] = {
         "intensity": _INTENSITY_NOTES.pop(item.path, ""),
         "file": str(item.path),
         "status": "ok",
         "error": "",
-        "height": int(img.shape[0]),
-        "width": int(img.shape[1]),
-        "covid19": bool(max_p >= threshold),
-        "max_probability": max_p,
-        "map": str(paths["map"]),
-        "mask": str(paths["mask"]),
     }
-    row.update(quantify(mask > 0, None if lung is None else lung > 0, scale=scale))
+    row.update(fields)
+    row.update(map=str(paths["map"]), mask=str(paths["mask"]))
     if lung is not None:
         row["lung_mask"] = str(paths["lung_mask"])
     return row
