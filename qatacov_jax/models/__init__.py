@@ -17,6 +17,7 @@ Public API:
 
 from qatacov_jax.models.classifier import EncoderClassifier
 from qatacov_jax.models.layers import TRAINABLE, FrozenParam, freeze
+from qatacov_jax.models.output import foreground_probability
 from qatacov_jax.models.registry import (
     ARCHS,
     CLASSIFIER_ARCH,
@@ -36,7 +37,6 @@ from qatacov_jax.models.registry import (
     family_archs,
     family_encoders,
 )
-from qatacov_jax.models.output import foreground_probability
 from qatacov_jax.models.segmentation import SegmentationModel
 from qatacov_jax.models.smp import (
     SMP_ARCHS,

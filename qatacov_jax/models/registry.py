@@ -23,7 +23,13 @@ from qatacov_jax.models.layers import TRAINABLE, FrozenParam, freeze
 from qatacov_jax.models.nested import NestedDecoder
 from qatacov_jax.models.resnet import ResNet50
 from qatacov_jax.models.segmentation import SegmentationModel
-from qatacov_jax.models.smp import SMP_ARCHS, SMP_ENCODERS, SmpSegmentationModel, create_smp_model
+from qatacov_jax.models.smp import (
+    SMP_ARCHS,
+    SMP_ENCODERS,
+    SMP_PREPROCESSING,
+    SmpSegmentationModel,
+    create_smp_model,
+)
 from qatacov_jax.models.unet import UNetDecoder
 
 
@@ -71,8 +77,10 @@ def _lookup(table: dict[str, Any], name: str, what: str) -> Any:
     return table[name]
 
 
-def encoder_preprocessing(name: str) -> Preprocessing:
+def encoder_preprocessing(name: str, family: str = "paper1") -> Preprocessing:
     """The preprocessing the encoder's original pretrained weights were trained with."""
+    if family == "smp":
+        return Preprocessing.from_mode(_lookup(SMP_PREPROCESSING, name, "smp encoder"))
     return Preprocessing.from_mode(_lookup(ENCODER_SPECS, name, "encoder").preprocessing)
 
 

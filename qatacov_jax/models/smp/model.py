@@ -43,6 +43,14 @@ SMP_ENCODERS: dict[str, Callable[..., nnx.Module]] = {
     **dict.fromkeys(DENSENETS, DenseNetEncoder),
     "inceptionv4": InceptionV4Encoder,
 }
+# The input preprocessing each encoder's ImageNet weights expect (smp's `preprocessing_fn`):
+# torchvision's mean/std on [0, 1] RGB, and Inception-v4's (x - 0.5) / 0.5, which is the
+# `tf` mode (x / 127.5 - 1 on 0..255). Modes: `data.preprocessing`.
+SMP_PREPROCESSING: dict[str, str] = {
+    **dict.fromkeys(RESNETS, "torch"),
+    **dict.fromkeys(DENSENETS, "torch"),
+    "inceptionv4": "tf",
+}
 # smp's `activation` names (applied on the channel axis, last here).
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "identity": lambda x: x,
