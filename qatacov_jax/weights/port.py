@@ -302,6 +302,15 @@ def port(
         qatacov_jax_version=qatacov_jax.__version__,
     )
 
+    write_ported_dir(out_dir, pure, manifest)
+    log.info("Wrote %s (%d tensors, %s)", out_dir, manifest.num_tensors, ", ".join(notes) or "")
+    return out_dir
+
+
+def write_ported_dir(out_dir: Path, pure: dict[str, Any], manifest: Manifest) -> None:
+    """Writes `out_dir/encoder/` (orbax checkpoint of `pure`) + `manifest.json` into a hidden
+    temporary directory, then renames it into place (replacing an existing `out_dir` only
+    once the new one is complete; the caller decides whether that is allowed)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
@@ -319,8 +328,6 @@ def port(
             os.rename(old, out_dir)  # put the previous port back
         raise
     shutil.rmtree(old, ignore_errors=True)
-    log.info("Wrote %s (%d tensors, %s)", out_dir, manifest.num_tensors, ", ".join(notes) or "")
-    return out_dir
 
 
 def load_encoder_weights(encoder_module: nnx.Module, ported_dir: str | Path) -> Preprocessing:

@@ -221,3 +221,57 @@ def _flatten(tree: dict[Any, Any]) -> dict[Path_, Any]:
     return {
         tuple(str(p) for p in path): leaf for path, leaf in traverse_util.flatten_dict(tree).items()
     }
+
+
+def port_smp_encoder(
+    src: str | Path, source: SmpSource, encoder: str, out_dir: str | Path, *, overwrite: bool
+) -> Path:
+    """Writes the ImageNet encoder weights of `source` (from `read_smp_source`) as a ported
+    encoder directory (`encoder/` + `manifest.json`, as `port` writes) for
+    `config.model.encoder_weights` of an smp-family config.
+
+    Raises:
+      WeightsError: `source` is a whole model, or `out_dir` exists without `overwrite`.
+    """
+    # Imported here: `port` imports this module's siblings; keeping the import local avoids
+    # a cycle at package import time.
+    import datetime
+
+    import qatacov_jax
+    from qatacov_jax.models import encoder_preprocessing
+    from qatacov_jax.weights.manifest import Manifest, sha256_of, smp_architecture
+    from qatacov_jax.weights.port import write_ported_dir
+
+    src, out_dir = Path(src), Path(out_dir).absolute()
+    if source.whole:
+        raise WeightsError(src, "is a whole smp model, not encoder weights.")
+    if out_dir.exists() and not overwrite:
+        raise WeightsError(
+            out_dir, "already exists; choose another --out or pass --overwrite to replace it."
+        )
+    epsilon = 1e-3 if encoder == "inceptionv4" else 1e-5
+    manifest = Manifest(
+        encoder=encoder,
+        architecture=smp_architecture(encoder),
+        source={
+            "framework": "torch",
+            "file_name": src.name,
+            "path": str(src.absolute()),
+            "sha256": sha256_of(src),
+            "size_bytes": src.stat().st_size,
+            "keras_version": "",
+        },
+        preprocessing=encoder_preprocessing(encoder, "smp"),
+        source_bn_epsilon=epsilon,
+        encoder_bn_epsilon=epsilon,
+        num_tensors=source.num_tensors,
+        num_values=source.num_values,
+        dropped=source.dropped,
+        notes=[f"dropped the classification head ({len(source.dropped)} tensors)."]
+        if source.dropped
+        else [],
+        created_utc=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        qatacov_jax_version=qatacov_jax.__version__,
+    )
+    write_ported_dir(out_dir, source.pure, manifest)
+    return out_dir
