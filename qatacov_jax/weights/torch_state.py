@@ -61,7 +61,7 @@ def _load(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types (pickle, zip, runtime) for bad files
-        if "weights_only" in str(e) or "GLOBAL" in str(e):
+        if "Unsupported global" in str(e) or "GLOBAL " in str(e):
             # weights_only=True refuses pickled classes: a whole `torch.save(model)`.
             raise WeightsError(
                 path,
