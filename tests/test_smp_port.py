@@ -120,6 +120,7 @@ def test_wrong_files_are_refused_naming_the_tensor_and_the_look_alike(tmp_path, 
     assert not (tmp_path / "bad").exists() and not _leftovers(tmp_path)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
 def test_torchscript_and_pickled_models_get_state_dict_advice(tmp_path, capsys):
     model = torch_model("fpn", "resnet18")
     torch.jit.trace(model, torch.zeros(1, 3, 64, 64)).save(str(tmp_path / "scripted.pt"))
