@@ -5,10 +5,18 @@ batches, data-parallel steps) is tested on a laptop. The flag must be set before
 imported anywhere, hence here.
 """
 
+import contextlib
 import os
 import tempfile
 
-from qatacov_jax.runtime import xla_flags
+# torchvision segfaults when imported into a process that already loaded TensorFlow
+# (torchvision 0.29 + tensorflow-cpu 2.21); the smp-family tests need it (through
+# segmentation_models_pytorch) in the same process as the TF-backed data code, so it is
+# loaded first, before any test module is collected.
+with contextlib.suppress(ImportError):
+    import torchvision  # noqa: F401
+
+from qatacov_jax.runtime import xla_flags  # noqa: E402
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -54,7 +54,7 @@ from qatacov_jax.metrics import (
     best_f1_threshold,
     confidence_radius,
 )
-from qatacov_jax.models import CLASSIFIER_ARCH
+from qatacov_jax.models import CLASSIFIER_ARCH, foreground_probability
 from qatacov_jax.models.folding import fold_batchnorm, make_forward
 from qatacov_jax.runtime.files import json_ready, write_json, write_text
 from qatacov_jax.runtime.sharding import make_mesh, replicate
@@ -162,7 +162,7 @@ def make_localization_step(
     @jax.jit
     def step(states, images, masks, labels, valid):
         logits = seg_forward(states["seg"], seg_prep(images))
-        seg = jax.nn.sigmoid(logits.astype(jnp.float32))[..., 0]
+        seg = foreground_probability(logits)[..., 0]
         cams, cls_logits = class_activation_maps(
             nnx.merge(cls_def, states["cls"]), cls_prep(images), methods=CAM_METHODS
         )

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -48,7 +47,7 @@ from qatacov_jax.metrics import (
     MetricAccumulator,
     batch_statistics,
 )
-from qatacov_jax.models import CLASSIFIER_ARCH
+from qatacov_jax.models import CLASSIFIER_ARCH, foreground_probability
 from qatacov_jax.runtime.files import json_ready
 from qatacov_jax.runtime.locking import run_dir_lock
 from qatacov_jax.runtime.sharding import make_mesh, replicate
@@ -90,7 +89,7 @@ def _stats_step(graphdef: nnx.GraphDef, threshold: float, num_bins: int) -> Call
     @jax.jit
     def step(state, image, mask, label, valid):
         logits = nnx.merge(graphdef, state)(image)
-        probs = jax.nn.sigmoid(logits.astype(jnp.float32))
+        probs = foreground_probability(logits)
         return batch_statistics(probs, mask, label, valid, threshold=threshold, num_bins=num_bins)
 
     return step

@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 
 from qatacov_jax.data.preprocessing import Preprocessing
 from qatacov_jax.data.resize import height_width, resize_image, resize_map
+from qatacov_jax.models import foreground_probability
 from qatacov_jax.models.folding import make_forward
 from qatacov_jax.runtime.sharding import data_sharding, replicate
 
@@ -58,7 +59,8 @@ def make_probability_fn(
 
     Returns:
       (forward, states): `forward(states, images)` maps name -> (B, H, W, C) images to name ->
-      (B, H, W, 1) float32 sigmoid probabilities; BatchNorm is folded into the convs
+      (B, H, W, 1) float32 foreground probabilities (`models.foreground_probability`: sigmoid,
+      or softmax channel 1 of 2-class models); BatchNorm is folded into the convs
       (`models.folding.make_forward`, the fastest exact inference form). `states` holds each
       model's folded state; pass it (or a replicated copy) as the first argument.
     """
@@ -77,7 +79,7 @@ def make_probability_fn(
             if preps[name] is not None:
                 x = preps[name](x.astype(jnp.float32))
             logits = fwd(states[name], x)
-            out[name] = jax.nn.sigmoid(logits.astype(jnp.float32))
+            out[name] = foreground_probability(logits)
         return out
 
     return forward, states

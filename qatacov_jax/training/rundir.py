@@ -236,7 +236,9 @@ def load_model(
         )
     # Random init is cheap next to reading weights and spares a second abstract code path;
     # `load_weights=False` skips the pretrained encoder file, which the checkpoint replaces.
-    model = build_model(config, seed=0, load_weights=False)[0]
+    # The smp family restores into a shapes-only model (its random init would be wasted).
+    extra = {"abstract": True} if config.model.get("family") == "smp" else {}
+    model = build_model(config, seed=0, load_weights=False, **extra)[0]
     state = nnx.state(model)
     pure = checkpoint.restore_model(ckpt_dir, which, state.to_pure_dict())
     nnx.replace_by_pure_dict(state, pure)

@@ -189,7 +189,7 @@ def create_app(
 
     def analyse(data: bytes, name: str) -> dict[str, Any]:
         try:
-            img = images.decode_upload(data)
+            img, intensity = images.decode_upload(data)
         except images.UploadError as e:
             raise ApiError(e.status, f"{name}: {e}") from None
         pred = engine.infer.predict(img)
@@ -197,7 +197,7 @@ def create_app(
             img, pred, threshold=settings.threshold, lung_threshold=settings.lung_threshold
         )
         prob = pred["infection"]
-        row: dict[str, Any] = {"file": name, "status": "ok", "error": ""}
+        row: dict[str, Any] = {"intensity": intensity, "file": name, "status": "ok", "error": ""}
         row.update(fields)
         png = images.png_bytes
         row["map"] = images.data_url(png(infection_map(img, prob, floor=settings.display_floor)))

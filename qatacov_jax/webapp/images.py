@@ -32,8 +32,9 @@ class UploadError(ValueError):
         self.status = status
 
 
-def decode_upload(data: bytes) -> np.ndarray:
-    """Bytes of an uploaded X-ray -> (H, W) float32 in [0, 1] (bright = dense).
+def decode_upload(data: bytes) -> tuple[np.ndarray, str]:
+    """Bytes of an uploaded X-ray -> ((H, W) float32 in [0, 1] (bright = dense), how its
+    intensities were mapped to [0, 1]: report.json's "intensity", e.g. "sBIT 12: values / 4095").
 
     Raises:
       UploadError: empty, not an image, corrupt, or a DICOM layout we cannot read (415).
@@ -45,7 +46,7 @@ def decode_upload(data: bytes) -> np.ndarray:
         path = Path(tmp) / ("upload.dcm" if dicom else "upload")
         path.write_bytes(data)
         try:
-            img = imageio.read_xray(path)
+            img, note = imageio.read_xray_with_info(path)
         except imageio.ImageReadError as e:
             if dicom:
                 raise UploadError(f"unsupported DICOM: {e.reason}", 415) from None
@@ -56,7 +57,7 @@ def decode_upload(data: bytes) -> np.ndarray:
             raise UploadError(f"cannot decode the upload ({type(e).__name__}: {e})") from None
     if min(img.shape) < 8:
         raise UploadError(f"image of {img.shape[1]}x{img.shape[0]} pixels is too small")
-    return img
+    return img, note
 
 
 def png_bytes(array: np.ndarray) -> bytes:

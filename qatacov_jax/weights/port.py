@@ -299,14 +299,23 @@ def port(
         qatacov_jax_version=qatacov_jax.__version__,
     )
 
+    write_ported_dir(out_dir, pure, manifest, overwrite=overwrite)
+    log.info("Wrote %s (%d tensors, %s)", out_dir, manifest.num_tensors, ", ".join(notes) or "")
+    return out_dir
+
+
+def write_ported_dir(
+    out_dir: Path, pure: dict[str, Any], manifest: Manifest, *, overwrite: bool
+) -> None:
+    """Writes `out_dir/encoder/` (orbax checkpoint of `pure`) + `manifest.json` into a hidden
+    temporary directory, then renames it into place (replacing an existing `out_dir` only
+    once the new one is complete, with `overwrite`, and only an earlier port of ours)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Locked beside out_dir (it is replaced as a whole): a second port into the same --out
     # is refused instead of racing the renames.
     with run_dir_lock(out_dir, purpose="port_weights", beside=True):
         _check_replaceable(out_dir, overwrite)  # again: something may have appeared meanwhile
         _write_port(out_dir, pure, manifest)
-    log.info("Wrote %s (%d tensors, %s)", out_dir, manifest.num_tensors, ", ".join(notes) or "")
-    return out_dir
 
 
 def _check_replaceable(out_dir: Path, overwrite: bool) -> None:
