@@ -1,5 +1,5 @@
 r"""Paper 2 (Tahir et al., COVID-QU-Ex) setup for the smp family: 2-class softmax output,
-cross-entropy loss, 256x256 inputs, the dataset's own Train/Val/Test splits.
+cross-entropy loss, 256x256 inputs, 5-fold cross-validation with a 20% validation split.
 
     python scripts/train.py --config configs/paper2/infection_unetpp_densenet121.py \
         --workdir runs/p2_inf_unetpp_dn121 --config.data.manual_dir="/data/COVID-QU-Ex" \
@@ -43,5 +43,9 @@ def variant(task: str, arch: str, encoder: str) -> ml_collections.ConfigDict:
     config.data.target = task
     config.data.image_size = 256
     config.data.balance = False  # paper 2 trains on the dataset's own class mix
-    config.fold = None  # the dataset's predefined Train/Val/Test
+    # Paper 2's protocol: 5-fold cross-validation (80% train / 20% test per round), 20% of
+    # each round's training part held out as the validation set that picks the checkpoint
+    # (docs/method.md#model-selection). `scripts/cross_validate.py` runs all five rounds.
+    config.fold = 0
+    config.data.validation_fraction = 0.2
     return config
