@@ -48,6 +48,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = data.default_config()
     config.data.dataset = "qatacov19/v1"
     config.data.image_size = 224
+    # Paper 1 trains 50 epochs with no validation set and evaluates the final model: no
+    # split picks checkpoints/best in a CV round (> 0 carves a validation split from the
+    # training folds; docs/method.md#model-selection).
+    config.data.validation_fraction = 0.0
 
     # Hybrid loss: focal (alpha, gamma) + dice, summed (qatacov_jax/training/losses.py).
     config.loss = ml_collections.ConfigDict()
@@ -72,8 +76,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Cap on steps per epoch (None = one pass over the balanced training set).
     config.steps_per_epoch = ml_collections.config_dict.placeholder(int)
     config.fold = 0  # CV round in [0, data.num_folds); None = the dataset's own splits
-    config.eval_split = "eval"  # held-out fold (or validation split) evaluated every epoch
-    config.best_metric = "pixel_f1"  # validation metric that picks checkpoints/best
+    # Split of the final evaluation in results.json: the held-out fold in CV ("eval").
+    config.eval_split = "eval"
+    # Metric that picks checkpoints/best on the selection split (validation, never test).
+    config.best_metric = "pixel_f1"
     config.seed = 0
     # Before each evaluation, replace BatchNorm running averages by the mean statistics of
     # this many training batches under the current weights ("precise BN"; 0 = off, as the

@@ -5,8 +5,16 @@ batches, data-parallel steps) is tested on a laptop. The flag must be set before
 imported anywhere, hence here.
 """
 
+import contextlib
 import os
 import tempfile
+
+# torchvision segfaults when imported into a process that already loaded TensorFlow
+# (torchvision 0.29 + tensorflow-cpu 2.21); the smp-family tests need it (through
+# segmentation_models_pytorch) in the same process as the TF-backed data code, so it is
+# loaded first, before any test module is collected.
+with contextlib.suppress(ImportError):
+    import torchvision  # noqa: F401
 
 # Before anything imports qatacov_jax: the import adds its XLA defaults to XLA_FLAGS, which
 # would make this setdefault a no-op.

@@ -131,7 +131,8 @@ def test_classifier_run_directory(tmp_path, monkeypatch):
     assert "detection_f1" in final and not any(k.startswith("pixel_") for k in final)
     assert set(results["history"][0]["train"]) == {"loss", "grad_norm"}
     on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert on_disk["best"]["metrics"]["detection_f1"] == results["best"]["metrics"]["detection_f1"]
+    assert on_disk["final"]["detection_f1"] == results["final"]["detection_f1"]
+    assert on_disk["selection"]["split"] is None  # a CV round: the final model, no selection
     model, cfg, _ = rundir.load_model(tmp_path / "run")
     assert isinstance(model, models.EncoderClassifier) and cfg.model.arch == "classifier"
     assert jax.tree.leaves(nnx.state(model))  # restored from checkpoints/best

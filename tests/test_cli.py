@@ -14,6 +14,7 @@ COMMANDS = (
     "export",
     "compare_localization",
     "quickstart",
+    "serve",
 )
 
 

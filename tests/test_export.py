@@ -38,7 +38,7 @@ from qatacov_jax.export import (
 )
 from qatacov_jax.inference.files import load_models
 from qatacov_jax.inference.predictor import Predictor, make_predict_fn
-from qatacov_jax.runtime import files
+from qatacov_jax.runtime import files, locking
 from qatacov_jax.runtime.sharding import make_mesh
 from qatacov_jax.training import rundir
 from qatacov_jax.training.checkpoint import CheckpointStore
@@ -241,7 +241,13 @@ def _cli(argv: list[str], capsys) -> tuple[int, str]:
 
 
 def _leftovers(parent: Path) -> list[str]:
-    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+    # The writer's lock file beside --out stays (runtime/locking.py); anything else hidden
+    # would be a leftover of a failed export.
+    return sorted(
+        p.name
+        for p in parent.iterdir()
+        if p.name.startswith(".") and not p.name.endswith(locking.LOCK_NAME)
+    )
 
 
 def test_refuses_a_run_without_checkpoint(tmp_path, capsys):

@@ -76,6 +76,10 @@ def test_collect_inputs_and_refusal(tmp_path):
     (out / "in" / "a_mask.png").write_bytes(b"earlier result")
     with pytest.raises(infer.OutputExistsError, match="a_mask.png already exists"):
         infer.check_no_overwrite(items, out, False, overwrite=False)
+    # --overwrite replaces only an earlier output of ours (its report.json).
+    with pytest.raises(infer.OutputExistsError, match="not an earlier output"):
+        infer.check_no_overwrite(items, out, False, overwrite=True)
+    infer.write_reports([], out, {"checkpoint": "run"})
     infer.check_no_overwrite(items, out, False, overwrite=True)
 
 

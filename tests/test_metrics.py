@@ -31,9 +31,14 @@ def test_counts_hand_computed():
     assert m["f2"] == pytest.approx(5 * (2 / 3) * (2 / 3) / (4 * 2 / 3 + 2 / 3))
     assert m["iou"] == pytest.approx(2 / 4)
     assert m["dsc"] == pytest.approx(4 / 6)
-    # Histograms: positives in bins 9, 5, 4; negatives in 1, 6, 2, 3, 0.
-    np.testing.assert_array_equal(np.nonzero(acc.hists["pixel_pos"])[0], [4, 5, 9])
-    np.testing.assert_array_equal(np.nonzero(acc.hists["pixel_neg"])[0], [0, 1, 2, 3, 6])
+    # Histograms: each probability in its logit-spaced bin [edges[b], edges[b + 1]).
+    edges = metrics.bin_edges(10)
+    bins = np.searchsorted(edges, probs, side="right") - 1
+    np.testing.assert_array_equal(np.nonzero(acc.hists["pixel_pos"])[0], np.unique(bins[masks > 0]))
+    np.testing.assert_array_equal(
+        np.nonzero(acc.hists["pixel_neg"])[0], np.unique(bins[masks == 0])
+    )
+    assert edges[5] == 0.5  # p = 0.5 sits on an edge: the threshold is a curve point
 
 
 def test_padding_rows_count_nowhere():

@@ -184,7 +184,13 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path, dn_h5, dn_weights):
     port(other, "chexnet", out, overwrite=True)
     manifest = read_manifest(out)
     assert manifest.encoder == "chexnet" and manifest.source["file_name"] == "other.h5"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.h5", "dn", "other.h5"]
+    # Nothing left but the outputs and the writer's lock file beside --out.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".dn.qatacov.lock",
+        "bad.h5",
+        "dn",
+        "other.h5",
+    ]
 
 
 def test_manifest_records_source_and_preprocessing(dn_ported, dn_h5):

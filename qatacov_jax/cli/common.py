@@ -11,7 +11,9 @@ from absl import flags
 
 from qatacov_jax.data.features import DataError
 from qatacov_jax.runtime.console import setup_cli_logging
-from qatacov_jax.training.loop import NonFiniteLossError
+from qatacov_jax.runtime.locking import DirectoryLockedError
+from qatacov_jax.runtime.storage import StorageError, quiet_storage_noise
+from qatacov_jax.training.loop import NonFiniteLossError, TrainingInterrupted
 from qatacov_jax.training.rundir import RunDirMismatchError
 from qatacov_jax.weights import WeightsError
 
@@ -19,6 +21,7 @@ from qatacov_jax.weights import WeightsError
 # user sees the message, not a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     RunDirMismatchError,
+    DirectoryLockedError,
     NonFiniteLossError,
     FileNotFoundError,
     FileExistsError,
@@ -26,6 +29,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     DataError,
     ValueError,
 )
+
+
+# Exit codes beyond 0 (done), 1 (some inputs failed) and 2 (refused): see
+# docs/reliability.md#exit-codes.
+EXIT_STORAGE = 74  # EX_IOERR: the disk filled up / went read-only while writing
+EXIT_INTERRUPTED = TrainingInterrupted.EXIT_CODE  # 75, EX_TEMPFAIL: stopped by a signal
+EXIT_KEYBOARD = 130  # a second Ctrl-C / signal outside a step boundary
 
 
 class UsageError(Exception):
@@ -91,12 +101,23 @@ def run_main(
     body: Callable[[], int | None], *, log_format: str = "%(levelname)s %(message)s"
 ) -> int:
     """Runs a command's body with console logging; `UsageError` and `USER_ERRORS` end it
-    with `error: <message>` on stderr and exit code 2 instead of a traceback."""
+    with `error: <message>` on stderr and exit code 2 instead of a traceback; a storage
+    fault with exit code 74 and a signal-requested stop with 75 (both one line)."""
     try:
         setup_cli_logging(log_format)
-        code = body()
+        with quiet_storage_noise():  # one line for a full disk, not a pile of tracebacks
+            code = body()
     except HelpPrinted:
         return 0
+    except TrainingInterrupted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except StorageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_STORAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_KEYBOARD
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -28,7 +28,12 @@ RUN is a run directory (scripts/train.py --workdir), or a CV run holding fold_k/
 
 def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_string(
-        "split", None, "'eval' or 'test' (default: the run's eval_split)", flag_values=fv
+        "split",
+        None,
+        "'eval' (held-out fold), 'validation' or 'test' (default: the run's eval_split, or "
+        "'test' where that split chose the checkpoint; the split that chose checkpoints/best "
+        "is refused, exit 2)",
+        flag_values=fv,
     )
     flags.DEFINE_float(
         "threshold", DEFAULT_THRESHOLD, "pixel decision threshold in (0, 1]", flag_values=fv
@@ -36,7 +41,7 @@ def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer(
         "num-bins",
         DEFAULT_NUM_BINS,
-        "probability bins for AUC/curves (bin width 1/num_bins)",
+        "probability bins for AUC/curves (uniform in logit(p); even, so 0.5 is an edge)",
         flag_values=fv,
     )
     flags.DEFINE_integer("batch-size", None, "images per step (default: the run's)", flag_values=fv)
@@ -59,8 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(rest) != 1:
             raise UsageError(f"expected one run directory, got {rest or 'none'}")
         v = lambda name: fv[name].value  # noqa: E731 - dashed flag names need item access
-        if v("num-bins") < 2:
-            raise UsageError(f"--num-bins must be >= 2, got {v('num-bins')}")
+        if v("num-bins") < 3:
+            raise UsageError(f"--num-bins must be >= 3, got {v('num-bins')}")
         result = evaluate(
             Path(rest[0]),
             out_dir=v("out") and Path(v("out")),

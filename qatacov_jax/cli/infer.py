@@ -18,6 +18,7 @@ from qatacov_jax.cli.common import (
 )
 from qatacov_jax.inference.files import infer_files
 from qatacov_jax.inference.infection_map import DEFAULT_DISPLAY_FLOOR
+from qatacov_jax.runtime.locking import run_dir_lock
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("no image files or folders given")
         threshold = in_unit_interval("threshold", v("threshold"))
         lung_threshold = in_unit_interval("lung-threshold", v("lung-threshold"))
-        rows = infer_files(
-            v("checkpoint"),
-            inputs,
-            v("out"),
-            lung_checkpoint=v("lung-checkpoint"),
-            threshold=threshold,
-            lung_threshold=lung_threshold,
-            display_floor=v("display-floor"),
-            batch_size=positive("batch-size", v("batch-size")),
-            which=v("which"),
-            overwrite=v("overwrite"),
-        )
+        display_floor = v("display-floor")
+        if not 0.0 <= display_floor < 1.0:
+            raise UsageError(f"--display-floor must be in [0, 1), got {display_floor}")
+        batch_size = positive("batch-size", v("batch-size"))
+        # One writer per --out folder (runtime/locking.py): a second infer.py into the same
+        # folder is refused at once, naming the first.
+        with run_dir_lock(v("out"), purpose="infer"):
+            rows = _infer(fv, inputs, threshold, lung_threshold, display_floor, batch_size)
         failed = [r for r in rows if r["status"] != "ok"]
         if failed:
             print(f"{len(failed)} input(s) failed:", file=sys.stderr)
@@ -96,3 +93,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     return run_main(body)
+
+
+def _infer(
+    fv: flags.FlagValues,
+    inputs: list[str],
+    threshold: float,
+    lung_threshold: float,
+    display_floor: float,
+    batch_size: int | None,
+) -> list[dict]:
+    v = lambda name: fv[name].value  # noqa: E731 - dashed flag names need item access
+    return infer_files(
+        v("checkpoint"),
+        inputs,
+        v("out"),
+        lung_checkpoint=v("lung-checkpoint"),
+        threshold=threshold,
+        lung_threshold=lung_threshold,
+        display_floor=display_floor,
+        batch_size=batch_size,
+        which=v("which"),
+        overwrite=v("overwrite"),
+    )

@@ -9,7 +9,7 @@ def default_config() -> ml_collections.ConfigDict:
     """Defaults for `config.data` (the synthetic set, paper-faithful pipeline settings).
 
     Fields:
-      dataset: `synthetic_cxr` | `qatacov19/v1` | `qatacov19/v2` | `covid_qu_ex/infection` |
+      dataset: `synthetic_cxr` | `qatacov19/v1` | `qatacov19/v2` | `qatacov19/group2` | `covid_qu_ex/infection` |
         `covid_qu_ex/lung`.
       data_dir: TFDS data directory holding prepared datasets. None = TFDS's default
         (`$TFDS_DATA_DIR`, else `~/tensorflow_datasets`).
@@ -28,7 +28,22 @@ def default_config() -> ml_collections.ConfigDict:
       num_folds: K of the stratified K-fold CV used when a fold number is given.
       fold_seed: seed of the fold assignment (and of the fold=None validation hold-out).
       val_fraction: with fold=None on a dataset without a predefined validation split,
-        this stratified fraction of the train split is held out as `eval`.
+        this stratified fraction of the train split is held out as `eval` (0 = none: train
+        on the whole train split, as Group-II).
+      validation_fraction: a stratified fraction of the *training* part (of the CV round,
+        or of the train split) held out as the `validation` split that picks
+        checkpoints/best; 0 = none (the final model is evaluated, as paper 1; paper 2 uses
+        0.2). The test fold is then read only by the final evaluation
+        (docs/method.md#model-selection).
+      class_targets: per-category training images per epoch (`{category: count}`), for
+        datasets whose examples carry a `category` (`qatacov19/group2`): a category with
+        fewer images gets augmented copies up to its target, one absent from the dict is
+        used as it is (paper 1, Group-II; docs/datasets.md#group-ii). Empty = off; when
+        set it replaces `balance`.
+      group2: `qatacov19/group2` inputs: `chestxray14_dir` (ChestX-ray14 images, searched
+        recursively), `train_list` / `test_list` (its official train_val_list.txt /
+        test_list.txt), `bacterial_dirs` / `viral_dirs` (pneumonia CXR folders). Relative
+        paths are under `manual_dir`.
       balance: oversample the minority class (COVID-19 on QaTa) up to the majority count
         each epoch, as the paper's Table 1.
       augment: `copies` (paper: only the extra copies made by balancing are augmented),
@@ -52,7 +67,18 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.num_folds = 5
     cfg.fold_seed = 0
     cfg.val_fraction = 0.2
+    cfg.validation_fraction = 0.0
     cfg.balance = True
+    cfg.class_targets = ml_collections.ConfigDict()
+    cfg.group2 = ml_collections.ConfigDict(
+        {
+            "chestxray14_dir": ml_collections.config_dict.placeholder(str),
+            "train_list": ml_collections.config_dict.placeholder(str),
+            "test_list": ml_collections.config_dict.placeholder(str),
+            "bacterial_dirs": (),
+            "viral_dirs": (),
+        }
+    )
     cfg.augment = "copies"
     cfg.max_shift = 0.1
     cfg.max_rotation = 10.0

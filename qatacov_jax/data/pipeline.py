@@ -16,6 +16,7 @@ by (seed, g) for the same reason, and grain's iterator state (a position) resume
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -46,6 +47,9 @@ class TrainPlan:
       balance: oversample the minority class to the majority count per epoch.
       augment: one of `AUGMENT_MODES`.
       seed: shuffling seed.
+      groups: (N,) int group of each record for `targets` (None: balance by label).
+      targets: per group, images per epoch (None = each image once, no copies); when
+        given, it replaces `balance`: paper 1's Group-II targets (docs/datasets.md#group-ii).
     """
 
     records: np.ndarray
@@ -53,6 +57,8 @@ class TrainPlan:
     balance: bool
     augment: str
     seed: int
+    groups: np.ndarray | None = None
+    targets: tuple[int | None, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.augment not in AUGMENT_MODES:
@@ -62,21 +68,32 @@ class TrainPlan:
         if len(self.records) == 0:
             raise ValueError("The training split is empty; check the dataset and fold.")
 
-    @property
-    def epoch_length(self) -> int:
+    def _group_targets(self) -> tuple[np.ndarray, dict[int, int]] | None:
+        """(group of each record, images per epoch of each present group), or None."""
+        if self.targets is not None:
+            groups = np.asarray(self.groups)
+            present = [int(g) for g in np.unique(groups)]
+            sizes = np.bincount(groups, minlength=len(self.targets))
+            return groups, {g: max(int(sizes[g]), int(self.targets[g] or 0)) for g in present}
         if not self.balance:
-            return len(self.records)
+            return None
         counts = np.bincount(self.labels, minlength=2)
-        return int(counts.max() * np.count_nonzero(counts))
+        return self.labels, {int(c): int(counts.max()) for c in np.unique(self.labels)}
+
+    @functools.cached_property
+    def epoch_length(self) -> int:  # cached: the positions ask for it once per example
+        plan = self._group_targets()
+        return len(self.records) if plan is None else int(sum(plan[1].values()))
 
     def epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
         """(records (E,), augment flags (E,)) of epoch `e`, shuffled."""
         rng = np.random.default_rng([self.seed, e])
-        if self.balance:
-            target = np.bincount(self.labels, minlength=2).max()
+        plan = self._group_targets()
+        if plan is not None:
+            groups, targets = plan
             recs, flags = [], []
-            for cls in np.unique(self.labels):
-                idx = self.records[self.labels == cls]
+            for cls, target in targets.items():
+                idx = self.records[groups == cls]
                 extra = target - len(idx)
                 # Whole extra rounds of the class, then a random subset for the remainder,
                 # redrawn every epoch so every image gets its share of copies over time.
@@ -304,9 +321,8 @@ def train_iterator(
       `get_state()` / `set_state()`.
     """
     builder = sources.prepare(data_cfg)
-    split, records = sources.select(data_cfg, builder, fold=fold, split="train")
-    labels = sources.binary_labels(builder, split, sources.spec(data_cfg).positive)[records]
-    plan = TrainPlan(records, labels, bool(data_cfg.balance), data_cfg.augment, seed)
+    plan = _train_plan(data_cfg, builder, fold, seed)
+    split, _ = sources.select(data_cfg, builder, fold=fold, split="train")
     local = _local_batch(global_batch_size, mesh)
     positions = _TrainPositions(plan, global_batch_size, local, jax.process_index())
     ds = grain.MapDataset.source(positions).map(
@@ -324,7 +340,8 @@ def eval_iterator(
     preprocessing: Preprocessing,
     mesh: Mesh,
 ) -> ShardedIterator:
-    """One pass over the held-out fold (`split='eval'`) or the test split (`'test'`).
+    """One pass over the held-out fold (`split='eval'`), the validation split carved from
+    the training part (`'validation'`) or the test split (`'test'`).
 
     Returns:
       An iterator of dicts with the training keys plus `valid` (B,) bool (False on the
@@ -332,7 +349,9 @@ def eval_iterator(
       `example_filenames(data_cfg, fold=fold, split=split)`.
     """
     if split == "train":
-        raise ValueError("eval_iterator reads 'eval' or 'test'; use train_iterator for training.")
+        raise ValueError(
+            "eval_iterator reads 'eval', 'validation' or 'test'; use train_iterator for training."
+        )
     builder = sources.prepare(data_cfg)
     tfds_split, records = sources.select(data_cfg, builder, fold=fold, split=split)
     local = _local_batch(global_batch_size, mesh)
@@ -347,11 +366,34 @@ def num_examples(data_cfg: Any, *, fold: int | None, split: str) -> int:
     """Examples in a split: for `train`, one epoch of `train_iterator` (after balancing);
     for `eval` / `test`, the real (unpadded) examples of one `eval_iterator` pass."""
     builder = sources.prepare(data_cfg)
-    tfds_split, records = sources.select(data_cfg, builder, fold=fold, split=split)
-    if split != "train":
-        return len(records)
-    labels = sources.binary_labels(builder, tfds_split, sources.spec(data_cfg).positive)[records]
-    return TrainPlan(records, labels, bool(data_cfg.balance), data_cfg.augment, 0).epoch_length
+    if split == "train":
+        return _train_plan(data_cfg, builder, fold, 0).epoch_length
+    return len(sources.select(data_cfg, builder, fold=fold, split=split)[1])
+
+
+def _train_plan(data_cfg: Any, builder: Any, fold: int | None, seed: int) -> TrainPlan:
+    """The `TrainPlan` of (data_cfg, fold): label balancing, or per-category targets."""
+    split, records = sources.select(data_cfg, builder, fold=fold, split="train")
+    labels = sources.binary_labels(builder, split, sources.spec(data_cfg).positive)[records]
+    wanted = dict(data_cfg.get("class_targets") or {})
+    if not wanted:
+        return TrainPlan(records, labels, bool(data_cfg.balance), data_cfg.augment, seed)
+    cats = sources.categories(builder, split)
+    if cats is None:
+        raise ValueError(
+            f"config.data.class_targets is set but {data_cfg.dataset} has no image categories "
+            "(only qatacov19/group2 has); leave class_targets empty."
+        )
+    groups, names = cats
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        raise ValueError(
+            f"config.data.class_targets names unknown categories {unknown}; valid: {list(names)}."
+        )
+    targets = tuple(int(wanted[n]) if n in wanted else None for n in names)
+    return TrainPlan(
+        records, labels, False, data_cfg.augment, seed, groups=groups[records], targets=targets
+    )
 
 
 def example_filenames(data_cfg: Any, *, fold: int | None, split: str) -> list[str]:

@@ -19,6 +19,13 @@ PNG/JPEG/BMP/TIFF/DICOM (RSNA's files are DICOM). Control Group-I (RSNA, PadChes
 Montgomery, Shenzhen normals) or Group-II (ChestX-ray14) is simply a different set of folders
 with a different `control_group` name. In `v2` each control goes to `test` with the
 COVID-19 test fraction, decided by a hash of its path (stable across rebuilds).
+
+`group2` is paper 1's Group-II experiment (docs/datasets.md#group-ii): ChestX-ray14's
+official train / test lists (the user passes the two list files and the image folder),
+bacterial and viral pneumonia folders, and the v1 COVID-19 images; no CV. Pneumonia and
+COVID-19 images go to `test` with ChestX-ray14's test ratio (by a hash of the file, as the
+paper "keeps the same train/test ratio"). Each example also carries its `category`
+(`GROUP2_CATEGORIES`), which the per-class augmentation targets of the pipeline count.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import dataclasses
 import hashlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import tensorflow_datasets as tfds
 
@@ -34,6 +42,7 @@ from qatacov_jax.data.features import BadDataLog, cxr_features, read_example
 from qatacov_jax.data.imageio import SUPPORTED_SUFFIXES, is_dicom
 
 LABELS = ["control", "covid19"]
+GROUP2_CATEGORIES = ["covid19", "bacterial_pneumonia", "viral_pneumonia", "chestxray14"]
 ROOT = "QaTa-COV19"
 V2_SPLITS = {"train": "Train Set", "test": "Test Set"}
 
@@ -46,6 +55,13 @@ class Qatacov19Config(tfds.core.BuilderConfig):
     control_dirs: tuple[str, ...] = ()
     stored_size: int = 256
     bad_data: str = "fail"
+    # group2 only: ChestX-ray14 image folder, its train(+val) and test list files, and the
+    # bacterial / viral pneumonia folders.
+    chestxray14_dir: str = ""
+    train_list: str = ""
+    test_list: str = ""
+    bacterial_dirs: tuple[str, ...] = ()
+    viral_dirs: tuple[str, ...] = ()
 
 
 def qatacov19_config(
@@ -56,13 +72,22 @@ def qatacov19_config(
     control_group: str = "controls",
     stored_size: int = 256,
     bad_data: str = "fail",
+    group2: Any = None,
 ) -> Qatacov19Config:
     """A config named `v1`/`v2`, or `v1_<group>` when control folders are given (so prepared
-    datasets with different controls live in different directories)."""
-    if version_name not in ("v1", "v2"):
-        raise ValueError(f"QaTa-COV19 version must be 'v1' or 'v2', got {version_name!r}.")
+    datasets with different controls live in different directories); `group2_<group>` with
+    the `config.data.group2` block (ChestX-ray14 lists and pneumonia folders)."""
+    if version_name not in ("v1", "v2", "group2"):
+        raise ValueError(
+            f"QaTa-COV19 version must be 'v1', 'v2' or 'group2', got {version_name!r}."
+        )
     dirs = tuple(str(_resolve(d, manual_dir)) for d in control_dirs)
     name = version_name
+    extra: dict[str, Any] = {}
+    if version_name == "group2":
+        extra = _group2_fields(group2, manual_dir)
+        if control_group not in ("controls", "group2"):
+            name += f"_{control_group}"
     if dirs:
         if not control_group.replace("-", "").replace("_", "").isalnum():
             raise ValueError(
@@ -79,7 +104,33 @@ def qatacov19_config(
         control_dirs=dirs,
         stored_size=stored_size,
         bad_data=bad_data,
+        **extra,
     )
+
+
+def _group2_fields(group2: Any, manual_dir: str | None) -> dict[str, Any]:
+    """The resolved `config.data.group2` paths, each checked to exist (one clear error)."""
+    need = {
+        "chestxray14_dir": "the ChestX-ray14 image folder (searched recursively)",
+        "train_list": "ChestX-ray14's official train list (train_val_list.txt)",
+        "test_list": "ChestX-ray14's official test list (test_list.txt)",
+    }
+    out: dict[str, Any] = {}
+    for key, what in need.items():
+        value = group2.get(key) if group2 is not None else None
+        if not value:
+            raise ValueError(f"config.data.group2.{key} is not set: give {what}.")
+        path = _resolve(value, manual_dir)
+        if not path.exists():
+            raise FileNotFoundError(f"config.data.group2.{key}: {path} does not exist ({what}).")
+        out[key] = str(path)
+    for key in ("bacterial_dirs", "viral_dirs"):
+        paths = tuple(str(_resolve(d, manual_dir)) for d in group2.get(key) or ())
+        for p in paths:
+            if not Path(p).is_dir():
+                raise FileNotFoundError(f"config.data.group2.{key}: {p} is not a folder.")
+        out[key] = paths
+    return out
 
 
 def _resolve(path: str, manual_dir: str | None) -> Path:
@@ -103,16 +154,25 @@ class Qatacov19(tfds.core.GeneratorBasedBuilder):
     )
 
     def _info(self) -> tfds.core.DatasetInfo:
+        cfg = self.builder_config
+        features = cxr_features(LABELS, infection=True, lung=False)
+        metadata = {"control_dirs": list(cfg.control_dirs)}
+        if cfg.version_name == "group2":
+            features = tfds.features.FeaturesDict(
+                {**features, "category": tfds.features.ClassLabel(names=GROUP2_CATEGORIES)}
+            )
+            metadata["group2"] = group2_sources(cfg)
         return self.dataset_info_from_configs(
-            features=cxr_features(LABELS, infection=True, lung=False),
+            features=features,
             homepage="https://www.kaggle.com/datasets/aysendegerli/qatacov19-dataset",
-            metadata=tfds.core.MetadataDict(control_dirs=list(self.builder_config.control_dirs)),
+            metadata=tfds.core.MetadataDict(**metadata),
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         cfg = self.builder_config
         manual = Path(dl_manager.manual_dir)
-        root = manual / ROOT / f"QaTa-COV19-{cfg.version_name}"
+        # Group-II's COVID-19 images are v1's.
+        root = manual / ROOT / f"QaTa-COV19-{cfg.version_name.replace('group2', 'v1')}"
         if not root.is_dir():
             raise FileNotFoundError(
                 f"{root} not found. The manual directory {manual} must hold the unpacked "
@@ -127,6 +187,8 @@ class Qatacov19(tfds.core.GeneratorBasedBuilder):
                     f"Control folder {d} does not exist (config.data.control_dirs)."
                 )
         controls = sorted(p for d in control_dirs for p in _image_files(d))
+        if cfg.version_name == "group2":
+            return self._group2_splits(manual / ROOT / "QaTa-COV19-v1")
         if cfg.version_name == "v1":
             pairs = _pairs(root, "v1")
             return {"train": self._generate_examples(pairs, controls, "train")}
@@ -140,6 +202,65 @@ class Qatacov19(tfds.core.GeneratorBasedBuilder):
             split: self._generate_examples(pairs[split], split_controls[split], split)
             for split in V2_SPLITS
         }
+
+    def _group2_splits(self, v1_root: Path) -> dict[str, Any]:
+        """Group-II: ChestX-ray14 by its official lists; the other classes by its ratio."""
+        cfg = self.builder_config
+        lists = {"train": _read_list(cfg.train_list), "test": _read_list(cfg.test_list)}
+        both = set(lists["train"]) & set(lists["test"])
+        if both:
+            raise ValueError(
+                f"{len(both)} files are in both ChestX-ray14 lists (e.g. {sorted(both)[0]}); "
+                "check config.data.group2.train_list and test_list."
+            )
+        found = {p.name: p for p in _image_files(Path(cfg.chestxray14_dir))}
+        missing = [n for names in lists.values() for n in names if n not in found]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} files of the ChestX-ray14 lists are not under "
+                f"{cfg.chestxray14_dir} (e.g. {missing[0]}); unpack every images_*.tar.gz there."
+            )
+        n_train, n_test = len(lists["train"]), len(lists["test"])
+        test_fraction = n_test / max(1, n_train + n_test)
+        others: dict[str, list[tuple[Path, str]]] = {"train": [], "test": []}
+        masks = dict(_pairs(v1_root, "v1"))  # v1 images without a mask are left out
+        for image in masks:
+            split = "test" if _hash_unit(image) < test_fraction else "train"
+            others[split].append((image, "covid19"))
+        for key, category in (
+            ("bacterial_dirs", "bacterial_pneumonia"),
+            ("viral_dirs", "viral_pneumonia"),
+        ):
+            for d in getattr(cfg, key):
+                for p in sorted(_image_files(Path(d))):
+                    others["test" if _hash_unit(p) < test_fraction else "train"].append(
+                        (p, category)
+                    )
+        return {
+            split: self._group2_examples(
+                others[split], [found[n] for n in lists[split]], masks, split
+            )
+            for split in ("train", "test")
+        }
+
+    def _group2_examples(self, others, chestxray14: list[Path], masks, split: str):
+        cfg = self.builder_config
+        bad = BadDataLog(cfg.bad_data, split)
+        items = [*others, *((p, "chestxray14") for p in chestxray14)]
+        for path, category in items:
+            covid = category == "covid19"
+            ex = read_example(path, {"mask": masks[path] if covid else None}, cfg.stored_size, bad)
+            if ex is not None:
+                yield (
+                    str(path),
+                    {
+                        **ex,
+                        "label": "covid19" if covid else "control",
+                        "category": category,
+                        "filename": path.name if covid else str(path),
+                    },
+                )
+        bad.report()
 
     def _generate_examples(self, pairs: list[tuple[Path, Path | None]], controls, split: str):
         cfg = self.builder_config
@@ -189,6 +310,24 @@ def _image_files(folder: Path) -> list[Path]:
         and not p.name.startswith(".")
         and (p.suffix.lower() in SUPPORTED_SUFFIXES or is_dicom(p))
     ]
+
+
+def _read_list(path: str) -> list[str]:
+    """File names of a ChestX-ray14 list file (one per line; blank lines ignored)."""
+    names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{path} lists no files (config.data.group2 list file).")
+    return names
+
+
+def group2_sources(cfg: Qatacov19Config) -> dict[str, Any]:
+    return {
+        "chestxray14_dir": cfg.chestxray14_dir,
+        "train_list": cfg.train_list,
+        "test_list": cfg.test_list,
+        "bacterial_dirs": list(cfg.bacterial_dirs),
+        "viral_dirs": list(cfg.viral_dirs),
+    }
 
 
 def _hash_unit(path: Path) -> float:

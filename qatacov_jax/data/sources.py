@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 
 from qatacov_jax.data import splits
 from qatacov_jax.data.covid_qu_ex import CovidQuEx, covid_qu_ex_config
-from qatacov_jax.data.qatacov19 import Qatacov19, qatacov19_config
+from qatacov_jax.data.qatacov19 import Qatacov19, group2_sources, qatacov19_config
 from qatacov_jax.data.synthetic_cxr import SyntheticCxr, synthetic_config
 
 # Never fetch prepared datasets or metadata from Google's bucket: data comes from the user.
@@ -51,6 +51,8 @@ SPECS = {
     "synthetic_cxr": DatasetSpec("train", None, "test", "covid19", ("infection", "lung")),
     "qatacov19/v1": DatasetSpec("train", None, None, "covid19", ("infection",)),
     "qatacov19/v2": DatasetSpec("train", None, "test", "covid19", ("infection",)),
+    # Paper 1's Group-II: ChestX-ray14's official train/test lists (qatacov19.py).
+    "qatacov19/group2": DatasetSpec("train", None, "test", "covid19", ("infection",)),
     "covid_qu_ex/infection": DatasetSpec(
         "train", "validation", "test", "covid19", ("infection", "lung")
     ),
@@ -108,6 +110,7 @@ def make_builder(data_cfg: Any) -> tfds.core.DatasetBuilder:
             control_group=data_cfg.control_group,
             stored_size=data_cfg.stored_size,
             bad_data=data_cfg.bad_data,
+            group2=data_cfg.get("group2"),
         )
         return Qatacov19(
             config=_config_arg(Qatacov19, config), data_dir=ddir, file_format="array_record"
@@ -160,6 +163,14 @@ def _check_controls(builder: tfds.core.DatasetBuilder) -> None:
             f"but config.data.control_dirs is {list(wanted)}. Use a different "
             "config.data.control_group for a different set of controls."
         )
+    if getattr(builder.builder_config, "version_name", "") == "group2":
+        now, then = group2_sources(builder.builder_config), builder.info.metadata.get("group2")
+        if then is not None and dict(then) != now:
+            raise ValueError(
+                f"The prepared dataset {builder.data_dir} was built from {dict(then)}, but "
+                f"config.data.group2 now gives {now}. Use a different config.data.control_group "
+                "for different Group-II inputs."
+            )
 
 
 def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
@@ -214,6 +225,29 @@ def _labels_cached(builder_dir: str, split: str, positive: str) -> np.ndarray:
     return np.asarray([int(source[i]["label"]) == pos for i in range(len(source))], np.int32)
 
 
+@functools.lru_cache(maxsize=32)
+def _categories_cached(builder_dir: str, split: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    builder = tfds.builder_from_directory(builder_dir)
+    skip = {
+        k: tfds.decode.SkipDecoding()
+        for k in ("image", "mask", "lung_mask")
+        if k in builder.info.features
+    }
+    source = builder.as_data_source(split, decoders=skip)
+    names = tuple(builder.info.features["category"].names)
+    return np.asarray([int(source[i]["category"]) for i in range(len(source))], np.int32), names
+
+
+def categories(
+    builder: tfds.core.DatasetBuilder, split: str
+) -> tuple[np.ndarray, tuple[str, ...]] | None:
+    """((N,) int32 category of each record of `split`, category names), or None for a
+    dataset whose examples carry no `category` (all but `qatacov19/group2`)."""
+    if "category" not in builder.info.features:
+        return None
+    return _categories_cached(str(builder.data_dir), split)
+
+
 def binary_labels(builder: tfds.core.DatasetBuilder, split: str, positive: str) -> np.ndarray:
     """(N,) int32: 1 where the record of `split` is COVID-19, in record order."""
     return _labels_cached(str(builder.data_dir), split, positive)
@@ -228,7 +262,9 @@ def select(
       fold: CV round k in [0, num_folds) — folds are cut from the train split — or None for
         the dataset's predefined splits (a stratified `val_fraction` hold-out of train serves
         as `eval` where the dataset has no validation split).
-      split: `train`, `eval` (held-out fold / validation) or `test`.
+      split: `train`, `eval` (held-out fold / validation), `validation` (the stratified
+        `config.data.validation_fraction` of the training part, which `train` then leaves
+        out; docs/method.md#model-selection) or `test`.
 
     Returns:
       (TFDS split name, sorted record indices into it).
@@ -242,21 +278,90 @@ def select(
             )
         labels = binary_labels(builder, s.test, s.positive)
         return s.test, np.arange(len(labels))
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train', 'eval' or 'test', got {split!r}.")
+    if split not in ("train", "eval", "validation"):
+        raise ValueError(f"split must be 'train', 'eval', 'validation' or 'test', got {split!r}.")
+    if split in ("train", "validation"):
+        tfds_split, records = _training_part(data_cfg, builder, s, fold)
+        fraction = validation_fraction(data_cfg)
+        if fraction == 0.0:
+            if split == "validation":
+                raise ValueError(
+                    "There is no validation split: config.data.validation_fraction is 0. Set "
+                    "it in (0, 1) to carve one from the training part of the fold."
+                )
+            return tfds_split, records
+        labels = binary_labels(builder, tfds_split, s.positive)[records]
+        # Seeded by fold_seed + 1 so the carve is independent of the fold assignment.
+        kept, held = splits.stratified_holdout(labels, fraction, data_cfg.fold_seed + 1)
+        return tfds_split, records[kept if split == "train" else held]
     labels = binary_labels(builder, s.train, s.positive)
     if fold is not None:
-        train, held = splits.cv_indices(labels, fold, data_cfg.num_folds, data_cfg.fold_seed)
-        return s.train, train if split == "train" else held
+        return s.train, splits.cv_indices(labels, fold, data_cfg.num_folds, data_cfg.fold_seed)[1]
     if s.validation is not None:
-        if split == "train":
-            return s.train, np.arange(len(labels))
         val = binary_labels(builder, s.validation, s.positive)
         return s.validation, np.arange(len(val))
+    _need_test(data_cfg, s)
+    if not data_cfg.val_fraction:
+        raise ValueError(
+            f"{data_cfg.dataset} has no 'eval' split with fold=None and "
+            "config.data.val_fraction=0; evaluate split 'test' (config.eval_split='test')."
+        )
+    return s.train, splits.stratified_holdout(labels, data_cfg.val_fraction, data_cfg.fold_seed)[1]
+
+
+def _need_test(data_cfg: Any, s: DatasetSpec) -> None:
     if s.test is None:
         raise ValueError(
             f"{data_cfg.dataset} has no predefined train/test split; pass a CV fold number "
             f"(0..{data_cfg.num_folds - 1}) instead of fold=None."
         )
-    kept, held = splits.stratified_holdout(labels, data_cfg.val_fraction, data_cfg.fold_seed)
-    return s.train, kept if split == "train" else held
+
+
+def _training_part(
+    data_cfg: Any, builder: tfds.core.DatasetBuilder, s: DatasetSpec, fold: int | None
+) -> tuple[str, np.ndarray]:
+    """(TFDS split, records) that training may read: the other folds of CV round `fold`, or
+    the dataset's train split less its `eval` hold-out (fold=None)."""
+    labels = binary_labels(builder, s.train, s.positive)
+    if fold is not None:
+        return s.train, splits.cv_indices(labels, fold, data_cfg.num_folds, data_cfg.fold_seed)[0]
+    if s.validation is not None or not data_cfg.val_fraction:
+        _need_test(data_cfg, s)
+        return s.train, np.arange(len(labels))
+    _need_test(data_cfg, s)
+    return s.train, splits.stratified_holdout(labels, data_cfg.val_fraction, data_cfg.fold_seed)[0]
+
+
+def validation_fraction(data_cfg: Any) -> float:
+    """`config.data.validation_fraction` checked to be in [0, 1) (0 = no validation split)."""
+    fraction = float(data_cfg.get("validation_fraction", 0.0) or 0.0)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(
+            f"config.data.validation_fraction must be in [0, 1), got {fraction} (0 = no "
+            "validation split: the final model is evaluated)."
+        )
+    return fraction
+
+
+def selection_split(data_cfg: Any, fold: int | None) -> str | None:
+    """The split that picks `checkpoints/best` (and is evaluated every epoch), or None.
+
+    docs/method.md#model-selection: the test data must never choose the model. With
+    `validation_fraction > 0` it is `validation` (carved from the training part); with
+    fold=None it is `eval` (the dataset's own validation split or the `val_fraction`
+    hold-out of train, never its test split); in a CV round without a validation fraction
+    nothing selects: `checkpoints/best` is the final model, as paper 1 evaluates it (also
+    with fold=None and `val_fraction` 0, as paper 1's Group-II).
+    """
+    if validation_fraction(data_cfg) > 0.0:
+        return "validation"
+    if fold is not None:
+        return None
+    has_eval = spec(data_cfg, check_target=False).validation is not None or data_cfg.val_fraction
+    return "eval" if has_eval else None
+
+
+def final_split(data_cfg: Any, fold: int | None) -> str:
+    """The split a run is finally evaluated on: the held-out fold of a CV round (`eval`),
+    else the dataset's predefined test split."""
+    return "eval" if fold is not None else "test"

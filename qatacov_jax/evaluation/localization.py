@@ -7,7 +7,7 @@ probabilities) and the classifier's Grad-CAM and Grad-CAM++ maps (`inference.cam
 sufficient statistics come back, so memory stays flat however large the split. Per method:
 
 * pixel F1 / IoU (and the other confusion metrics) at the decision threshold (0.5) and at the
-  best global threshold (the one of the thresholds k / num_bins with the highest F1), read
+  best global threshold (the one of the bin-edge thresholds with the highest F1), read
   off the probability histograms `metrics.batch_statistics` keeps for AUC (exact at the bin
   edges), on all images and on the COVID-19 images alone;
 * pointing game: the share of COVID-19 images whose map peaks inside the infected region;
@@ -54,7 +54,7 @@ from qatacov_jax.metrics import (
     best_f1_threshold,
     confidence_radius,
 )
-from qatacov_jax.models import CLASSIFIER_ARCH
+from qatacov_jax.models import CLASSIFIER_ARCH, foreground_probability
 from qatacov_jax.models.folding import fold_batchnorm, make_forward
 from qatacov_jax.runtime.files import json_ready, write_json, write_text
 from qatacov_jax.runtime.sharding import make_mesh, replicate
@@ -162,7 +162,7 @@ def make_localization_step(
     @jax.jit
     def step(states, images, masks, labels, valid):
         logits = seg_forward(states["seg"], seg_prep(images))
-        seg = jax.nn.sigmoid(logits.astype(jnp.float32))[..., 0]
+        seg = foreground_probability(logits)[..., 0]
         cams, cls_logits = class_activation_maps(
             nnx.merge(cls_def, states["cls"]), cls_prep(images), methods=CAM_METHODS
         )

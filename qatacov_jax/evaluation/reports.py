@@ -3,6 +3,7 @@ curves and confusion matrices (PNG)."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,8 +29,10 @@ _LABELS = {
     "f2": "F2-Score",
     "accuracy": "Accuracy",
     "auc": "AUC",
-    "iou": "IoU",
-    "dsc": "DSC",
+    "iou": "IoU (pooled)",
+    "dsc": "DSC (pooled)",
+    "iou_per_image": "IoU (per image)",
+    "dsc_per_image": "DSC (per image)",
 }
 
 
@@ -56,8 +59,10 @@ def markdown_tables(
     ]
     lines += [
         f"Threshold {summary['threshold']}; AUC from {summary['num_bins']} probability bins "
-        f"(width {summary['auc_bin_width']:g}). 95% CI r = 1.96 sqrt(m(1-m)/N), N = positives "
-        "(sensitivity), negatives (specificity), all samples (others).",
+        f"({summary.get('auc_bins', 'uniform')}). 95% CI r = 1.96 sqrt(m(1-m)/N), N = "
+        "positives (sensitivity), negatives (specificity), all samples (others). Pooled "
+        "IoU/DSC: one ratio of the pixel counts summed over all images (paper 1); per-image "
+        "IoU/DSC: the mean of each image's (paper 2), CI with N = images.",
         "",
         "## Table 1: test samples",
         "",
@@ -91,6 +96,24 @@ def markdown_tables(
         lines += [
             "",
             f"Pixel AUC bin error: at most {100 * auc['bin_error']:.4f} percentage points.",
+        ]
+    if "iou_per_image" in pix["metrics"]:
+        iou, dsc = pix["metrics"]["iou_per_image"], pix["metrics"]["dsc_per_image"]
+        ci = lambda m: "" if not math.isfinite(m["ci95"]) else f" ± {m['ci95']:.4f}"  # noqa: E731
+        lines += [
+            "",
+            "## Paper-2 style: infection segmentation, per-image IoU and DSC (%, ± 95% CI)",
+            "",
+            f"N = {iou['n']:,} images ({iou['empty_images']:,} with neither ground-truth nor "
+            "predicted pixels, which count 100%).",
+            "",
+            "| Model | Encoder | Frozen | IoU (per image) | DSC (per image) |",
+            "|---|---|---|---|---|",
+            "| "
+            + " | ".join(
+                _model_cells(info) + [_pct(iou["value"]) + ci(iou), _pct(dsc["value"]) + ci(dsc)]
+            )
+            + " |",
         ]
 
     det_names = ["sensitivity", "specificity", "precision", "f1", "f2", "accuracy"]
@@ -128,17 +151,33 @@ def markdown_tables(
 
 
 def check_outputs_free(out_dir: Path, overwrite: bool, *, cv_folds: Sequence[str] = ()) -> None:
-    """Refuses (FileExistsError naming the file) to replace earlier results without overwrite."""
-    if overwrite:
-        return
+    """Refuses (FileExistsError naming the file) to replace earlier results without
+    `overwrite`, and with it to replace files of a folder that is not an earlier evaluation
+    output of ours (its metrics.json)."""
     for sub in ["", *cv_folds]:
         for name in (*OUTPUTS, "maps"):
             p = out_dir / sub / name
-            if p.exists() and not (p.is_dir() and not any(p.iterdir())):
+            if not p.exists() or (p.is_dir() and not any(p.iterdir())):
+                continue
+            if not overwrite:
                 raise FileExistsError(
                     f"{p} already exists; refusing to overwrite earlier evaluation results. "
                     "Pass --overwrite or choose another --out."
                 )
+            if not _is_our_output(out_dir / sub):
+                raise FileExistsError(
+                    f"{p} already exists and {out_dir / sub} is not an earlier output of "
+                    "scripts/evaluate.py (no metrics.json of ours in it); refusing to replace "
+                    "it even with --overwrite. Choose another --out."
+                )
+
+
+def _is_our_output(directory: Path) -> bool:
+    try:
+        metrics = json.loads((directory / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and "info" in metrics and "state" in metrics
 
 
 def write_outputs(

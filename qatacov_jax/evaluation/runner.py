@@ -25,6 +25,7 @@ over all test samples as its Table 3) and the mean/std over folds.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -32,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
 from qatacov_jax import data
 from qatacov_jax.data.preprocessing import Preprocessing
+from qatacov_jax.data.sources import selection_split
 from qatacov_jax.evaluation.examples import example_maps
 from qatacov_jax.evaluation.reports import check_outputs_free, write_outputs
 from qatacov_jax.metrics import (
@@ -46,8 +47,9 @@ from qatacov_jax.metrics import (
     MetricAccumulator,
     batch_statistics,
 )
-from qatacov_jax.models import CLASSIFIER_ARCH
+from qatacov_jax.models import CLASSIFIER_ARCH, foreground_probability
 from qatacov_jax.runtime.files import json_ready
+from qatacov_jax.runtime.locking import run_dir_lock
 from qatacov_jax.runtime.sharding import make_mesh, replicate
 from qatacov_jax.training.rundir import load_model, read_config
 
@@ -87,7 +89,7 @@ def _stats_step(graphdef: nnx.GraphDef, threshold: float, num_bins: int) -> Call
     @jax.jit
     def step(state, image, mask, label, valid):
         logits = nnx.merge(graphdef, state)(image)
-        probs = jax.nn.sigmoid(logits.astype(jnp.float32))
+        probs = foreground_probability(logits)
         return batch_statistics(probs, mask, label, valid, threshold=threshold, num_bins=num_bins)
 
     return step
@@ -167,6 +169,46 @@ def fold_dirs(path: Path) -> list[Path]:
     )
 
 
+class SelectionSplitError(ValueError):
+    """The asked split chose the checkpoint: its metrics would be optimistic."""
+
+
+def run_selection_split(run_dir: Path, config: Any) -> str | None:
+    """The split that picked the run's `checkpoints/best` (None: nothing picked it).
+
+    results.json records it (`selection.split`); a run still training has no results.json
+    and its config decides (`data.sources.selection_split`); results.json written before
+    that record existed selected on its `eval_split` every epoch.
+    """
+    results = Path(run_dir) / "results.json"
+    if results.exists():
+        recorded = json.loads(results.read_text())
+        if "selection" in recorded:
+            return recorded["selection"]["split"]
+        return recorded.get("eval_split", "eval")
+    fold = None if config.get("fold") is None else int(config.fold)
+    return selection_split(config.data, fold)
+
+
+def default_split(run_dir: Path, config: Any) -> str:
+    """The run's `eval_split`, or its test split where `eval_split` picked the model."""
+    split = config.get("eval_split", "eval")
+    return "test" if split == run_selection_split(run_dir, config) else split
+
+
+def check_not_selection(run_dir: Path, config: Any, split: str, which: str) -> str | None:
+    """Raises `SelectionSplitError` when `checkpoints/best` was chosen on `split`."""
+    selection = run_selection_split(run_dir, config)
+    if which == "best" and split == selection:
+        raise SelectionSplitError(
+            f"{run_dir}: checkpoints/best was chosen by {config.get('best_metric')} on the "
+            f"'{split}' split, so its metrics there are optimistic and not reported. "
+            "Evaluate the test split (--split test, or 'eval' = the held-out fold of a CV "
+            "run), or pass --which latest for the final model (docs/method.md#model-selection)."
+        )
+    return selection
+
+
 def evaluate_run(
     run_dir: Path,
     *,
@@ -183,8 +225,9 @@ def evaluate_run(
     """Evaluates one run directory on its held-out split.
 
     Args:
-      split: 'eval' (the held-out fold / validation split) or 'test'; default the run's
-        `config.eval_split`.
+      split: 'eval' (the held-out fold / validation split), 'validation' or 'test'; default
+        the run's `config.eval_split` unless that split chose the checkpoint (then 'test').
+        The split that chose `checkpoints/best` is refused (`SelectionSplitError`).
       data_dir: override of `config.data.data_dir` (the data moved since training).
       num_maps: also write infection maps of the first `num_maps` examples to `maps_dir`.
 
@@ -200,7 +243,8 @@ def evaluate_run(
         )
     if data_dir is not None:
         config.data.data_dir = data_dir
-    split = split or config.get("eval_split", "eval")
+    split = split or default_split(run_dir, config)
+    selection = check_not_selection(run_dir, config, split, which)
     fold = None if config.get("fold") is None else int(config.fold)
     mesh = mesh or make_mesh()
     batches, total, bs = split_batches(config, split, batch_size, prep, mesh)
@@ -228,6 +272,7 @@ def evaluate_run(
         "dataset": config.data.get("dataset"),
         "target": config.data.get("target", "infection"),
         "checkpoint": which,
+        "selection_split": selection,
     }
     return acc, info
 
@@ -261,21 +306,30 @@ def evaluate(
             f"{path} holds neither config.json nor fold_k/ run directories; pass the --workdir "
             "of scripts/train.py."
         )
+    first = folds[0] if cv else path
+    split = kwargs.get("split") or default_split(first, read_config(first))
+    kwargs["split"] = split
+    for run in folds or [path]:  # refuse before anything is computed or written
+        check_not_selection(run, read_config(run), split, kwargs.get("which", "best"))
     if out_dir is None:
-        split = kwargs.get("split") or read_config(folds[0] if cv else path).get("eval_split")
-        out_dir = path / "evaluation" / str(split or "eval")
+        out_dir = path / "evaluation" / str(split)
     out = Path(out_dir)
     check_outputs_free(out, overwrite, cv_folds=[f.name for f in folds])
-    if not cv:
-        acc, info = evaluate_run(path, maps_dir=out / "maps", **kwargs)
-        return json_ready(write_outputs(out, acc, info))
-    results = []
-    for f in folds:
-        acc, info = evaluate_run(f, maps_dir=out / f.name / "maps", **kwargs)
-        write_outputs(out / f.name, acc, info)
-        results.append((acc, info))
-    total = results[0][0]
-    for acc, _ in results[1:]:
-        total = total.merge(acc)
-    info = {**results[0][1], "fold": "all", "run_dir": str(path), "folds": [f.name for f in folds]}
-    return json_ready(write_outputs(out, total, info, per_fold=results))
+    # One writer per output folder (runtime/locking.py); the run itself is only read, so
+    # evaluating while it trains is allowed.
+    with run_dir_lock(out, purpose="evaluate", enabled=jax.process_index() == 0):
+        check_outputs_free(out, overwrite, cv_folds=[f.name for f in folds])
+        if not cv:
+            acc, info = evaluate_run(path, maps_dir=out / "maps", **kwargs)
+            return json_ready(write_outputs(out, acc, info))
+        results = []
+        for f in folds:
+            acc, info = evaluate_run(f, maps_dir=out / f.name / "maps", **kwargs)
+            write_outputs(out / f.name, acc, info)
+            results.append((acc, info))
+        total = results[0][0]
+        for acc, _ in results[1:]:
+            total = total.merge(acc)
+        info = {**results[0][1], "fold": "all", "run_dir": str(path)}
+        info["folds"] = [f.name for f in folds]
+        return json_ready(write_outputs(out, total, info, per_fold=results))

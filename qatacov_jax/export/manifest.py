@@ -27,8 +27,14 @@ MANIFEST_FILE = "manifest.json"
 EXPORTER = "qatacov_jax.export"
 
 OUTPUT_MEANING = {
-    "infection": "per-pixel probability of COVID-19 infection (sigmoid of the model's logits)",
-    "lung": "per-pixel probability of lung (sigmoid of the lung model's logits)",
+    "infection": (
+        "per-pixel probability of COVID-19 infection (sigmoid of the model's logit, or "
+        "softmax class 1 of a 2-class model)"
+    ),
+    "lung": (
+        "per-pixel probability of lung (sigmoid of the lung model's logit, or softmax "
+        "class 1 of a 2-class model)"
+    ),
 }
 DECISION = (
     "COVID-19 if any pixel of `infection` >= models.infection.threshold (the paper's rule, as "
@@ -120,7 +126,7 @@ def build_manifest(
                 "name": n,
                 "shape": list(i.shape(serving.batch)),
                 "dtype": "float32",
-                "meaning": OUTPUT_MEANING.get(n, "per-pixel probability (sigmoid)"),
+                "meaning": OUTPUT_MEANING.get(n, "per-pixel foreground probability"),
             }
             for n, i in zip(serving.names, serving.inputs, strict=True)
         ],

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from qatacov_jax.export.manifest import MANIFEST_FILE, read_manifest
+from qatacov_jax.runtime.locking import run_dir_lock
 
 
 def check_output(out: Path, overwrite: bool) -> None:
@@ -51,6 +52,13 @@ def staged_output(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
     out = Path(out).absolute()
     check_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # Locked beside `out` (it is replaced as a whole): a second export into the same --out
+    # is refused at once instead of racing the renames (runtime/locking.py).
+    with run_dir_lock(out, purpose="export", beside=True):
+        yield from _staged(out, overwrite)
+
+
+def _staged(out: Path, overwrite: bool) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import logging
 import math
 import time
@@ -38,7 +39,7 @@ from qatacov_jax.inference.infection_map import (
     binary_mask_image,
     infection_map,
 )
-from qatacov_jax.inference.predictor import Predictor
+from qatacov_jax.inference.predictor import Predictor, grid_max_key
 from qatacov_jax.inference.severity import DEFAULT_SCALE, SeverityScale, quantify
 from qatacov_jax.runtime.files import save_png, write_json, write_text
 from qatacov_jax.runtime.sharding import make_mesh
@@ -61,6 +62,7 @@ REPORT_FIELDS = (
     "infected_percent_of_lung",
     "severity_grade",
     "severity",
+    "intensity",
     "map",
     "mask",
     "lung_mask",
@@ -146,28 +148,57 @@ def output_paths(key: str, out_dir: Path, with_lung: bool) -> dict[str, Path]:
 def check_no_overwrite(
     items: Sequence[InputItem], out_dir: Path, with_lung: bool, overwrite: bool
 ) -> None:
-    """Raises OutputExistsError naming the first existing output unless overwrite is set."""
-    if overwrite:
-        return
+    """Raises OutputExistsError naming the first existing output, unless `overwrite` is set
+    and `out_dir` is recognisably an earlier output of ours (its report.json): an output
+    name that collides with an unrelated file is never replaced."""
     candidates = [out_dir / REPORT_CSV, out_dir / REPORT_JSON]
     for item in items:
         candidates.extend(output_paths(item.key, out_dir, with_lung).values())
     existing = [p for p in candidates if p.exists()]
-    if existing:
-        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+    if not existing:
+        return
+    more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+    if not overwrite:
         raise OutputExistsError(
             f"{existing[0]} already exists{more}; refusing to overwrite earlier results. "
             "Choose another --out folder or pass --overwrite."
         )
+    if not _is_our_output(out_dir):
+        raise OutputExistsError(
+            f"{existing[0]} already exists{more} and {out_dir} is not an earlier output of "
+            f"scripts/infer.py (no {REPORT_JSON} of ours in it); refusing to replace it even "
+            "with --overwrite. Choose another --out folder."
+        )
+
+
+def _is_our_output(out_dir: Path) -> bool:
+    try:
+        report = json.loads((out_dir / REPORT_JSON).read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(report, dict)
+        and isinstance(report.get("images"), list)
+        and ("checkpoint" in report)
+    )
 
 
 def _read(item: InputItem) -> tuple[InputItem, np.ndarray | None, str | None]:
     try:
-        return item, imageio.read_xray(item.path), None
+        img, note = imageio.read_xray_with_info(item.path)
+        # Kept aside (dict writes are atomic across the reader threads) so that the read
+        # tuple keeps its shape; `_write_outputs` moves it into the report row.
+        _INTENSITY_NOTES[item.path] = note
+        return item, img, None
     except imageio.ImageReadError as e:
         return item, None, e.reason
     except Exception as e:  # noqa: BLE001 - one odd file must not end the run
         return item, None, f"{type(e).__name__}: {e}"
+
+
+# How each input's intensities were mapped to [0, 1] (imageio.read_xray_with_info), reported
+# per image as "intensity" (e.g. a 12-bit X-ray in a 16-bit PNG: "sBIT 12: values / 4095").
+_INTENSITY_NOTES: dict[Path, str] = {}
 
 
 def _finite(x: Any) -> Any:
@@ -264,6 +295,44 @@ def run_inference(
     return rows
 
 
+def image_report(
+    img: np.ndarray,
+    pred: dict[str, np.ndarray],
+    *,
+    threshold: float = 0.5,
+    lung_threshold: float = 0.5,
+    scale: SeverityScale = DEFAULT_SCALE,
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
+    """The report fields of one image and its binary masks (no files written).
+
+    The one place that turns probability maps into the decision and severity, shared by
+    `scripts/infer.py` and the web app (`qatacov_jax.webapp`), so both report the same.
+
+    Args:
+      img: (H, W) X-ray in [0, 1].
+      pred: "infection" (and optionally "lung") -> (H, W) probabilities, and optionally
+        `grid_max_key("infection")` -> the map's maximum on the model grid (the decision).
+
+    Returns:
+      (fields: height, width, covid19, max_probability and `severity.quantify`'s fields;
+      (H, W) uint8 0/255 infection mask; (H, W) uint8 lung mask or None without "lung").
+    """
+    prob = pred["infection"]
+    mask = binary_mask_image(prob, threshold)
+    lung = binary_mask_image(pred["lung"], lung_threshold) if "lung" in pred else None
+    # Decided on the model grid, as evaluate.py (docs/method.md#detection-rule); the resized
+    # map's maximum is the fallback for a `pred` that does not carry it.
+    max_p = float(pred.get(grid_max_key("infection"), prob.max()))
+    fields: dict[str, Any] = {
+        "height": int(img.shape[0]),
+        "width": int(img.shape[1]),
+        "covid19": bool(max_p >= threshold),
+        "max_probability": max_p,
+    }
+    fields.update(quantify(mask > 0, None if lung is None else lung > 0, scale=scale))
+    return fields, mask, lung
+
+
 def _write_outputs(
     item: InputItem,
     img: np.ndarray,
@@ -275,31 +344,30 @@ def _write_outputs(
     scale: SeverityScale,
     with_lung: bool,
 ) -> dict[str, Any]:
-    prob = pred["infection"]
     paths = output_paths(item.key, out_dir, with_lung)
-    mask = binary_mask_image(prob, threshold)
-    lung = binary_mask_image(pred["lung"], lung_threshold) if with_lung else None
+    fields, mask, lung = image_report(
+        img,
+        pred if with_lung else {k: v for k, v in pred.items() if not k.startswith("lung")},
+        threshold=threshold,
+        lung_threshold=lung_threshold,
+        scale=scale,
+    )
     try:
-        save_png(paths["map"], infection_map(img, prob, floor=display_floor))
+        save_png(paths["map"], infection_map(img, pred["infection"], floor=display_floor))
         save_png(paths["mask"], mask)
         if lung is not None:
             save_png(paths["lung_mask"], lung)
     except OSError as e:
         log.error("%s: cannot write outputs (%s)", item.path, e)
         return {"file": str(item.path), "status": "error", "error": f"cannot write outputs: {e}"}
-    max_p = float(prob.max())
     row: dict[str, Any] = {
+        "intensity": _INTENSITY_NOTES.pop(item.path, ""),
         "file": str(item.path),
         "status": "ok",
         "error": "",
-        "height": int(img.shape[0]),
-        "width": int(img.shape[1]),
-        "covid19": bool(max_p >= threshold),
-        "max_probability": max_p,
-        "map": str(paths["map"]),
-        "mask": str(paths["mask"]),
     }
-    row.update(quantify(mask > 0, None if lung is None else lung > 0, scale=scale))
+    row.update(fields)
+    row.update(map=str(paths["map"]), mask=str(paths["mask"]))
     if lung is not None:
         row["lung_mask"] = str(paths["lung_mask"])
     return row

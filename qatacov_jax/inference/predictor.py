@@ -24,10 +24,16 @@ from jax.sharding import Mesh
 
 from qatacov_jax.data.preprocessing import Preprocessing
 from qatacov_jax.data.resize import height_width, resize_image, resize_map
+from qatacov_jax.models import foreground_probability
 from qatacov_jax.models.folding import make_forward
 from qatacov_jax.runtime.sharding import data_sharding, replicate
 
 Models = nnx.Module | Mapping[str, nnx.Module]
+
+
+def grid_max_key(name: str) -> str:
+    """Key of a model's model-grid maximum probability in `Predictor.predict_batch` outputs."""
+    return f"{name}_grid_max"
 
 
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
@@ -57,7 +63,8 @@ def make_probability_fn(
 
     Returns:
       (forward, states): `forward(states, images)` maps name -> (B, H, W, C) images to name ->
-      (B, H, W, 1) float32 sigmoid probabilities; BatchNorm is folded into the convs
+      (B, H, W, 1) float32 foreground probabilities (`models.foreground_probability`: sigmoid,
+      or softmax channel 1 of 2-class models); BatchNorm is folded into the convs
       (`models.folding.make_forward`, the fastest exact inference form). `states` holds each
       model's folded state; pass it (or a replicated copy) as the first argument.
     """
@@ -76,7 +83,7 @@ def make_probability_fn(
             if preps[name] is not None:
                 x = preps[name](x.astype(jnp.float32))
             logits = fwd(states[name], x)
-            out[name] = jax.nn.sigmoid(logits.astype(jnp.float32))
+            out[name] = foreground_probability(logits)
         return out
 
     return forward, states
@@ -197,7 +204,13 @@ class Predictor:
         )
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """(H_i, W_i) float [0, 1] images -> per image, name -> (H_i, W_i) probabilities."""
+        """(H_i, W_i) float [0, 1] images -> per image, name -> (H_i, W_i) probabilities,
+        plus `grid_max_key(name)` -> () float32, the map's maximum on the model's own grid.
+
+        The detection decision ("COVID-19 if any pixel >= threshold") is taken on that
+        maximum, as `scripts/evaluate.py` and paper 1 take it: the maximum of the map resized
+        to the image can differ (interpolation), flipping a borderline case.
+        """
         if not images:
             return []
         # Quantised to 8 bits and resized exactly as the training data were (the TFDS
@@ -209,12 +222,11 @@ class Predictor:
         probs = jax.device_get(self._predict(batch))
         out = []
         for i, img in enumerate(images):
-            out.append(
-                {
-                    k: np.clip(resize_map(probs[k][i, ..., 0], img.shape), 0.0, 1.0)
-                    for k in self.names
-                }
-            )
+            maps = {
+                k: np.clip(resize_map(probs[k][i, ..., 0], img.shape), 0.0, 1.0) for k in self.names
+            }
+            maps.update({grid_max_key(k): np.float32(probs[k][i].max()) for k in self.names})
+            out.append(maps)
         return out
 
     def predict_all(self, images: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:

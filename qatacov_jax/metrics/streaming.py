@@ -8,16 +8,22 @@ per image is kept. Each batch is reduced on the devices (`batch_statistics`, jit
   pixels (for AUC, ROC and PR curves),
 * the same two things per image for COVID-19 *detection*, where an image is called positive
   when any pixel is >= threshold (i.e. its maximum probability is), against its label,
+* per-image IoU and DSC at the threshold, summed over images (paper 2 averages them per
+  image, docs/method.md#iou-and-dsc),
 
-and the host adds them into int64 accumulators (`MetricAccumulator`). Memory is
+and the host adds them into int64 / float64 accumulators (`MetricAccumulator`). Memory is
 O(num_bins), independent of the number of images.
 
-AUC resolution: probabilities are binned into `num_bins` equal bins on [0, 1] (default
-1000, i.e. width 0.001). The binned ROC is exact at the bin edges; the only approximation
-is that a positive and a negative that fall into the *same* bin count as a tie (1/2). The
-difference to the exact (Mann-Whitney) AUC is therefore at most
-`0.5 * sum_b pos_b * neg_b / (P * N)`, which `auc_from_histograms` returns as
-`auc_bin_error` alongside every AUC.
+AUC resolution: probabilities are binned into `num_bins` bins that are uniform in *logit*
+space (`bin_edges`): bin 0 holds p < sigmoid(-LOGIT_RANGE), the last p >= sigmoid(
+LOGIT_RANGE), and the `num_bins - 2` between are equal steps of logit(p). Uniform bins in p
+put nearly every background pixel (p ~ 1e-4) into the first bin together with the missed
+infection pixels, which made the AUC's error bound several percentage points; in logit
+space the confident negatives spread over hundreds of bins. The binned ROC is exact at the
+bin edges; the only approximation is that a positive and a negative that fall into the
+*same* bin count as a tie (1/2). The difference to the exact (Mann-Whitney) AUC is
+therefore at most `0.5 * sum_b pos_b * neg_b / (P * N)`, which `auc_from_histograms`
+returns as `bin_error` alongside every AUC.
 
 Confidence intervals: `qatacov_jax.metrics.confusion`.
 """
@@ -34,7 +40,10 @@ import numpy as np
 
 from qatacov_jax.metrics.confusion import COUNT_KEYS, Z_95, ConfusionCounts, confidence_radius
 
-DEFAULT_NUM_BINS = 1000
+# 4002 bins: 4000 steps of 0.01 in logit over [-20, 20] plus the two tails; even, so that
+# p = 0.5 (logit 0) is a bin edge.
+DEFAULT_NUM_BINS = 4002
+LOGIT_RANGE = 20.0
 DEFAULT_THRESHOLD = 0.5
 LEVELS = ("pixel", "detection")
 
@@ -42,9 +51,25 @@ LEVELS = ("pixel", "detection")
 # --------------------------------------------------------------------------- device side
 
 
+def bin_edges(num_bins: int) -> np.ndarray:
+    """(num_bins + 1,) float64 probability edges: bin b holds [edges[b], edges[b + 1]).
+
+    edges[0] = 0, edges[-1] = 1 (the last bin includes 1); between them sigmoid of
+    `num_bins - 1` equally spaced logits from -LOGIT_RANGE to LOGIT_RANGE.
+    """
+    if num_bins < 3:
+        raise ValueError(f"num_bins must be >= 3 (two tails and a middle), got {num_bins}.")
+    logits = np.linspace(-LOGIT_RANGE, LOGIT_RANGE, num_bins - 1)
+    return np.concatenate([[0.0], 1.0 / (1.0 + np.exp(-logits)), [1.0]])
+
+
 def _bin_index(p: jax.Array, num_bins: int) -> jax.Array:
-    """Bin b holds [b / n, (b + 1) / n); p = 1 goes to the last bin."""
-    return jnp.clip(jnp.floor(p * num_bins).astype(jnp.int32), 0, num_bins - 1)
+    """The `bin_edges` bin of each probability (p = 1 goes to the last bin)."""
+    p = p.astype(jnp.float32)
+    logit = jnp.log(p) - jnp.log1p(-p)  # -inf at 0, +inf at 1: clipped to the tails
+    width = 2.0 * LOGIT_RANGE / (num_bins - 2)
+    pos = jnp.clip(jnp.floor((logit + LOGIT_RANGE) / width) + 1.0, 0.0, num_bins - 1.0)
+    return pos.astype(jnp.int32)
 
 
 def _histogram(idx: jax.Array, select: jax.Array, num_bins: int) -> jax.Array:
@@ -52,6 +77,37 @@ def _histogram(idx: jax.Array, select: jax.Array, num_bins: int) -> jax.Array:
     # bincount and keeps exact integer counts.
     idx = jnp.where(select, idx, num_bins).ravel()
     return jnp.bincount(idx, length=num_bins + 1)[:num_bins].astype(jnp.int32)
+
+
+METRIC_DEFINITIONS = {
+    "iou": "pooled: TP / (TP + FP + FN) of the pixel counts summed over all images",
+    "dsc": "pooled: 2 TP / (2 TP + FP + FN) of the summed pixel counts (= pixel F1)",
+    "iou_per_image": "mean over images of each image's IoU (paper 2's IoU; CI with N = "
+    "images); an image with no ground-truth and no predicted pixels counts 1",
+    "dsc_per_image": "mean over images of each image's DSC (paper 2's DSC), as iou_per_image",
+    "auc": "binned ROC AUC; the exact AUC lies within +- bin_error of it",
+}
+PER_IMAGE_KEYS = ("image_iou_sum", "image_dsc_sum", "image_count", "image_empty")
+
+
+def _per_image_overlap(pred: jax.Array, truth: jax.Array, valid: jax.Array) -> dict[str, jax.Array]:
+    """Sums over the valid images of per-image IoU and DSC (pred, truth: (B, P) bool).
+
+    An image with neither ground-truth nor predicted pixels scores 1 (a perfect empty
+    prediction; segmentation_models_pytorch's per-image default), counted in `image_empty`.
+    """
+    tp = jnp.sum(pred & truth, axis=1).astype(jnp.float32)
+    union = jnp.sum(pred | truth, axis=1).astype(jnp.float32)  # tp + fp + fn
+    empty = union == 0
+    iou = jnp.where(empty, 1.0, tp / jnp.maximum(union, 1.0))
+    dsc = jnp.where(empty, 1.0, 2.0 * tp / jnp.maximum(union + tp, 1.0))
+    v = valid.astype(jnp.float32)
+    return {
+        "image_iou_sum": jnp.sum(v * iou),
+        "image_dsc_sum": jnp.sum(v * dsc),
+        "image_count": jnp.sum(v),
+        "image_empty": jnp.sum(v * empty),
+    }
 
 
 def _counts(pred: jax.Array, truth: jax.Array, select: jax.Array) -> dict[str, jax.Array]:
@@ -83,12 +139,14 @@ def batch_statistics(
       labels: (B,) int, 1 = COVID-19 (the detection ground truth).
       valid: (B,) bool, False on padding rows of the last batch (they count nowhere).
       threshold: a pixel is predicted positive when p >= threshold; an image when any pixel is.
-      num_bins: histogram resolution on [0, 1] (static).
+      num_bins: number of `bin_edges` bins (static).
 
     Returns:
       dict of int32 arrays: `pixel_{tp,fp,tn,fn}` (), `pixel_pos_hist`/`pixel_neg_hist`
-      (num_bins,), `detection_{tp,fp,tn,fn}` (), `detection_pos_hist`/`detection_neg_hist` (num_bins,).
-      Per-batch counts fit int32 (B*H*W < 2^31); the host sums them in int64.
+      (num_bins,), `detection_{tp,fp,tn,fn}` (), `detection_pos_hist`/`detection_neg_hist` (num_bins,);
+      float32 () `image_iou_sum`, `image_dsc_sum` (per-image IoU / DSC summed over the
+      batch), `image_count`, `image_empty` (images with no truth and no prediction).
+      Per-batch counts fit int32 (B*H*W < 2^31); the host sums them in int64 / float64.
     """
     b = probs.shape[0]
     probs = probs.reshape(b, -1).astype(jnp.float32)
@@ -97,6 +155,7 @@ def batch_statistics(
         # `MetricAccumulator` (its detection level is then the classifier's).
         out = {f"pixel_{k}": jnp.zeros((), jnp.int32) for k in COUNT_KEYS}
         out["pixel_pos_hist"] = out["pixel_neg_hist"] = jnp.zeros((num_bins,), jnp.int32)
+        out.update({k: jnp.zeros((), jnp.float32) for k in PER_IMAGE_KEYS})
     else:
         truth = masks.reshape(b, -1) > 0.5
         pix_valid = jnp.broadcast_to(valid.reshape(b, 1), truth.shape)
@@ -105,6 +164,7 @@ def batch_statistics(
         out = {f"pixel_{k}": v for k, v in _counts(pred, truth, pix_valid).items()}
         out["pixel_pos_hist"] = _histogram(idx, truth & pix_valid, num_bins)
         out["pixel_neg_hist"] = _histogram(idx, ~truth & pix_valid, num_bins)
+        out.update(_per_image_overlap(pred, truth, valid.reshape(b)))
 
     score = jnp.max(probs, axis=1)  # detection score: positive iff any pixel >= threshold
     positive = labels.reshape(b) == 1
@@ -147,8 +207,8 @@ def auc_from_histograms(pos_hist: np.ndarray, neg_hist: np.ndarray) -> tuple[flo
 class Curves:
     """ROC and precision-recall points at the bin edges, thresholds descending.
 
-    Shapes (num_bins + 1,): threshold t_k = k / num_bins for k = num_bins .. 0; a score is
-    positive when its bin starts at or above t_k (for t_k a bin edge, exactly p >= t_k).
+    Shapes (num_bins + 1,): thresholds are `bin_edges(num_bins)` from 1 down to 0; a score
+    is positive when its bin starts at or above the threshold (p >= t up to float rounding).
     """
 
     thresholds: np.ndarray
@@ -168,13 +228,13 @@ def curves_from_histograms(pos_hist: np.ndarray, neg_hist: np.ndarray) -> Curves
         tpr = tp / pos.sum() if pos.sum() else np.full_like(tp, np.nan)
         fpr = fp / neg.sum() if neg.sum() else np.full_like(fp, np.nan)
         precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), np.nan)
-    thresholds = np.arange(num_bins, -1, -1, dtype=np.float64) / num_bins
+    thresholds = bin_edges(num_bins)[::-1].copy()
     return Curves(thresholds, tpr, fpr, precision)
 
 
 def best_f1_threshold(pos_hist: np.ndarray, neg_hist: np.ndarray) -> tuple[float, ConfusionCounts]:
-    """The bin-edge threshold t = k / num_bins (k = 1 .. num_bins; t = 0 would call everything
-    positive) with the highest F1, and the confusion counts of `p >= t` there.
+    """The bin-edge threshold t = bin_edges(num_bins)[k] (k = 1 .. num_bins - 1; t = 0 would
+    call everything positive) with the highest F1, and the confusion counts of `p >= t`.
 
     IoU = F1 / (2 - F1), so the same threshold maximises IoU. Ties go to the highest t.
 
@@ -184,13 +244,13 @@ def best_f1_threshold(pos_hist: np.ndarray, neg_hist: np.ndarray) -> tuple[float
     pos = np.asarray(pos_hist, np.int64)
     neg = np.asarray(neg_hist, np.int64)
     p, n = int(pos.sum()), int(neg.sum())
-    tp = np.cumsum(pos[::-1])[::-1]  # tp[k]: positives in bins >= k, i.e. p >= k / num_bins
+    tp = np.cumsum(pos[::-1])[::-1]  # tp[k]: positives in bins >= k, i.e. p >= edges[k]
     fp = np.cumsum(neg[::-1])[::-1]
     f1 = np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + (p - tp), 1), 0.0)
     f1[0] = -1.0  # k = 0 is not a threshold
     k = int(len(f1) - 1 - np.argmax(f1[::-1]))
     counts = ConfusionCounts(tp=int(tp[k]), fp=int(fp[k]), tn=n - int(fp[k]), fn=p - int(tp[k]))
-    return k / len(pos), counts
+    return float(bin_edges(len(pos))[k]), counts
 
 
 def average_precision(curves: Curves) -> float:
@@ -219,8 +279,8 @@ class MetricAccumulator:
     ) -> None:
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}.")
-        if num_bins < 2:
-            raise ValueError(f"num_bins must be >= 2, got {num_bins}.")
+        if num_bins < 3:
+            raise ValueError(f"num_bins must be >= 3, got {num_bins}.")
         self.threshold = float(threshold)
         self.num_bins = int(num_bins)
         self.pixel = ConfusionCounts()
@@ -229,6 +289,8 @@ class MetricAccumulator:
         self.hists = {
             k: z.copy() for k in ("pixel_pos", "pixel_neg", "detection_pos", "detection_neg")
         }
+        # Per-image IoU / DSC sums (float64) and image counts: `PER_IMAGE_KEYS`.
+        self.per_image = dict.fromkeys(PER_IMAGE_KEYS, 0.0)
 
     @property
     def num_images(self) -> int:
@@ -248,6 +310,8 @@ class MetricAccumulator:
                     "batch_statistics and the accumulator must use the same num_bins."
                 )
             self.hists[k] += h
+        for k in PER_IMAGE_KEYS:
+            self.per_image[k] += float(np.asarray(stats.get(k, 0.0), np.float64))
 
     def merge(self, other: MetricAccumulator) -> MetricAccumulator:
         """The accumulator of both test sets together (cumulative over folds)."""
@@ -256,6 +320,7 @@ class MetricAccumulator:
         out = MetricAccumulator(self.threshold, self.num_bins)
         out.pixel, out.detection = self.pixel + other.pixel, self.detection + other.detection
         out.hists = {k: self.hists[k] + other.hists[k] for k in self.hists}
+        out.per_image = {k: self.per_image[k] + other.per_image[k] for k in PER_IMAGE_KEYS}
         return out
 
     def curves(self, level: str) -> Curves:
@@ -266,8 +331,9 @@ class MetricAccumulator:
         out: dict[str, Any] = {
             "threshold": self.threshold,
             "num_bins": self.num_bins,
-            "auc_bin_width": 1.0 / self.num_bins,
+            "auc_bins": f"uniform in logit(p) on [-{LOGIT_RANGE:g}, {LOGIT_RANGE:g}] + 2 tails",
             "num_images": self.num_images,
+            "definitions": METRIC_DEFINITIONS,
         }
         for level in LEVELS:
             counts, key = getattr(self, level), level
@@ -280,7 +346,26 @@ class MetricAccumulator:
                 "bin_error": err,
             }
             metrics["average_precision"] = {"value": average_precision(self.curves(key))}
+            if level == "pixel":
+                metrics.update(self.per_image_metrics(z))
             out[level] = {"metrics": metrics, "confusion": counts.to_dict()}
+        return out
+
+    def per_image_metrics(self, z: float = Z_95) -> dict[str, dict[str, float]]:
+        """`iou_per_image` / `dsc_per_image`: means over images with paper 2's CI, N = images.
+
+        (`iou` / `dsc` of `summary()` are the pooled ones: one ratio of counts summed
+        over every pixel of every image.)"""
+        n = int(round(self.per_image["image_count"]))
+        out = {}
+        for name in ("iou", "dsc"):
+            mean = self.per_image[f"image_{name}_sum"] / n if n else float("nan")
+            out[f"{name}_per_image"] = {
+                "value": mean,
+                "ci95": confidence_radius(mean, n, z),
+                "n": n,
+                "empty_images": int(round(self.per_image["image_empty"])),
+            }
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -291,6 +376,7 @@ class MetricAccumulator:
             "pixel": self.pixel.to_dict(),
             "detection": self.detection.to_dict(),
             "hists": {k: v.tolist() for k, v in self.hists.items()},
+            "per_image": dict(self.per_image),
         }
 
     @classmethod
@@ -299,6 +385,8 @@ class MetricAccumulator:
         acc.pixel = ConfusionCounts.from_dict(d["pixel"])
         acc.detection = ConfusionCounts.from_dict(d["detection"])
         acc.hists = {k: np.asarray(v, np.int64) for k, v in d["hists"].items()}
+        if "per_image" in d:  # states saved before per-image IoU/DSC existed lack it
+            acc.per_image = {k: float(d["per_image"][k]) for k in PER_IMAGE_KEYS}
         return acc
 
 

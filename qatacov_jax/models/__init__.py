@@ -2,9 +2,13 @@
 
 Public API:
   create_encoder(name, *, rngs, dtype=None)            -> encoder module
-  create_model(arch, encoder, *, frozen=False, rngs, dtype=None) -> SegmentationModel (logits)
+  create_model(arch, encoder, *, family="paper1", classes=1, activation=None, frozen=False,
+               rngs, dtype=None) -> SegmentationModel | SmpSegmentationModel (logits)
   create_classifier(encoder, *, frozen=False, rngs, dtype=None) -> EncoderClassifier (logits)
-  ENCODERS, ARCHS                                      -> registries (name -> constructor)
+  ENCODERS, ARCHS                                      -> paper-1 registries (name -> constructor)
+  SMP_ENCODERS, SMP_ARCHS, FAMILIES                    -> the smp family's registries (paper 2)
+  foreground_probability(logits)                       -> (B, H, W, 1) probability of a model's
+                                                          output (sigmoid, or softmax class 1)
   CLASSIFIER_ARCH                                      -> `config.model.arch` of classifiers
   TRAINABLE                                            -> the one "trainable" filter (nnx.Param)
   FrozenParam                                          -> frozen encoder weights (not a Param)
@@ -13,12 +17,16 @@ Public API:
 
 from qatacov_jax.models.classifier import EncoderClassifier
 from qatacov_jax.models.layers import TRAINABLE, FrozenParam, freeze
+from qatacov_jax.models.output import foreground_probability
 from qatacov_jax.models.registry import (
     ARCHS,
     CLASSIFIER_ARCH,
     ENCODER_ARCHITECTURES,
     ENCODER_SPECS,
     ENCODERS,
+    FAMILIES,
+    PAPER1,
+    SMP,
     EncoderSpec,
     ParamCount,
     count_params,
@@ -26,8 +34,17 @@ from qatacov_jax.models.registry import (
     create_encoder,
     create_model,
     encoder_preprocessing,
+    family_archs,
+    family_encoders,
 )
 from qatacov_jax.models.segmentation import SegmentationModel
+from qatacov_jax.models.smp import (
+    SMP_ARCHS,
+    SMP_ENCODERS,
+    SmpSegmentationModel,
+    abstract_smp_model,
+    create_smp_model,
+)
 
 __all__ = [
     "ARCHS",
@@ -36,6 +53,17 @@ __all__ = [
     "ENCODER_ARCHITECTURES",
     "ENCODER_SPECS",
     "EncoderClassifier",
+    "FAMILIES",
+    "PAPER1",
+    "SMP",
+    "SMP_ARCHS",
+    "SMP_ENCODERS",
+    "SmpSegmentationModel",
+    "abstract_smp_model",
+    "create_smp_model",
+    "family_archs",
+    "family_encoders",
+    "foreground_probability",
     "EncoderSpec",
     "TRAINABLE",
     "FrozenParam",

@@ -23,6 +23,13 @@ from qatacov_jax.models.layers import TRAINABLE, FrozenParam, freeze
 from qatacov_jax.models.nested import NestedDecoder
 from qatacov_jax.models.resnet import ResNet50
 from qatacov_jax.models.segmentation import SegmentationModel
+from qatacov_jax.models.smp import (
+    SMP_ARCHS,
+    SMP_ENCODERS,
+    SMP_PREPROCESSING,
+    SmpSegmentationModel,
+    create_smp_model,
+)
 from qatacov_jax.models.unet import UNetDecoder
 
 
@@ -57,6 +64,12 @@ ARCHS: dict[str, Callable[..., nnx.Module]] = {
 # (`create_classifier`) instead of a decoder on it.
 CLASSIFIER_ARCH = "classifier"
 
+# Model families: "paper1" = the Keras segmentation_models graphs above (Degerli et al.);
+# "smp" = segmentation_models.pytorch 0.6 graphs (Tahir et al., `models/smp/`).
+PAPER1 = "paper1"
+SMP = "smp"
+FAMILIES = (PAPER1, SMP)
+
 
 def _lookup(table: dict[str, Any], name: str, what: str) -> Any:
     if name not in table:
@@ -64,8 +77,10 @@ def _lookup(table: dict[str, Any], name: str, what: str) -> Any:
     return table[name]
 
 
-def encoder_preprocessing(name: str) -> Preprocessing:
+def encoder_preprocessing(name: str, family: str = "paper1") -> Preprocessing:
     """The preprocessing the encoder's original pretrained weights were trained with."""
+    if family == "smp":
+        return Preprocessing.from_mode(_lookup(SMP_PREPROCESSING, name, "smp encoder"))
     return Preprocessing.from_mode(_lookup(ENCODER_SPECS, name, "encoder").preprocessing)
 
 
@@ -103,32 +118,73 @@ def create_model(
     arch: str,
     encoder: str | nnx.Module,
     *,
+    family: str = PAPER1,
+    classes: int = 1,
+    activation: str | None = None,
     frozen: bool = False,
     rngs: nnx.Rngs,
     dtype: Any = None,
-) -> SegmentationModel:
-    """Builds one of the paper's segmentation models.
+) -> SegmentationModel | SmpSegmentationModel:
+    """Builds a segmentation model of either family.
 
     Args:
-      arch: one of `ARCHS` (`unet`, `unetpp`, `dla`, `fpn`).
-      encoder: an encoder module from `create_encoder` (e.g. after loading ported weights
-        into it), or an encoder name, in which case a randomly initialised one is built.
-      frozen: freeze the encoder as segmentation_models 1.x does: its weights become
-        `FrozenParam` (not trainable) *except* BatchNorm scale/offset, which stay trainable.
-        The encoder module passed in is modified in place.
+      arch: paper1: one of `ARCHS` (`unet`, `unetpp`, `dla`, `fpn`); smp: one of `SMP_ARCHS`
+        (`unet`, `unetpp`, `fpn`).
+      encoder: paper1: an encoder module from `create_encoder` (e.g. after loading ported
+        weights into it), or an encoder name, in which case a randomly initialised one is
+        built; smp: a name of `SMP_ENCODERS` (`resnet18`, `resnet50`, `densenet121`,
+        `densenet161`, `inceptionv4`).
+      family: "paper1" (Keras segmentation_models graphs, Degerli et al.) or "smp"
+        (segmentation_models.pytorch 0.6, Tahir et al.).
+      classes: smp only: output channels (paper 2 uses 2 with a softmax); paper1 models have
+        one output.
+      activation: smp only: smp's activation name applied to the output; None = logits.
+      frozen: paper1 only: freeze the encoder as segmentation_models 1.x does: its weights
+        become `FrozenParam` (not trainable) *except* BatchNorm scale/offset, which stay
+        trainable. The encoder module passed in is modified in place.
       rngs: NNX RNG streams for the initialisers.
       dtype: compute dtype (e.g. `jnp.bfloat16`); parameters are always float32.
 
     Returns:
-      A `SegmentationModel` whose call maps `(B, H, W, 3)` to `(B, H, W, 1)` float32 per-pixel
-      **logits** (no sigmoid). It starts in training mode; use `model.eval()` for inference.
+      paper1: a `SegmentationModel` mapping `(B, H, W, 3)` to `(B, H, W, 1)` float32 per-pixel
+      **logits** (no sigmoid). smp: an `SmpSegmentationModel` mapping `(B, H, W, 3)` to
+      `(B, H, W, classes)` logits (or `activation` of them). Both start in training mode; use
+      `model.eval()` for inference.
     """
+    if family == SMP:
+        if frozen:
+            raise ValueError(
+                "frozen=True is the paper-1 (Keras segmentation_models) encoder freezing; the "
+                "smp family trains its encoder (set config.model.frozen=False)."
+            )
+        if not isinstance(encoder, str):
+            raise ValueError("family='smp' takes an encoder name; ported weights load by name.")
+        return create_smp_model(
+            arch, encoder, classes=classes, activation=activation, rngs=rngs, dtype=dtype
+        )
+    if family != PAPER1:
+        raise ValueError(f"Unknown model family {family!r}; valid families: {list(FAMILIES)}.")
+    if classes != 1 or activation is not None:
+        raise ValueError(
+            f"paper1 models have one output logit (sigmoid in the loss), got classes={classes}, "
+            f"activation={activation!r}; use family='smp' for paper 2's 2-class softmax models."
+        )
     decoder_cls = _lookup(ARCHS, arch, "architecture")
     encoder, encoder_name = _encoder(encoder, frozen=frozen, rngs=rngs, dtype=dtype)
     decoder = decoder_cls(tuple(encoder.out_channels), rngs=rngs, dtype=dtype)
     return SegmentationModel(
         encoder, decoder, rngs=rngs, dtype=dtype, arch=arch, encoder_name=encoder_name
     )
+
+
+def family_archs(family: str) -> dict[str, Any]:
+    """arch name -> decoder of a family (`ARCHS` or `SMP_ARCHS`)."""
+    return _lookup({PAPER1: ARCHS, SMP: SMP_ARCHS}, family, "model family")
+
+
+def family_encoders(family: str) -> dict[str, Any]:
+    """encoder name -> constructor of a family (`ENCODERS` or `SMP_ENCODERS`)."""
+    return _lookup({PAPER1: ENCODERS, SMP: SMP_ENCODERS}, family, "model family")
 
 
 def create_classifier(

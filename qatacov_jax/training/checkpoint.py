@@ -7,6 +7,8 @@ directory around them is described in `training.rundir`.
 
 from __future__ import annotations
 
+import logging
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from qatacov_jax.runtime.files import from_json_ready, json_ready
+from qatacov_jax.runtime.storage import is_full, storage_errno
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -77,23 +80,47 @@ class CheckpointStore:
     def restore_latest(
         self, state: Mapping[str, nnx.State], sharding: jax.sharding.Sharding
     ) -> tuple[int, dict[str, nnx.State], Any, dict[str, Any]]:
-        """Restores the latest checkpoint into (copies of) `state`'s structure.
+        """Restores the newest *readable* checkpoint into (copies of) `state`'s structure.
+
+        A checkpoint that cannot be read (truncated files: a full disk or a crash while the
+        file system was flushing) is moved to `checkpoints/corrupt/` (never deleted) and the
+        previous one is used, with a warning naming both.
 
         Returns:
           (step, state, data iterator state, meta).
         """
-        step = self.latest.latest_step()
-        if step is None:
+        steps = sorted(self.latest.all_steps(), reverse=True)
+        if not steps:
             raise FileNotFoundError(f"No checkpoint under {self.directory / 'latest'}.")
         target = {k: _abstract(v.to_pure_dict(), sharding) for k, v in state.items()}
-        restored = self.latest.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target),
-                data=ocp.args.JsonRestore(),
-                meta=ocp.args.JsonRestore(),
-            ),
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(target),
+            data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore(),
         )
+        skipped: list[str] = []
+        for step in steps:
+            try:
+                restored = self.latest.restore(step, args=args)
+                break
+            except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+                if storage_errno(e) is not None and not is_full(storage_errno(e)):
+                    raise  # unreadable directory, not a damaged checkpoint
+                moved = self._quarantine(step)
+                skipped.append(f"step {step} ({type(e).__name__}; moved to {moved})")
+        else:
+            raise FileNotFoundError(
+                f"No readable checkpoint under {self.directory / 'latest'}: "
+                + "; ".join(skipped)
+                + ". Start a new --workdir, or restore the files."
+            )
+        if skipped:
+            logging.warning(
+                "The newest checkpoint(s) could not be read: %s. Resuming from the previous "
+                "complete one, step %d.",
+                "; ".join(skipped),
+                step,
+            )
         new_state = {}
         for k, v in state.items():
             s = jax.tree.map(lambda x: x, v)  # a structural copy to fill
@@ -101,6 +128,19 @@ class CheckpointStore:
             new_state[k] = s
         data_state = from_json_ready(restored.data["iterator"])
         return step, new_state, data_state, dict(restored.meta)
+
+    def _quarantine(self, step: int) -> Path:
+        """Moves `latest/<step>` out of the manager's sight (so the step can be saved again)
+        to `corrupt/latest-<step>[-k]`; nothing is deleted."""
+        corrupt = self.directory / "corrupt"
+        corrupt.mkdir(parents=True, exist_ok=True)
+        dest = corrupt / f"latest-{step}"
+        k = 1
+        while dest.exists():
+            dest, k = corrupt / f"latest-{step}-{k}", k + 1
+        (self.directory / "latest" / str(step)).rename(dest)
+        self.latest.reload()
+        return dest
 
     def save_best(self, step: int, model_state: nnx.State, metrics: Mapping[str, float]) -> None:
         metrics = {k: float(v) for k, v in metrics.items()}
@@ -123,6 +163,24 @@ class CheckpointStore:
         self.best.close()
 
 
+def complete_steps(directory: Path) -> list[int]:
+    """Steps of the complete checkpoints in a manager's directory, ascending. Orbax writes a
+    step into `<step>.orbax-checkpoint-tmp*` and renames it to `<step>` when complete."""
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def remove_partial(directory: Path) -> list[Path]:
+    """Removes the temporary (incomplete) checkpoint folders under `checkpoints/*/`, which
+    a failed save leaves behind; returns them. Complete steps are never touched."""
+    removed = []
+    for p in sorted(directory.glob("*/*.orbax-checkpoint-tmp*")):
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
 def restore_model(ckpt_dir: Path, which: str, model_target: Any) -> Any:
     """The model's pure-dict state from `checkpoints/<which>/` (latest step, or best).
 
@@ -134,7 +192,8 @@ def restore_model(ckpt_dir: Path, which: str, model_target: Any) -> Any:
     Returns:
       The restored pure dict, on the default device.
     """
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    # A local device: in a multi-process run the first global device may be another host's.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = _abstract(model_target, device)
     with ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True)) as m:
         step = m.latest_step() if which == "latest" else (m.best_step() or m.latest_step())

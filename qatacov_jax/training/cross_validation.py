@@ -17,9 +17,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 
 from qatacov_jax.metrics import MetricAccumulator, fold_average
+from qatacov_jax.runtime import locking, storage
 from qatacov_jax.training import rundir
 from qatacov_jax.training.loop import train_and_evaluate
 
@@ -59,19 +61,25 @@ def cross_validate(
     workdir = Path(workdir).absolute()
     cv_config = ml_collections.ConfigDict(config.to_dict())
     cv_config.fold = 0  # the CV directory's config is that of every fold but for `fold`
-    rundir.check_or_write_config(workdir, cv_config)
+    rundir.validate_config(cv_config)  # before anything is written (docs/reliability.md)
+    writer_process = jax.process_index() == 0
+    if writer_process:
+        storage.check_writable(workdir, "to --workdir")
+    # The CV directory is locked for the whole run; each fold's run directory is locked
+    # in turn by train_and_evaluate.
+    with locking.run_dir_lock(workdir, purpose="cross-validate", enabled=writer_process):
+        rundir.check_or_write_config(workdir, cv_config)
+        per_fold: dict[int, dict[str, Any]] = {}
+        for fold in folds:
+            run_dir = workdir / f"fold_{fold}"
+            fold_config = ml_collections.ConfigDict(config.to_dict())
+            fold_config.fold = fold
+            done = _fold_done(run_dir, fold_config)
+            per_fold[fold] = done if done is not None else train_and_evaluate(fold_config, run_dir)
 
-    per_fold: dict[int, dict[str, Any]] = {}
-    for fold in folds:
-        run_dir = workdir / f"fold_{fold}"
-        fold_config = ml_collections.ConfigDict(config.to_dict())
-        fold_config.fold = fold
-        done = _fold_done(run_dir, fold_config)
-        per_fold[fold] = done if done is not None else train_and_evaluate(fold_config, run_dir)
-
-    summary = summarize(per_fold)
-    summary["config"] = rundir.config_to_dict(cv_config)
-    rundir.write_json(workdir / rundir.RESULTS_FILE, summary)
+        summary = summarize(per_fold)
+        summary["config"] = rundir.config_to_dict(cv_config)
+        rundir.write_json(workdir / rundir.RESULTS_FILE, summary)
     return summary
 
 

@@ -37,21 +37,30 @@ def compute_dtype(config: ml_collections.ConfigDict) -> Any:
 
 
 def build_model(
-    config: ml_collections.ConfigDict, *, seed: int, load_weights: bool = True
+    config: ml_collections.ConfigDict,
+    *,
+    seed: int,
+    load_weights: bool = True,
+    abstract: bool = False,
 ) -> tuple[nnx.Module, Preprocessing]:
     """The model of `config.model`, and the preprocessing its weights expect.
 
+    `config.model.family` (default "paper1") picks the model family: "paper1" (Keras
+    segmentation_models graphs) or "smp" (segmentation_models.pytorch graphs, paper 2, with
+    `config.model.classes` outputs and `config.model.activation`). For paper 1,
     `config.model.arch` names a decoder (a segmentation model, `models.create_model`) or is
     `models.CLASSIFIER_ARCH` (the activation-map baseline: the encoder + GAP + a 2-class
     head, `models.create_classifier`); everything else is shared.
 
-    With `config.model.encoder_weights` (a directory written by `qatacov_jax.weights.port`)
-    the encoder is filled from it (unless `load_weights=False`, used when a checkpoint will
-    replace all weights anyway) and the preprocessing comes from its manifest; without, the
-    encoder is randomly initialised and `config.model.preprocessing` (or the encoder's
-    standard mode) applies.
+    With `config.model.encoder_weights` (a directory written by `qatacov_jax.weights.port` or
+    `port_smp_encoder`) the encoder is filled from it (unless `load_weights=False`, used when
+    a checkpoint will replace all weights anyway) and the preprocessing comes from its
+    manifest; without, the encoder is randomly initialised and `config.model.preprocessing`
+    (or the encoder's standard mode) applies. `abstract=True` (only with
+    `load_weights=False`) returns the model with shapes only, for a checkpoint to fill.
     """
     m = config.model
+    family = m.get("family") or models.PAPER1
     weights_dir = Path(m.encoder_weights) if m.get("encoder_weights") else None
     if weights_dir is not None and not weights_dir.exists():
         raise FileNotFoundError(
@@ -61,14 +70,34 @@ def build_model(
         )
     if weights_dir is not None:
         # Checked before any model is built: the manifest must be for this architecture.
-        preprocessing = weights_preprocessing(m.encoder, weights_dir)
+        preprocessing = weights_preprocessing(m.encoder, weights_dir, family)
     elif m.get("preprocessing"):
         preprocessing = Preprocessing.from_mode(m.preprocessing)
     else:
-        preprocessing = models.encoder_preprocessing(m.encoder)
+        preprocessing = models.encoder_preprocessing(m.encoder, family)
+
+    dtype = compute_dtype(config)
+    if family == models.SMP:
+        smp_kw = dict(classes=int(m.get("classes") or 1), activation=m.get("activation"))
+        if abstract and not load_weights:
+            return models.abstract_smp_model(
+                m.arch, m.encoder, dtype=dtype, **smp_kw
+            ), preprocessing
+        if m.get("frozen"):
+            raise ValueError(
+                "config.model.frozen=True is paper 1's encoder freezing; the smp family "
+                "(config.model.family='smp') trains its encoder. Set it to False."
+            )
+        model = models.create_model(
+            m.arch, m.encoder, family=family, rngs=nnx.Rngs(seed), dtype=dtype, **smp_kw
+        )
+        if weights_dir is not None and load_weights:
+            preprocessing = load_encoder_weights(model.encoder, weights_dir)
+        return model, preprocessing
+    if family != models.PAPER1:
+        raise ValueError(f"Unknown config.model.family {family!r}; valid: {list(models.FAMILIES)}.")
 
     rngs = nnx.Rngs(seed)
-    dtype = compute_dtype(config)
     encoder = models.create_encoder(m.encoder, rngs=rngs, dtype=dtype)
     if weights_dir is not None and load_weights:
         preprocessing = load_encoder_weights(encoder, weights_dir)

@@ -160,3 +160,31 @@ def categorical_crossentropy(
     log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     picked = jnp.take_along_axis(log_p, labels.astype(jnp.int32).reshape(-1, 1), axis=-1)
     return _weighted_mean(-picked[:, 0], weights), {}
+
+
+def pixel_crossentropy(
+    logits: jax.Array, masks: jax.Array, *, weights: jax.Array | None = None
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Per-pixel cross-entropy of a segmentation model (paper 2's loss), averaged over pixels.
+
+    With 2 channels (background, foreground) it is PyTorch's `nn.CrossEntropyLoss` on the
+    class map `mask`: -log softmax(z)[mask]; with 1 channel the binary cross-entropy of
+    sigmoid(z) (the same function of the logit difference). Computed from logits.
+
+    Args:
+      logits: (B, H, W, 1 or 2) (any float dtype; computed in float32).
+      masks: (B, H, W, 1) ground truth in {0, 1}.
+      weights: optional (B,) per-example weights (0 drops padding examples).
+
+    Returns:
+      (loss, {"crossentropy": loss}): float32 scalars.
+    """
+    z = logits.astype(jnp.float32)
+    if z.shape[-1] == 2:
+        z = z[..., 1:2] - z[..., 0:1]  # log-softmax of 2 classes = log-sigmoid of the gap
+    elif z.shape[-1] != 1:
+        raise ValueError(f"pixel_crossentropy takes 1 or 2 channels, got {z.shape[-1]}.")
+    p = masks.astype(jnp.float32)
+    per_pixel = -(p * jax.nn.log_sigmoid(z) + (1.0 - p) * jax.nn.log_sigmoid(-z))
+    loss = _weighted_mean(jnp.mean(per_pixel, axis=(1, 2, 3)), weights)
+    return loss, {"crossentropy": loss}

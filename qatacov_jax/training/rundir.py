@@ -15,11 +15,16 @@ latest one. A directory that belongs to a *different* configuration is refused (
 `check_or_write_config`); fields that may legitimately change between a run and its
 resumption (`RESUMABLE_FIELDS`: more epochs, logging/checkpoint cadence, device count,
 data location, multi-host settings) are ignored in that comparison.
+
+Nothing is written before the configuration is known to be usable (`validate_config`, then
+the data and the model in `training.loop`), so a refused start never leaves a `config.json`
+that would make the corrected command be refused in turn (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,6 +54,8 @@ RESUMABLE_FIELDS = (
     "num_devices",
     "distributed",
     "data.data_dir",
+    # Where the raw download lies (a moved or re-mounted copy of the same data).
+    "data.manual_dir",
     "data.num_workers",
     "data.prefetch",
     "data.worker_buffer_size",
@@ -57,6 +64,70 @@ RESUMABLE_FIELDS = (
 
 class RunDirMismatchError(ValueError):
     """The workdir holds a run of a different configuration."""
+
+
+class ConfigValueError(ValueError):
+    """A config value that cannot make a sensible run; the message names `config.<field>`."""
+
+
+def _bad(field: str, value: Any, want: str) -> ConfigValueError:
+    return ConfigValueError(
+        f"config.{field}={value!r} is invalid: {want} (set it with --config.{field}=...)"
+    )
+
+
+def _int_at_least(config: ml_collections.ConfigDict, field: str, low: int) -> None:
+    value = config
+    for part in field.split("."):
+        value = value.get(part) if value is not None else None
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _bad(field, value, f"it must be an integer >= {low}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Checks the values a training run needs, before anything is written.
+
+    Raises:
+      ConfigValueError: the first bad value, named as `config.<field>` with what is allowed.
+    """
+    lr = config.optim.get("lr")
+    if not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
+        raise _bad("optim.lr", lr, "the learning rate must be a finite number > 0")
+    clip = config.optim.get("grad_clip_norm")
+    if clip is not None and not clip > 0:
+        raise _bad("optim.grad_clip_norm", clip, "it must be > 0, or None for no clipping")
+    for field, low in (
+        ("num_epochs", 1),
+        ("batch_size", 1),
+        ("steps_per_epoch", 1),
+        ("log_every_steps", 1),
+        ("checkpoint_every_steps", 0),
+        ("keep_checkpoints", 1),
+        ("num_devices", 1),
+        ("bn_recalibration_batches", 0),
+        ("data.num_folds", 2),
+    ):
+        _int_at_least(config, field, low)
+    if config.get("num_epochs") is None:
+        raise _bad("num_epochs", None, "it must be an integer >= 1")
+    size = config.data.get("image_size")
+    sides = list(size) if isinstance(size, list | tuple) else [size]
+    if not sides or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 32 and s % 32 == 0 for s in sides
+    ):
+        # Every encoder halves the resolution five times and the decoders concatenate the
+        # skips, so sides that are not multiples of 32 do not line up.
+        raise _bad("data.image_size", size, "each side must be a multiple of 32 (>= 32)")
+    fold = config.get("fold")
+    if fold is not None:
+        k = int(config.data.get("num_folds") or 0)
+        if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < k:
+            raise _bad("fold", fold, f"it must be in [0, data.num_folds={k}), or None")
+    manual = config.data.get("manual_dir")
+    if manual and not Path(manual).expanduser().is_dir():
+        raise _bad("data.manual_dir", manual, "no such directory; point it at the download")
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -165,7 +236,9 @@ def load_model(
         )
     # Random init is cheap next to reading weights and spares a second abstract code path;
     # `load_weights=False` skips the pretrained encoder file, which the checkpoint replaces.
-    model = build_model(config, seed=0, load_weights=False)[0]
+    # The smp family restores into a shapes-only model (its random init would be wasted).
+    extra = {"abstract": True} if config.model.get("family") == "smp" else {}
+    model = build_model(config, seed=0, load_weights=False, **extra)[0]
     state = nnx.state(model)
     pure = checkpoint.restore_model(ckpt_dir, which, state.to_pure_dict())
     nnx.replace_by_pure_dict(state, pure)

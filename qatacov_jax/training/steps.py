@@ -32,7 +32,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from qatacov_jax.metrics import MetricAccumulator, batch_statistics, flat_metrics
-from qatacov_jax.models import CLASSIFIER_ARCH, TRAINABLE
+from qatacov_jax.models import CLASSIFIER_ARCH, TRAINABLE, foreground_probability
 from qatacov_jax.runtime import sharding
 from qatacov_jax.training import losses
 
@@ -44,6 +44,10 @@ class LossSpec:
 
     target: ClassVar[str] = "mask"  # the batch key the loss compares the logits with
 
+    # "focal_dice" (paper 1's hybrid loss) or "cross_entropy" (paper 2's). Either takes
+    # 1-channel (sigmoid) or 2-channel (softmax) logits: with 2 channels the focal + dice
+    # loss reads the logit difference z1 - z0, whose sigmoid is softmax channel 1.
+    name: str = "focal_dice"
     alpha: float = losses.FOCAL_ALPHA
     gamma: float = losses.FOCAL_GAMMA
     dice_reduction: str = "batch"
@@ -53,7 +57,14 @@ class LossSpec:
     def from_config(cls, loss_cfg: ml_collections.ConfigDict | None) -> LossSpec:
         if loss_cfg is None:
             return cls()
+        name = str(loss_cfg.get("name") or "focal_dice")
+        if name not in SEGMENTATION_LOSSES:
+            raise ValueError(
+                f"config.loss.name={name!r}: segmentation models train with one of "
+                f"{list(SEGMENTATION_LOSSES)}."
+            )
         return cls(
+            name=name,
             alpha=float(loss_cfg.get("alpha", losses.FOCAL_ALPHA)),
             gamma=float(loss_cfg.get("gamma", losses.FOCAL_GAMMA)),
             dice_reduction=str(loss_cfg.get("dice_reduction", "batch")),
@@ -61,6 +72,10 @@ class LossSpec:
         )
 
     def __call__(self, logits: jax.Array, masks: jax.Array, weights: jax.Array | None = None):
+        if self.name == "cross_entropy":
+            return losses.pixel_crossentropy(logits, masks, weights=weights)
+        if logits.shape[-1] == 2:
+            logits = logits[..., 1:2] - logits[..., 0:1]
         return losses.hybrid_loss(
             logits,
             masks,
@@ -73,8 +88,9 @@ class LossSpec:
 
     @staticmethod
     def probabilities(logits: jax.Array) -> jax.Array:
-        """(B, H, W, 1) logits -> per-pixel infection probabilities (sigmoid), float32."""
-        return jax.nn.sigmoid(logits.astype(jnp.float32))
+        """(B, H, W, 1 or 2) logits -> (B, H, W, 1) per-pixel foreground probabilities
+        (sigmoid, or softmax channel 1), float32."""
+        return foreground_probability(logits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +110,7 @@ class ClassificationLoss:
 
 
 Loss = LossSpec | ClassificationLoss
+SEGMENTATION_LOSSES = ("focal_dice", "cross_entropy")
 
 
 def make_loss(config: ml_collections.ConfigDict) -> Loss:

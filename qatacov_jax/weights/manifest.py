@@ -105,7 +105,15 @@ def read_manifest(ported_dir: str | Path) -> Manifest:
     return Manifest.from_dict(d, path)
 
 
-def weights_preprocessing(encoder: str, encoder_weights: str | Path | None) -> Preprocessing:
+def smp_architecture(encoder: str) -> str:
+    """The manifest `architecture` of smp-family encoder weights (`smp-resnet50` is
+    torchvision's ResNet-50, not paper 1's pre-activation `resnet50`)."""
+    return f"smp-{encoder}"
+
+
+def weights_preprocessing(
+    encoder: str, encoder_weights: str | Path | None, family: str = "paper1"
+) -> Preprocessing:
     """The preprocessing the input pipeline must apply for `config.model.encoder_weights`.
 
     None (random init) -> the encoder's default (`models.encoder_preprocessing`); a ported
@@ -113,9 +121,9 @@ def weights_preprocessing(encoder: str, encoder_weights: str | Path | None) -> P
     architecture, so e.g. ResNet weights cannot be named for a DenseNet model).
     """
     if encoder_weights is None:
-        return encoder_preprocessing(encoder)
+        return encoder_preprocessing(encoder, family)
     manifest = read_manifest(encoder_weights)
-    want = ENCODER_ARCHITECTURES.get(encoder)
+    want = smp_architecture(encoder) if family == "smp" else ENCODER_ARCHITECTURES.get(encoder)
     if want is not None and manifest.architecture != want:
         raise WeightsError(
             Path(encoder_weights),

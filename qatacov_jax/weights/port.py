@@ -35,11 +35,13 @@ from flax import nnx, traverse_util
 import qatacov_jax
 from qatacov_jax.data.preprocessing import Preprocessing
 from qatacov_jax.models import ENCODER_ARCHITECTURES, create_encoder, encoder_preprocessing
+from qatacov_jax.runtime.locking import run_dir_lock
 from qatacov_jax.weights import tables
 from qatacov_jax.weights.errors import WeightsError
 from qatacov_jax.weights.keras_h5 import is_hdf5, read_keras_h5
 from qatacov_jax.weights.manifest import (
     CHECKPOINT_NAME,
+    MANIFEST_NAME,
     Manifest,
     read_manifest,
     sha256_of,
@@ -254,12 +256,7 @@ def port(
     """
     src, out_dir = Path(src), Path(out_dir).absolute()
     architecture = _check_encoder_name(encoder)
-    if out_dir.exists() and not overwrite:
-        raise WeightsError(
-            out_dir,
-            "already exists; choose another output directory or pass --overwrite "
-            "(overwrite=True) to replace it.",
-        )
+    _check_replaceable(out_dir, overwrite)
     if not src.is_file():
         raise WeightsError(src, "no such file; pass the path of a local weights file.")
     framework = source_framework(src)
@@ -302,7 +299,53 @@ def port(
         qatacov_jax_version=qatacov_jax.__version__,
     )
 
+    write_ported_dir(out_dir, pure, manifest, overwrite=overwrite)
+    log.info("Wrote %s (%d tensors, %s)", out_dir, manifest.num_tensors, ", ".join(notes) or "")
+    return out_dir
+
+
+def write_ported_dir(
+    out_dir: Path, pure: dict[str, Any], manifest: Manifest, *, overwrite: bool
+) -> None:
+    """Writes `out_dir/encoder/` (orbax checkpoint of `pure`) + `manifest.json` into a hidden
+    temporary directory, then renames it into place (replacing an existing `out_dir` only
+    once the new one is complete, with `overwrite`, and only an earlier port of ours)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Locked beside out_dir (it is replaced as a whole): a second port into the same --out
+    # is refused instead of racing the renames.
+    with run_dir_lock(out_dir, purpose="port_weights", beside=True):
+        _check_replaceable(out_dir, overwrite)  # again: something may have appeared meanwhile
+        _write_port(out_dir, pure, manifest)
+
+
+def _check_replaceable(out_dir: Path, overwrite: bool) -> None:
+    """Refuses (WeightsError) an existing non-empty `out_dir` unless `overwrite` is set *and*
+    it is an earlier port of ours (a readable manifest.json): `--out .` holding unrelated
+    files is never replaced."""
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not out_dir.is_dir() or out_dir.is_symlink():
+        raise WeightsError(out_dir, "exists and is not a directory; choose another --out.")
+    if not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise WeightsError(
+            out_dir,
+            "already exists; choose another output directory or pass --overwrite "
+            "(overwrite=True) to replace an earlier port.",
+        )
+    try:
+        read_manifest(out_dir)
+    except WeightsError:
+        raise WeightsError(
+            out_dir,
+            f"is not an earlier output of port_weights.py (no readable {MANIFEST_NAME} of "
+            "ours in it); refusing to replace it even with --overwrite. Choose another --out.",
+        ) from None
+
+
+def _write_port(out_dir: Path, pure: Any, manifest: Manifest) -> None:
+    """Writes the port into a temporary sibling and renames it over `out_dir`."""
     tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
     try:
@@ -311,7 +354,7 @@ def port(
             checkpointer.save(tmp / CHECKPOINT_NAME, pure)
         write_manifest(tmp, manifest)
         if out_dir.exists():
-            os.rename(out_dir, old)
+            os.rename(out_dir, old)  # an empty folder, or an earlier port (checked)
         os.rename(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -319,8 +362,6 @@ def port(
             os.rename(old, out_dir)  # put the previous port back
         raise
     shutil.rmtree(old, ignore_errors=True)
-    log.info("Wrote %s (%d tensors, %s)", out_dir, manifest.num_tensors, ", ".join(notes) or "")
-    return out_dir
 
 
 def load_encoder_weights(encoder_module: nnx.Module, ported_dir: str | Path) -> Preprocessing:

@@ -16,6 +16,7 @@ inference); it is imported lazily with a clear error when absent. Files are load
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -53,14 +54,44 @@ def _load(path: Path) -> object:
             "reading PyTorch files needs the `torch` package, which is not installed; "
             "`pip install torch` (CPU wheel is enough) and run the port again.",
         ) from None
+    if _is_torchscript(path):
+        raise WeightsError(
+            path, "is a TorchScript archive (torch.jit.save), not a state dict. " + SAVE_ADVICE
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types (pickle, zip, runtime) for bad files
+        if "Unsupported global" in str(e) or "GLOBAL " in str(e):
+            # weights_only=True refuses pickled classes: a whole `torch.save(model)`.
+            raise WeightsError(
+                path,
+                "holds a pickled Python object (e.g. a whole model saved with "
+                "torch.save(model)), which is not loaded because unpickling can run code. "
+                + SAVE_ADVICE,
+            ) from None
         raise WeightsError(
             path,
             f"cannot be read by torch.load ({type(e).__name__}: {e}); the file is truncated, "
             "corrupt, or not a PyTorch checkpoint.",
         ) from None
+
+
+SAVE_ADVICE = (
+    "Load it in PyTorch and save its weights alone: "
+    "torch.save(model.state_dict(), 'model_state.pth'), then port that file."
+)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zip files with a `code/` folder or `constants.pkl`."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any("/code/" in n or n.endswith("/constants.pkl") for n in names)
 
 
 def read_torch_state(path: str | Path) -> dict[str, np.ndarray]:

@@ -1,0 +1,7 @@
+"""Paper 2 grid: lung segmentation, smp fpn with a resnet50 encoder (see base.py)."""
+
+from configs.paper2 import base
+
+
+def get_config():
+    return base.variant("lung", "fpn", "resnet50")

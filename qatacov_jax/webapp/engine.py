@@ -1,0 +1,204 @@
+"""The server's models: loaded once, called through the jitted inference path of
+`scripts/infer.py` (`inference.Predictor`), with concurrent requests grouped into one call.
+
+Every web request is one X-ray. Called one by one, each would pay a full device call (and
+`Predictor` pads every call to its fixed batch size, so that it compiles once). `BatchQueue`
+therefore collects the images that arrive while the device is busy (or within
+`wait_ms` of the first) and runs them as one batch; with `batch_size=1` every request is its
+own call. `benchmarks/serve_load.py` measures both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+
+from qatacov_jax.inference.files import LoadedModels, load_models
+from qatacov_jax.inference.predictor import Predictor
+from qatacov_jax.runtime.sharding import make_mesh
+
+log = logging.getLogger(__name__)
+
+PredictBatch = Callable[[list[np.ndarray]], list[dict[str, np.ndarray]]]
+
+
+class BatchQueue:
+    """Runs `predict_batch` on a worker thread over groups of concurrently submitted images.
+
+    JAX is called from that one thread only; request threads wait on a `Future`.
+    """
+
+    def __init__(self, predict_batch: PredictBatch, batch_size: int, wait_ms: float = 2.0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self._predict = predict_batch
+        self.batch_size = batch_size
+        self.wait_s = max(0.0, wait_ms) / 1000.0
+        self._q: queue.Queue[tuple[np.ndarray, Future] | None] = queue.Queue()
+        self.calls = 0  # device calls made (tests and the benchmark read it)
+        self._thread = threading.Thread(target=self._run, name="predict-batches", daemon=True)
+        self._thread.start()
+
+    def submit(self, image: np.ndarray) -> Future:
+        """(H, W) float [0, 1] image -> Future of name -> (H, W) probabilities."""
+        fut: Future = Future()
+        self._q.put((image, fut))
+        return fut
+
+    def predict(self, image: np.ndarray, timeout: float | None = None) -> dict[str, np.ndarray]:
+        return self.submit(image).result(timeout)
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            first = self._q.get()
+            if first is None:
+                return
+            group = [first]
+            # Whatever queued up while the previous call ran joins at once; then wait a
+            # moment for stragglers of the same burst, never longer than wait_s in total.
+            stop = False
+            while len(group) < self.batch_size:
+                try:
+                    nxt = self._q.get(timeout=self.wait_s) if self.wait_s else self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                group.append(nxt)
+            try:
+                outs = self._predict([img for img, _ in group])
+                self.calls += 1
+                for (_, fut), out in zip(group, outs, strict=True):
+                    fut.set_result(out)
+            except Exception as e:  # noqa: BLE001 - hand the error to every waiting request
+                log.exception("prediction of %d image(s) failed", len(group))
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(e)
+            if stop:
+                return
+
+
+@dataclasses.dataclass
+class Engine:
+    """The loaded models and their batch queues.
+
+    Attributes:
+      runs: role ("infection", "lung", candidate names) -> run directory.
+      infer: queue over the infection (+ lung) models: the demo's predictions.
+      candidates: queue over every candidate model (annotation mode), or None.
+      candidate_names: names of the candidate models, in `--candidates` order.
+    """
+
+    runs: dict[str, Path]
+    infer: BatchQueue
+    candidates: BatchQueue | None
+    candidate_names: tuple[str, ...]
+
+    @property
+    def with_lung(self) -> bool:
+        return "lung" in self.runs
+
+    def close(self) -> None:
+        self.infer.close()
+        if self.candidates is not None:
+            self.candidates.close()
+
+
+def bucket_sizes(max_rows: int, n_dev: int) -> list[int]:
+    """Batch sizes a group is padded to: n_dev, 2 n_dev, 4 n_dev, ... and `max_rows`.
+
+    One compilation each (at start-up); a group of 3 runs as 4 rows, not `max_rows`.
+    """
+    sizes, s = [], n_dev
+    while s < max_rows:
+        sizes.append(s)
+        s *= 2
+    return [*sizes, max_rows]
+
+
+def _queue(loaded: LoadedModels, batch_size: int, wait_ms: float) -> BatchQueue:
+    mesh = make_mesh()
+    n_dev = mesh.devices.size
+    rows = -(-batch_size // n_dev) * n_dev  # a multiple of the device count
+    # `Predictor` pads a call to its batch size (n_dev here), or else to a multiple of the
+    # device count; padding groups to bucket sizes keeps the compiled shapes to a few.
+    predictor = Predictor(loaded.models, loaded.preprocessing, loaded.sizes, mesh, batch_size=n_dev)
+    buckets = bucket_sizes(rows, n_dev)
+
+    def predict_batch(imgs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        size = next(b for b in buckets if b >= len(imgs))
+        # Padding rows repeat the first image (a plausible input); their outputs are dropped.
+        return predictor.predict_batch(imgs + [imgs[0]] * (size - len(imgs)))[: len(imgs)]
+
+    # Compile every bucket now (tiny dummy images), not on users' requests.
+    for b in buckets:
+        predict_batch([np.zeros((8, 8), np.float32)] * b)
+    return BatchQueue(predict_batch, rows, wait_ms)
+
+
+def candidate_names(runs: Sequence[str | Path]) -> tuple[str, ...]:
+    """Display names of candidate runs: the folder names, made unique with _2, _3..."""
+    names: list[str] = []
+    for r in runs:
+        base = Path(r).absolute().name or "model"
+        name, n = base, 2
+        while name in names or name in ("consensus", "manual"):
+            name, n = f"{base}_{n}", n + 1
+        names.append(name)
+    return tuple(names)
+
+
+def load_engine(
+    checkpoint: str | Path,
+    *,
+    lung_checkpoint: str | Path | None = None,
+    candidates: Sequence[str | Path] = (),
+    annotate: bool = False,
+    batch_size: int = 8,
+    wait_ms: float = 2.0,
+    which: str = "best",
+    loaded: LoadedModels | None = None,
+) -> Engine:
+    """Loads every model once (`inference.files.load_models`) and compiles its predictor.
+
+    In annotation mode without `candidates`, the infection model is the one candidate.
+    `loaded` replaces loading the infection/lung runs (the benchmark's random-init model).
+    """
+    runs: dict[str, str | Path] = {"infection": checkpoint}
+    if lung_checkpoint is not None:
+        runs["lung"] = lung_checkpoint
+    loaded = loaded or load_models(runs, which=which)
+    infer = _queue(loaded, batch_size, wait_ms)
+    cand_queue, names = None, ()
+    all_runs = {k: Path(v) for k, v in loaded.runs.items()}
+    if annotate:
+        cand_runs = list(candidates) or [checkpoint]
+        names = candidate_names(cand_runs)
+        if not candidates:
+            # The demo model doubles as the one candidate: no second copy, but its own
+            # queue (a mapping with one name) so annotation never waits on the lung model.
+            cl = LoadedModels(
+                {names[0]: loaded.models["infection"]},
+                {names[0]: loaded.configs["infection"]},
+                {names[0]: loaded.preprocessing["infection"]},
+                {names[0]: loaded.sizes["infection"]},
+                {names[0]: loaded.runs["infection"]},
+            )
+        else:
+            cl = load_models(dict(zip(names, cand_runs, strict=True)), which=which)
+        cand_queue = _queue(cl, batch_size, wait_ms)
+        all_runs.update({k: Path(v) for k, v in cl.runs.items()})
+    return Engine(all_runs, infer, cand_queue, names)

@@ -1,0 +1,63 @@
+"""Shared by the web app tests: tiny run directories and X-ray files.
+
+The run directories are genuine (config, preprocessing, a 'best' checkpoint written by the
+project's `CheckpointStore`) but hold the untrained `TinySegmenter` (tests/train_utils.py),
+so loading and compiling take a second; `use_tiny_model` makes them load as that model.
+BatchNorm statistics and the head are randomised so the probabilities spread over [0, 1]
+and masks, decisions and thresholds have something to show.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from PIL import Image
+from train_utils import tiny_config, tiny_model
+
+from qatacov_jax.data.preprocessing import Preprocessing
+from qatacov_jax.runtime import files
+from qatacov_jax.training import rundir
+from qatacov_jax.training.checkpoint import CheckpointStore
+
+
+def write_tiny_run(path: Path, *, image_size: int = 32, seed: int = 1) -> Path:
+    config = tiny_config(str(path.parent / "tfds"))
+    config.data.image_size = image_size
+    path.mkdir(parents=True)
+    rundir.check_or_write_config(path, config)
+    files.write_json(path / rundir.PREPROCESSING_FILE, Preprocessing.from_mode("unit").to_dict())
+    model = tiny_model(seed)
+    rng = np.random.default_rng(seed)
+    for _, m in model.iter_modules():
+        if isinstance(m, nnx.BatchNorm):
+            c = m.mean.get_value().shape
+            m.mean.set_value(jnp.asarray(rng.normal(0, 0.2, c), jnp.float32))
+            m.var.set_value(jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32))
+    model.head.kernel.set_value(model.head.kernel.get_value() * 8.0)
+    store = CheckpointStore(path)
+    store.save_best(1, nnx.state(model), {"pixel_f1": 0.5})
+    store.wait()
+    store.close()
+    return path
+
+
+def xray(h: int, w: int, seed: int) -> np.ndarray:
+    """(h, w) uint8 'chest X-ray': a bright body with two darker lungs and noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / np.asarray([h, w])[:, None, None]
+    img = 170 + 40 * np.sin(6 * xx + seed) * np.cos(5 * yy)
+    for cx in (0.3, 0.7):
+        img -= 90 * np.exp(-(((xx - cx) / 0.14) ** 2 + ((yy - 0.5) / 0.28) ** 2))
+    img += rng.normal(0, 12, (h, w))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_xray(path: Path, image: np.ndarray | int = 48, w: int = 40, seed: int = 0) -> Path:
+    """Writes `image` ((H, W) uint8), or `xray(image, w, seed)` when `image` is a height."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = image if isinstance(image, np.ndarray) else xray(image, w, seed)
+    Image.fromarray(arr).save(path)
+    return path
