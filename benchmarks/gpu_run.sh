@@ -94,10 +94,14 @@ done
 
 if [ -f benchmarks/paper2_grid.py ]; then
   if [ "$TINY" = 1 ]; then
-    step paper2_grid 60 "$PY" benchmarks/paper2_grid.py --help
-  else
-    step paper2_grid "${GRID_S:-60}" "$PY" benchmarks/paper2_grid.py --dtype bfloat16 --force \
+    # Counts of one pair (smp built with random weights, ours shape-only): seconds.
+    step paper2_grid 120 "$PY" benchmarks/paper2_grid.py --params-only --pairs fpn:resnet18 \
       --json "$OUT_DIR/paper2_grid_$DEV.json" --markdown "$OUT_DIR/paper2_grid_$DEV.md"
+  else
+    # float32 at paper 2's 256x256, ours beside smp's PyTorch (on CUDA when the machine's
+    # torch has it; a CPU-only torch makes this step slow and its time limit ends it).
+    step paper2_grid "${GRID_S:-60}" "$PY" benchmarks/paper2_grid.py --size 256 --batch 8 \
+      --repeats 5 --json "$OUT_DIR/paper2_grid_$DEV.json" --markdown "$OUT_DIR/paper2_grid_$DEV.md"
   fi
 else
   echo "== paper2_grid: benchmarks/paper2_grid.py does not exist yet; skipped" | tee -a "$LOG"

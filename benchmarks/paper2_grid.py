@@ -86,12 +86,24 @@ def run_pair(arch: str, encoder: str, args: argparse.Namespace) -> dict:
         .normal(size=(args.batch, args.size, args.size, 3))
         .astype(np.float32)
     )
-    xj, xt = jnp.asarray(x), torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    # smp on the accelerator when PyTorch has one (a GPU run compares GPU with GPU).
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ref = ref.to(device)
+    xj = jnp.asarray(x)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device)
+    row["smp_device"] = device
+
+    def call_ref() -> torch.Tensor:
+        out = ref(xt)
+        if device == "cuda":
+            torch.cuda.synchronize()  # CUDA calls return before the work is done
+        return out
+
     t0 = time.perf_counter()
     ours_out = np.asarray(jax.block_until_ready(jitted(state, xj)))
     row["ours_compile_s"] = time.perf_counter() - t0
     with torch.inference_mode():
-        ref_out = ref(xt).numpy().transpose(0, 2, 3, 1)
+        ref_out = call_ref().cpu().numpy().transpose(0, 2, 3, 1)
     row["max_rel_diff"] = float(np.abs(ours_out - ref_out).max() / np.abs(ref_out).max())
     ours_t, smp_t = [], []
     for _ in range(args.repeats):  # interleaved: ours, smp, ours, smp, ...
@@ -100,7 +112,7 @@ def run_pair(arch: str, encoder: str, args: argparse.Namespace) -> dict:
         ours_t.append(time.perf_counter() - t0)
         with torch.inference_mode():
             t0 = time.perf_counter()
-            ref(xt)
+            call_ref()
             smp_t.append(time.perf_counter() - t0)
     row["ours_ms_per_sample"] = 1e3 * statistics.median(ours_t) / args.batch
     row["smp_ms_per_sample"] = 1e3 * statistics.median(smp_t) / args.batch
