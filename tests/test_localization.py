@@ -17,6 +17,7 @@ from qatacov_jax.evaluation.localization import (
     LocalizationAccumulator,
     localization_statistics,
 )
+from qatacov_jax.metrics import DEFAULT_NUM_BINS, bin_edges
 
 
 def _case():
@@ -53,10 +54,13 @@ def test_scores_of_hand_made_maps():
     # At 0.5 the good map is exact; the bad one finds nothing in the mask.
     assert good["pixel"]["covid19"]["at_threshold"]["metrics"]["f1"]["value"] == 1.0
     assert bad["pixel"]["covid19"]["at_threshold"]["metrics"]["f1"]["value"] == 0.0
-    # Its best threshold (0 < t <= 0.25; the highest is reported) takes in the top-left
-    # pixel: tp 1, fp 4 (+ 16 on the control image over all images), fn 3.
+    # Its best threshold (0 < t <= 0.25; the highest is reported: the bin edge at or just
+    # below 0.25) takes in the top-left pixel: tp 1, fp 4 (+ 16 on the control image over
+    # all images), fn 3.
     best = bad["pixel"]["covid19"]["best"]
-    assert best["threshold"] == pytest.approx(0.25)
+    edges = bin_edges(DEFAULT_NUM_BINS)
+    assert best["threshold"] == edges[np.searchsorted(edges, 0.25, side="right") - 1]
+    assert 0.249 < best["threshold"] <= 0.25
     assert best["metrics"]["f1"]["value"] == pytest.approx(2 / (2 + 4 + 3))
     assert bad["pixel"]["all"]["best"]["metrics"]["f1"]["value"] == pytest.approx(2 / 25)
     # Detection: the classifier's probabilities, and the infection map's any-pixel rule.
