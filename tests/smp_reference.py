@@ -7,6 +7,7 @@ smp is a test-only reference (the `test` extra); nothing in `qatacov_jax` import
 from __future__ import annotations
 
 import functools
+import zlib
 from pathlib import Path
 
 import jax
@@ -34,7 +35,9 @@ def torch_model(arch: str, encoder: str, classes: int = CLASSES):
     """smp's model with random weights and *perturbed* BatchNorm statistics and affine
     parameters (fresh ones are 0/1, which would hide a swapped mean/var or scale/bias), in
     eval mode."""
-    torch.manual_seed(hash((arch, encoder)) % 1000)
+    # crc32, not hash(): str hashes change with every process (PYTHONHASHSEED), which made
+    # the models (and any check of their outputs) differ from run to run.
+    torch.manual_seed(zlib.crc32(f"{arch}:{encoder}".encode()) % 1000)
     model = smp_class(arch)(encoder, encoder_weights=None, classes=classes)
     with torch.no_grad():
         for m in model.modules():
