@@ -94,6 +94,7 @@ def test_infection_maps_localise_better_than_activation_maps(tmp_path_factory, t
     config = classifier_quickstart.get_config()
     config.data.data_dir = str(learned_data_dir(tmp_path_factory))
     config.num_epochs = 3
+    config.num_devices = 1  # as the segmenter (tests/_trained_run.py): 8 simulated are slower
     train_and_evaluate(config, tmp_path / "classifier")
     out = tmp_path / "localization"
     result = localization.compare_localization(
