@@ -50,6 +50,9 @@ def test_gpu_run_dry_run_on_cpu(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(
         QATACOV_GPU_RUN_TINY="1",
+        # A fresh compilation cache: the script's default (/tmp) would let an earlier run's
+        # compiled programs hide a step that no longer compiles.
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"),
         JAX_PLATFORMS="cpu",
         PYTHON=sys.executable,
         PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
