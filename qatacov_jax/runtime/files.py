@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,31 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def replace_dir(out_dir: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
+    """Builds a directory with `fill(tmp)` in a hidden sibling, then renames it over `out_dir`.
+
+    Readers never see a half-written directory, and an existing `out_dir` (whether it may be
+    replaced is the caller's decision) is removed only once the new one is complete; if
+    anything fails, the new one is deleted and the previous one put back.
+    """
+    out_dir = Path(out_dir)
+    tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        fill(tmp)
+        if out_dir.exists():
+            os.rename(out_dir, old)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out_dir.exists():
+            os.rename(old, out_dir)  # put the previous one back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

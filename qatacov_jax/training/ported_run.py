@@ -15,9 +15,6 @@ end, so an error leaves nothing half-written; an existing `out_dir` is replaced 
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -100,10 +97,8 @@ def _write_run(
     source: Mapping[str, Any],
 ) -> None:
     """Writes the run into a temporary sibling and renames it over `out_dir`."""
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
-    old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
+
+    def fill(tmp: Path) -> None:
         files.write_json(tmp / CONFIG_FILE, config_to_dict(config), sort_keys=True)
         files.write_json(tmp / PREPROCESSING_FILE, preprocessing.to_dict(), sort_keys=True)
         files.write_json(tmp / PORTED_FILE, dict(source), sort_keys=True)
@@ -116,12 +111,5 @@ def _write_run(
                 ),
             )
             manager.wait_until_finished()
-        if out_dir.exists():
-            os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out_dir.exists():
-            os.rename(old, out_dir)  # put the previous run back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+
+    files.replace_dir(out_dir, fill)

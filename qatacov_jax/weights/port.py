@@ -18,9 +18,6 @@ import dataclasses
 import datetime
 import functools
 import logging
-import os
-import shutil
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -35,6 +32,7 @@ from flax import nnx, traverse_util
 import qatacov_jax
 from qatacov_jax.data.preprocessing import Preprocessing
 from qatacov_jax.models import ENCODER_ARCHITECTURES, create_encoder, encoder_preprocessing
+from qatacov_jax.runtime.files import replace_dir
 from qatacov_jax.runtime.locking import run_dir_lock
 from qatacov_jax.weights import tables
 from qatacov_jax.weights.errors import WeightsError
@@ -346,22 +344,13 @@ def _check_replaceable(out_dir: Path, overwrite: bool) -> None:
 
 def _write_port(out_dir: Path, pure: Any, manifest: Manifest) -> None:
     """Writes the port into a temporary sibling and renames it over `out_dir`."""
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
-    old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
+
+    def fill(tmp: Path) -> None:
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(tmp / CHECKPOINT_NAME, pure)
         write_manifest(tmp, manifest)
-        if out_dir.exists():
-            os.rename(out_dir, old)  # an empty folder, or an earlier port (checked)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out_dir.exists():
-            os.rename(old, out_dir)  # put the previous port back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+
+    replace_dir(out_dir, fill)
 
 
 def load_encoder_weights(encoder_module: nnx.Module, ported_dir: str | Path) -> Preprocessing:
