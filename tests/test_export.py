@@ -18,12 +18,10 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from _trained_run import trained_run
-from flax import nnx
-from train_utils import tiny_config, tiny_model, use_tiny_model
+from train_utils import tiny_config, tiny_model, use_tiny_model, write_tiny_run
 
 from qatacov_jax.cli import export as export_cli
 from qatacov_jax.data.preprocessing import Preprocessing
@@ -41,7 +39,6 @@ from qatacov_jax.inference.predictor import Predictor, make_predict_fn
 from qatacov_jax.runtime import files, locking
 from qatacov_jax.runtime.sharding import make_mesh
 from qatacov_jax.training import rundir
-from qatacov_jax.training.checkpoint import CheckpointStore
 from qatacov_jax.training.factory import compute_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,29 +52,8 @@ BF16_ATOL = 2e-2
 
 
 def _write_tiny_run(path: Path, *, image_size: int, seed: int) -> Path:
-    """An untrained tiny run directory: config, 'torch' preprocessing, a 'best' checkpoint.
-
-    BatchNorm statistics and the head are randomised so that folding has something to fold
-    and the probabilities spread over [0, 1] (decisions and masks are then worth comparing).
-    """
-    config = tiny_config(str(path.parent / "tfds"))
-    config.data.image_size = image_size
-    path.mkdir(parents=True)
-    rundir.check_or_write_config(path, config)
-    files.write_json(path / rundir.PREPROCESSING_FILE, Preprocessing.from_mode("torch").to_dict())
-    model = tiny_model(seed)
-    rng = np.random.default_rng(seed)
-    for _, m in model.iter_modules():
-        if isinstance(m, nnx.BatchNorm):
-            c = m.mean.get_value().shape
-            m.mean.set_value(jnp.asarray(rng.normal(0, 0.2, c), jnp.float32))
-            m.var.set_value(jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32))
-    model.head.kernel.set_value(model.head.kernel.get_value() * 8.0)
-    store = CheckpointStore(path)
-    store.save_best(1, nnx.state(model), {"pixel_f1": 0.5})
-    store.wait()
-    store.close()
-    return path
+    """An untrained tiny run directory with 'torch' preprocessing (tests/train_utils.py)."""
+    return write_tiny_run(path, image_size=image_size, seed=seed, preprocessing="torch")
 
 
 @pytest.fixture(scope="module")

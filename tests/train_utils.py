@@ -124,3 +124,40 @@ def tiny_config(data_dir: str, *, num_devices: int | None = 1) -> ml_collections
     config.bn_recalibration_batches = 2  # exercised in every loop test, resume included
     config.num_devices = num_devices
     return config
+
+
+def write_tiny_run(
+    path: Path, *, image_size: int = 32, seed: int = 1, preprocessing: str = "unit"
+) -> Path:
+    """An untrained tiny run directory: config, preprocessing, a 'best' checkpoint.
+
+    BatchNorm statistics and the head are randomised so that folding has something to fold
+    and the probabilities spread over [0, 1] (decisions and masks are then worth comparing).
+    """
+    import jax.numpy as jnp
+    import numpy as np
+
+    from qatacov_jax.runtime import files
+    from qatacov_jax.training import rundir
+    from qatacov_jax.training.checkpoint import CheckpointStore
+
+    config = tiny_config(str(path.parent / "tfds"))
+    config.data.image_size = image_size
+    path.mkdir(parents=True)
+    rundir.check_or_write_config(path, config)
+    files.write_json(
+        path / rundir.PREPROCESSING_FILE, Preprocessing.from_mode(preprocessing).to_dict()
+    )
+    model = tiny_model(seed)
+    rng = np.random.default_rng(seed)
+    for _, m in model.iter_modules():
+        if isinstance(m, nnx.BatchNorm):
+            c = m.mean.get_value().shape
+            m.mean.set_value(jnp.asarray(rng.normal(0, 0.2, c), jnp.float32))
+            m.var.set_value(jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32))
+    model.head.kernel.set_value(model.head.kernel.get_value() * 8.0)
+    store = CheckpointStore(path)
+    store.save_best(1, nnx.state(model), {"pixel_f1": 0.5})
+    store.wait()
+    store.close()
+    return path

@@ -11,37 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from PIL import Image
-from train_utils import tiny_config, tiny_model
-
-from qatacov_jax.data.preprocessing import Preprocessing
-from qatacov_jax.runtime import files
-from qatacov_jax.training import rundir
-from qatacov_jax.training.checkpoint import CheckpointStore
-
-
-def write_tiny_run(path: Path, *, image_size: int = 32, seed: int = 1) -> Path:
-    config = tiny_config(str(path.parent / "tfds"))
-    config.data.image_size = image_size
-    path.mkdir(parents=True)
-    rundir.check_or_write_config(path, config)
-    files.write_json(path / rundir.PREPROCESSING_FILE, Preprocessing.from_mode("unit").to_dict())
-    model = tiny_model(seed)
-    rng = np.random.default_rng(seed)
-    for _, m in model.iter_modules():
-        if isinstance(m, nnx.BatchNorm):
-            c = m.mean.get_value().shape
-            m.mean.set_value(jnp.asarray(rng.normal(0, 0.2, c), jnp.float32))
-            m.var.set_value(jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32))
-    model.head.kernel.set_value(model.head.kernel.get_value() * 8.0)
-    store = CheckpointStore(path)
-    store.save_best(1, nnx.state(model), {"pixel_f1": 0.5})
-    store.wait()
-    store.close()
-    return path
+from train_utils import write_tiny_run  # noqa: F401  (re-exported for the web app tests)
 
 
 def xray(h: int, w: int, seed: int) -> np.ndarray:
