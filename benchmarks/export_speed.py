@@ -43,8 +43,9 @@ import numpy as np  # noqa: E402
 FORMATS = ("stablehlo", "savedmodel")
 
 
-def _loaded(args: argparse.Namespace) -> Any:
-    """The models to export: a run directory's, or a random-init `--arch`/`--encoder`."""
+def loaded_models(args: argparse.Namespace, label: str = "random init") -> Any:
+    """The models to time: a run directory's (`--run`), or a random-init `--arch`/`--encoder`
+    at `--image-size` named `label` (benchmarks/serve_load.py uses it too)."""
     from qatacov_jax.inference.files import LoadedModels, load_models
     from qatacov_jax.training.factory import build_model
 
@@ -61,7 +62,7 @@ def _loaded(args: argparse.Namespace) -> Any:
         {"infection": config},
         {"infection": prep},
         {"infection": args.image_size},
-        {"infection": Path("random init")},
+        {"infection": Path(label)},
     )
 
 
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from qatacov_jax.inference.predictor import make_predict_fn
     from qatacov_jax.runtime.sharding import make_mesh
 
-    loaded = _loaded(args)
+    loaded = loaded_models(args)
     serving = serving_model(loaded, dtype=args.dtype)
     (spec,) = serving.inputs
     x = np.random.default_rng(0).integers(

@@ -39,27 +39,7 @@ xla_flags.apply_defaults()  # before JAX starts its backend
 
 import numpy as np  # noqa: E402
 
-
-def _loaded(args: argparse.Namespace) -> Any:
-    from qatacov_jax.inference.files import LoadedModels, load_models
-    from qatacov_jax.training.factory import build_model
-
-    if args.run is not None:
-        return load_models({"infection": args.run})
-    from configs import default
-
-    config = default.variant(args.arch, args.encoder)
-    config.data.image_size = args.image_size
-    model, prep = build_model(config, seed=0, load_weights=False)
-    model.eval()
-    name = f"random-init {args.arch}_{args.encoder} {args.image_size}px"
-    return LoadedModels(
-        {"infection": model},
-        {"infection": config},
-        {"infection": prep},
-        {"infection": args.image_size},
-        {"infection": Path(name)},
-    )
+from benchmarks.export_speed import loaded_models  # noqa: E402
 
 
 def _multipart(png: bytes) -> tuple[bytes, str]:
@@ -209,7 +189,8 @@ def main() -> None:
     buf = io.BytesIO()
     Image.fromarray(ex.image).save(buf, format="PNG")
     png = buf.getvalue()
-    loaded = _loaded(args)
+    label = f"random-init {args.arch}_{args.encoder} {args.image_size}px"
+    loaded = loaded_models(args, label)
     results = []
     for b in (int(x) for x in args.batch_sizes.split(",")):
         r = measure(loaded, png, b, args)
