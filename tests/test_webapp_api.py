@@ -212,6 +212,8 @@ def test_token_protects_the_api_and_non_local_binding_needs_one(engine, capsys):
     assert code == 2 and "--annotations" in capsys.readouterr().err
     code = serve_cli.main(["--checkpoint", "x", "--candidates", "y"])
     assert code == 2 and "--annotate" in capsys.readouterr().err
+    code = serve_cli.main(["--checkpoint", "x", "--display-floor", "5"])
+    assert code == 2 and "--display-floor must be in [0, 1)" in capsys.readouterr().err
     assert serve_cli.main(["--help"]) == 0
 
 

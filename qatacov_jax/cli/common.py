@@ -10,6 +10,7 @@ from typing import Any
 from absl import flags
 
 from qatacov_jax.data.features import DataError
+from qatacov_jax.inference.infection_map import DEFAULT_DISPLAY_FLOOR
 from qatacov_jax.runtime.console import setup_cli_logging
 from qatacov_jax.runtime.locking import DirectoryLockedError
 from qatacov_jax.runtime.storage import StorageError, quiet_storage_noise
@@ -132,6 +133,32 @@ def in_unit_interval(name: str, value: float) -> float:
     if not 0.0 < value <= 1.0:
         raise UsageError(f"--{name} must be in (0, 1], got {value}")
     return value
+
+
+def define_map_flags(fv: flags.FlagValues) -> None:
+    """--threshold, --lung-threshold, --display-floor: how probabilities become masks and
+    infection maps (scripts/infer.py and scripts/serve.py); read back by `map_settings`."""
+    flags.DEFINE_float(
+        "threshold", 0.5, "probability at or above which a pixel is infected", flag_values=fv
+    )
+    flags.DEFINE_float("lung-threshold", 0.5, "the same for the lung model", flag_values=fv)
+    flags.DEFINE_float(
+        "display-floor",
+        DEFAULT_DISPLAY_FLOOR,
+        "probabilities below this show the plain X-ray",
+        flag_values=fv,
+    )
+
+
+def map_settings(fv: flags.FlagValues) -> tuple[float, float, float]:
+    """(threshold, lung threshold, display floor) of `define_map_flags`, checked: a
+    UsageError names the flag out of range."""
+    threshold = in_unit_interval("threshold", fv["threshold"].value)
+    lung_threshold = in_unit_interval("lung-threshold", fv["lung-threshold"].value)
+    display_floor = fv["display-floor"].value
+    if not 0.0 <= display_floor < 1.0:
+        raise UsageError(f"--display-floor must be in [0, 1), got {display_floor}")
+    return threshold, lung_threshold, display_floor
 
 
 def positive(name: str, value: Any) -> Any:

@@ -11,13 +11,13 @@ from absl import flags
 
 from qatacov_jax.cli.common import (
     UsageError,
-    in_unit_interval,
+    define_map_flags,
+    map_settings,
     parse_command,
     positive,
     run_main,
 )
 from qatacov_jax.inference.files import infer_files
-from qatacov_jax.inference.infection_map import DEFAULT_DISPLAY_FLOOR
 from qatacov_jax.runtime.locking import run_dir_lock
 
 log = logging.getLogger(__name__)
@@ -44,16 +44,7 @@ def _define(fv: flags.FlagValues) -> None:
         "run directory of a lung model: adds % of lung area and severity",
         flag_values=fv,
     )
-    flags.DEFINE_float(
-        "threshold", 0.5, "probability at or above which a pixel is infected", flag_values=fv
-    )
-    flags.DEFINE_float("lung-threshold", 0.5, "the same for the lung model", flag_values=fv)
-    flags.DEFINE_float(
-        "display-floor",
-        DEFAULT_DISPLAY_FLOOR,
-        "probabilities below this show the plain X-ray",
-        flag_values=fv,
-    )
+    define_map_flags(fv)
     flags.DEFINE_integer(
         "batch-size",
         None,
@@ -74,11 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         v = lambda name: fv[name].value  # noqa: E731 - dashed flag names need item access
         if not inputs:
             raise UsageError("no image files or folders given")
-        threshold = in_unit_interval("threshold", v("threshold"))
-        lung_threshold = in_unit_interval("lung-threshold", v("lung-threshold"))
-        display_floor = v("display-floor")
-        if not 0.0 <= display_floor < 1.0:
-            raise UsageError(f"--display-floor must be in [0, 1), got {display_floor}")
+        threshold, lung_threshold, display_floor = map_settings(fv)
         batch_size = positive("batch-size", v("batch-size"))
         # One writer per --out folder (runtime/locking.py): a second infer.py into the same
         # folder is refused at once, naming the first.

@@ -9,8 +9,14 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from qatacov_jax.cli.common import UsageError, in_unit_interval, parse_command, positive, run_main
-from qatacov_jax.inference.infection_map import DEFAULT_DISPLAY_FLOOR
+from qatacov_jax.cli.common import (
+    UsageError,
+    define_map_flags,
+    map_settings,
+    parse_command,
+    positive,
+    run_main,
+)
 from qatacov_jax.runtime.locking import run_dir_lock
 
 log = logging.getLogger(__name__)
@@ -56,14 +62,7 @@ def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_string(
         "token", None, "secret clients must send (required off 127.0.0.1)", flag_values=fv
     )
-    flags.DEFINE_float("threshold", 0.5, "default infection threshold", flag_values=fv)
-    flags.DEFINE_float("lung-threshold", 0.5, "lung model threshold", flag_values=fv)
-    flags.DEFINE_float(
-        "display-floor",
-        DEFAULT_DISPLAY_FLOOR,
-        "probabilities below this show the plain X-ray",
-        flag_values=fv,
-    )
+    define_map_flags(fv)
     flags.DEFINE_integer(
         "batch-size", 8, "most concurrent requests grouped into one device call", flag_values=fv
     )
@@ -102,10 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_host(v("host"), v("token"))
         except ValueError as e:
             raise UsageError(str(e)) from None
+        threshold, lung_threshold, display_floor = map_settings(fv)
         settings = Settings(
-            threshold=in_unit_interval("threshold", v("threshold")),
-            lung_threshold=in_unit_interval("lung-threshold", v("lung-threshold")),
-            display_floor=v("display-floor"),
+            threshold=threshold,
+            lung_threshold=lung_threshold,
+            display_floor=display_floor,
             max_upload_mb=v("max-upload-mb"),
             token=v("token"),
             blind=v("blind"),
