@@ -13,14 +13,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
+
+# The test extra installs both: a missing one is an install error to report, not a skip.
+import segmentation_models_pytorch as smp  # noqa: E402
+import torch  # noqa: E402
 from flax import nnx
 
 from qatacov_jax.models import SMP_ARCHS, SMP_ENCODERS, abstract_smp_model
 from qatacov_jax.weights.smp_port import read_smp_source
-
-smp = pytest.importorskip("segmentation_models_pytorch")
-torch = pytest.importorskip("torch")
 
 PAIRS = [(arch, enc) for enc in SMP_ENCODERS for arch in SMP_ARCHS]
 CLASSES = 2

@@ -68,7 +68,8 @@ def test_ported_smp_model_runs_through_infer_with_smp_masks(tmp_path):
 
 
 def test_imagenet_encoder_files_port_with_their_heads_dropped(tmp_path):
-    tv = pytest.importorskip("torchvision")
+    import torchvision as tv
+
     # torchvision's ResNet-18 file layout (with `fc`), ported, then loaded by a paper-2 config.
     src = tmp_path / "resnet18-f37072fd.pth"
     torch.save(tv.models.resnet18().state_dict(), src)
@@ -90,11 +91,11 @@ def test_imagenet_encoder_files_port_with_their_heads_dropped(tmp_path):
 def test_ported_encoder_weights_fill_a_paper2_model(tmp_path):
     import sys
 
+    import torchvision as tv
     from flax import nnx
 
     from qatacov_jax.training.factory import build_model
 
-    tv = pytest.importorskip("torchvision")
     weights = tv.models.resnet18().state_dict()
     torch.save(weights, tmp_path / "r18.pth")
     assert _port(tmp_path, tmp_path / "r18.pth", "fpn", "resnet18", "r18") == 0
