@@ -254,6 +254,35 @@ def test_compare_keras_report_rows():
     assert table[2] == "| unet densenet121 | 50.0 (40.0-60.0) | 40.0 (40.0-60.0) | 1.25x |"
 
 
+@pytest.mark.parametrize("variant", ["winograd_f2", "winograd_f4", "gemm_w3"])
+def test_conv_kernels_variants_compute_the_direct_conv(variant):
+    # The forms benchmarks/conv_kernels.py times against XLA's conv must be the same conv,
+    # borders included (tiles of 2 and 4 on a 12x12 map), or the comparison means nothing.
+    kernels = _load_script("conv_kernels")
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 12, 12, 5), dtype=np.float32))
+    k = jnp.asarray(rng.standard_normal((3, 3, 5, 4), dtype=np.float32))
+    expected = kernels.conv_xla(x, k)
+    got = jax.jit(kernels.VARIANTS[variant])(x, k)
+    np.testing.assert_allclose(got, expected, atol=1e-4 * float(jnp.abs(expected).max()))
+
+
+def test_conv_kernels_runs_end_to_end_and_reports_both_tables(tmp_path, monkeypatch):
+    kernels = _load_script("conv_kernels")
+    monkeypatch.setattr(kernels, "SHAPES", (("tiny", 1, 8, 8, 4, 4),))
+    monkeypatch.setattr(kernels, "BACKWARD_SHAPES", (("tiny 1x1", 1, 8, 8, 4, 4, 1),))
+    md = tmp_path / "k.md"
+    assert (
+        kernels.main(["--rounds", "1", "--json", str(tmp_path / "k.json"), "--markdown", str(md)])
+        == 0
+    )
+    report = json.loads((tmp_path / "k.json").read_text())
+    assert set(report["rows"][0]["ms"]) >= {"xla", "winograd_f4", "tf_onednn"}
+    assert set(report["backward"][0]["ms"]) == {"xla dx", "xla dk", "tf dx", "tf dk"}
+    text = md.read_text()
+    assert "| tiny (batch 1) |" in text and "| tiny 1x1 (1x1, batch 1) |" in text
+
+
 @pytest.mark.parametrize(
     "script, argv, option, message",
     [

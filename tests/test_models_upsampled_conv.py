@@ -5,7 +5,9 @@ UpSampling2D + Concatenate + Conv2D in every U-Net/UNet++/DLA node and in the FP
 stage (a speed-up measured by benchmarks/compare_keras.py). These tests hold it to the
 literal computation: every upsampling factor used, uneven and tiny maps (borders are where
 the phase taps differ), with and without bias and skips, in training mode (BatchNorm batch
-statistics) and with gradients, and in bfloat16.
+statistics) and with gradients, and in bfloat16. The UNet++ decoder, whose dense skips are
+convolved once for all later nodes of their row (`stacked_conv3x3`), is held to the same
+literal graph node by node.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from qatacov_jax.models.folding import fold_batchnorm
 from qatacov_jax.models.layers import (
     ConvBnRelu,
     DecoderBlock,
@@ -24,6 +27,7 @@ from qatacov_jax.models.layers import (
     conv_of_upsampled_concat,
     upsample,
 )
+from qatacov_jax.models.nested import NestedDecoder  # noqa: E402
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -110,3 +114,45 @@ def test_bfloat16_compute_matches_float32_within_bf16_rounding():
     assert y16.dtype == jnp.bfloat16
     scale = float(jnp.abs(y32).max())
     np.testing.assert_allclose(y16.astype(jnp.float32), y32, atol=0.02 * scale)
+
+
+def literal_nested(decoder: NestedDecoder, features: list[jax.Array]) -> jax.Array:
+    """The Keras UNet++/DLA graph as written: every node upsamples, concatenates, convolves."""
+    grid = {(i, 0): f for i, f in enumerate(features, start=1)}
+    for i, j, skips in decoder.nodes:
+        block = getattr(decoder, f"decoder_stage{i}_{j}")
+        grid[(i, j)] = literal_block(block, grid[(i + 1, j - 1)], [grid[s] for s in skips])
+    return grid[(0, 5)]
+
+
+@pytest.mark.parametrize("dense_skips", [True, False])
+def test_nested_decoder_matches_literal_graph_in_training_with_gradients(dense_skips):
+    rng = np.random.default_rng(4)
+    channels = (3, 4, 5, 6, 7)
+    features = [normal(rng, 2, 32 >> k, 32 >> k, c) for k, c in enumerate(channels)]
+    decoder = NestedDecoder(
+        channels, dense_skips=dense_skips, rngs=nnx.Rngs(0), decoder_filters=(8, 6, 5, 4, 3)
+    )
+    assert bool(decoder.skip_uses) == dense_skips  # UNet++ stacks its skips, DLA has none
+    twin = nnx.clone(decoder)
+    decoder.train()
+    twin.train()
+
+    def loss(m, f):
+        return jnp.sum(f(m, features) ** 2)
+
+    ours, grads = nnx.value_and_grad(loss)(decoder, lambda m, f: m(f))
+    ref, ref_grads = nnx.value_and_grad(loss)(twin, literal_nested)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5)
+    flat = nnx.to_flat_state(nnx.state(grads))
+    ref_flat = nnx.to_flat_state(nnx.state(ref_grads))
+    for (path, g), (_, rg) in zip(flat, ref_flat, strict=True):
+        rg = np.asarray(rg.get_value())
+        np.testing.assert_allclose(g.get_value(), rg, atol=1e-5 * np.abs(rg).max(), err_msg=path)
+
+    # Eval mode with BatchNorm folded (the inference path), against the unfolded literal graph.
+    folded = fold_batchnorm(decoder)
+    twin.eval()
+    expected = literal_nested(twin, features)
+    scale = float(jnp.abs(expected).max())
+    np.testing.assert_allclose(folded(features), expected, atol=1e-5 * scale)

@@ -13,6 +13,11 @@ Quirks of the Keras fork that Table 8's parameter counts depend on (docs/origina
 * node filters are `decoder_filters[N - i - 2]` (N = 5), which for i = 4 is index -1, so the
   deepest nodes get 16 filters;
 * row 0 has only the top node X[0, 5] (up2(X[1, 4]), no skip), which feeds the head.
+
+UNet++'s dense skips are convolved once each: a skip X[i, k] enters the first conv of every
+later node of row i, so as soon as it exists it is convolved with the stacked kernel slices of
+all those nodes (`stacked_conv3x3`), and each node adds its part. Same function and parameters
+as the Keras graph (tested against it), with the multiply-adds in fewer, wider convs.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from qatacov_jax.models.layers import DecoderBlock
+from qatacov_jax.models.layers import DecoderBlock, stacked_conv3x3
 from qatacov_jax.models.unet import DECODER_FILTERS
 
 DEPTH = 5
@@ -73,10 +78,43 @@ class NestedDecoder(nnx.Module):
             )
             channels[(i, j)] = filters
         self.out_channels = channels[(0, DEPTH)]
+        # Dense skips only: skip -> ((node, its first input channel in that node's conv), ...),
+        # the nodes of its row that read it (`stacked_conv3x3`). DLA's skips are read once.
+        uses: dict[tuple[int, int], list[tuple[tuple[int, int], int]]] = {}
+        if dense_skips:
+            for i, j, skips in self.nodes:
+                first = channels[(i + 1, j - 1)]  # after the upsampled input
+                for skip in skips:
+                    uses.setdefault(skip, []).append(((i, j), first))
+                    first += channels[skip]
+        self.skip_uses = tuple((skip, tuple(nodes)) for skip, nodes in uses.items())
+
+    def _block(self, node: tuple[int, int]) -> DecoderBlock:
+        return getattr(self, f"decoder_stage{node[0]}_{node[1]}")
 
     def __call__(self, features: Sequence[jax.Array]) -> jax.Array:
         grid = {(i, 0): f for i, f in enumerate(features, start=1)}
+        uses = dict(self.skip_uses)
+        # node -> sum of its skips' parts of its first conv, filled as the skips appear.
+        skip_terms: dict[tuple[int, int], jax.Array] = {}
+
+        def convolve_skip(skip: tuple[int, int]) -> None:
+            nodes = uses.get(skip, ())
+            if not nodes:
+                return
+            parts = stacked_conv3x3(
+                grid[skip], [(self._block(n).conv1.conv, first) for n, first in nodes]
+            )
+            for (node, _), part in zip(nodes, parts, strict=True):
+                skip_terms[node] = part if node not in skip_terms else skip_terms[node] + part
+
+        for i in range(1, DEPTH + 1):
+            convolve_skip((i, 0))
         for i, j, skips in self.nodes:
-            block = getattr(self, f"decoder_stage{i}_{j}")
-            grid[(i, j)] = block(grid[(i + 1, j - 1)], [grid[s] for s in skips])
+            block = self._block((i, j))
+            if uses:  # dense skips: their part is in skip_terms
+                grid[(i, j)] = block(grid[(i + 1, j - 1)], skip_term=skip_terms.pop((i, j), None))
+                convolve_skip((i, j))
+            else:
+                grid[(i, j)] = block(grid[(i + 1, j - 1)], [grid[s] for s in skips])
         return grid[(0, DEPTH)]
