@@ -94,13 +94,16 @@ def infection_map(
             f"Probability map {prob.shape} and CXR {base.shape[:2]} differ in size; resize the "
             "map to the image first (inference.Predictor does)."
         )
-    # matplotlib's lookup for floats in [0, 1]: index floor(p * N), N itself -> N - 1.
+    # matplotlib's lookup for floats in [0, 1]: index floor(p * N), N itself -> N - 1. N is a
+    # power of two, so p * N is exact in float32 and truncation is that floor (float64 here
+    # cost more than everything else together).
     n = _JET.N
-    index = np.minimum((np.clip(prob, 0.0, 1.0).astype(np.float64) * n).astype(np.int32), n - 1)
+    index = np.minimum((np.clip(prob, 0.0, 1.0) * np.float32(n)).astype(np.int32), n - 1)
     # The CXR's HSV value (= grey level for grey CXRs) times the colour at value 1; both
-    # 0..255 scaled, rounded as np.round would.
-    value = base.max(-1).astype(np.float32)
-    coloured = np.rint(_UNIT_COLOURS[index] * value[..., None]).astype(np.uint8)
+    # 0..255 scaled, rounded as np.round would. np.take: 3x faster than fancy indexing; the
+    # channel maximum as two elementwise maxima: 20x faster than a reduction over a 3-axis.
+    value = np.maximum(np.maximum(base[..., 0], base[..., 1]), base[..., 2]).astype(np.float32)
+    coloured = np.rint(np.take(_UNIT_COLOURS, index, axis=0) * value[..., None]).astype(np.uint8)
     return np.where((prob < floor)[..., None], base, coloured)
 
 
