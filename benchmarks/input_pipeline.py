@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 
@@ -66,6 +67,7 @@ def main() -> None:
     p.add_argument("--num_threads", type=int, default=4)
     p.add_argument("--augment", default="copies", choices=("copies", "all", "none"))
     p.add_argument("--out", default=None, help="optional JSON file for the results")
+    p.add_argument("--markdown", default=None, help="optional Markdown file for the results")
     args = p.parse_args()
 
     cfg = data.default_config()
@@ -122,10 +124,36 @@ def main() -> None:
         "results": results,
         "load_average": list(np.round(os.getloadavg(), 2)),
     }
+    info["command"] = "python benchmarks/input_pipeline.py " + " ".join(sys.argv[1:])
     if args.out:
         with open(args.out, "w") as f:
             json.dump(info, f, indent=2)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(info) + "\n")
     print(json.dumps(info))
+
+
+def markdown(info: dict) -> str:
+    """The results as a Markdown table (per setting: wall-clock rate and rate per CPU-second)."""
+    lines = [
+        f"Training input pipeline, {info['image_size']}x{info['image_size']}, batch "
+        f"{info['batch_size']}, augmentation: {info['augment']}, {info['num_threads']} read "
+        f"threads, {info['cpu_count']} cores (load average at the end: "
+        f"{', '.join(str(v) for v in info['load_average'])}).",
+        "",
+        f"Command: `{info['command']}`",
+        "",
+        "| grain workers | images/s (wall clock) | images per CPU-second (all processes) |",
+        "|---:|---:|---:|",
+    ]
+    for r in info["results"]:
+        per_core = r["images_per_cpu_second"]
+        lines.append(
+            f"| {r['num_workers']} | {r['images_per_s']:.1f} | "
+            f"{'-' if per_core is None else f'{per_core:.1f}'} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
