@@ -201,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--rounds", type=int, default=10, help="timed calls of each model")
+    p.add_argument(
+        "--pause", type=float, default=0.0,
+        help="seconds of idle before each timed call, so that one framework's worker threads "
+        "have gone to sleep before the other's call starts",
+    )  # fmt: skip
     p.add_argument("--no-fold", action="store_true", help="time ours without BatchNorm folding")
     p.add_argument(
         "--train", action="store_true",
@@ -264,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     samples: dict[str, list[float]] = {k: [] for k in runners}
     for r in range(args.rounds):
         for name, fn in runners.items():
+            time.sleep(args.pause)
             t0 = time.perf_counter()
             jax.block_until_ready(fn())
             samples[name].append(time.perf_counter() - t0)
@@ -293,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "image_size": args.image_size,
         "rounds": args.rounds,
+        "pause_s": args.pause,
         "bn_folded": not args.no_fold,
         "mode": "train" if args.train else "inference",
         "command": "python benchmarks/compare_keras.py " + " ".join(sys.argv[1:]),
