@@ -42,7 +42,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from qatacov_jax.runtime import xla_flags  # noqa: E402
-from qatacov_jax.runtime.files import write_json, write_text  # noqa: E402
 
 xla_flags.apply_defaults()  # before JAX starts its backend
 
@@ -305,12 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/compare_keras.py " + " ".join(sys.argv[1:]),
         "rows": rows,
     }
-    md = markdown(report)
-    print(md)
-    if args.json:
-        write_json(args.json, report)
-    if args.markdown:
-        write_text(args.markdown, md + "\n")
+    benchmarking.publish(report, markdown(report), args.json, args.markdown)
     return 0
 
 

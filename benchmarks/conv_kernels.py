@@ -38,7 +38,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from qatacov_jax.runtime import xla_flags  # noqa: E402
-from qatacov_jax.runtime.files import write_json, write_text  # noqa: E402
 
 xla_flags.apply_defaults()  # before JAX starts its backend
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"  # TensorFlow's oneDNN start-up notice says nothing new
@@ -214,12 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "backward": backward,
     }
-    md = markdown(report)
-    print(md)
-    if args.json:
-        write_json(args.json, report)
-    if args.markdown:
-        write_text(args.markdown, md + "\n")
+    benchmarking.publish(report, markdown(report), args.json, args.markdown)
     return 0
 
 

@@ -72,6 +72,19 @@ def test_conv_of_upsampled_concat_equals_the_keras_graph(parts, use_bias):
     np.testing.assert_allclose(conv_of_upsampled_concat(layer, xs), expected, rtol=1e-5, atol=1e-5)
 
 
+def assert_same_loss_and_grads(loss, ours: tuple, reference: tuple) -> None:
+    """`loss(module, forward)` and its parameter gradients agree for two (module, forward)."""
+    value, grads = nnx.value_and_grad(loss)(*ours)
+    ref, ref_grads = nnx.value_and_grad(loss)(*reference)
+    np.testing.assert_allclose(value, ref, rtol=1e-5)
+    flat = nnx.to_flat_state(nnx.state(grads))
+    ref_flat = nnx.to_flat_state(nnx.state(ref_grads))
+    for (path, g), (_, rg) in zip(flat, ref_flat, strict=True):
+        rg = np.asarray(rg.get_value())
+        # float32 sums in a different order: compare against each gradient's own scale.
+        np.testing.assert_allclose(g.get_value(), rg, atol=1e-5 * np.abs(rg).max(), err_msg=path)
+
+
 def literal_block(block: DecoderBlock, x: jax.Array, skips: list[jax.Array]) -> jax.Array:
     """The Keras node as written: upsample, concatenate, two Conv-BN-ReLU."""
     y = jnp.concatenate([upsample(x, 2), *skips], axis=-1)
@@ -89,15 +102,7 @@ def test_decoder_block_matches_literal_graph_in_training_with_gradients():
     def loss(m, f):
         return jnp.sum(f(m, x, [skip]) ** 2)
 
-    ours, grads = nnx.value_and_grad(loss)(block, lambda m, *a: m(*a))
-    ref, ref_grads = nnx.value_and_grad(loss)(twin, literal_block)
-    np.testing.assert_allclose(ours, ref, rtol=1e-5)
-    flat = nnx.to_flat_state(nnx.state(grads))
-    ref_flat = nnx.to_flat_state(nnx.state(ref_grads))
-    for (path, g), (_, rg) in zip(flat, ref_flat, strict=True):
-        rg = np.asarray(rg.get_value())
-        # float32 sums in a different order: compare against each gradient's own scale.
-        np.testing.assert_allclose(g.get_value(), rg, atol=1e-5 * np.abs(rg).max(), err_msg=path)
+    assert_same_loss_and_grads(loss, (block, lambda m, *a: m(*a)), (twin, literal_block))
     # BatchNorm's running statistics were updated from the same batch statistics.
     np.testing.assert_allclose(
         block.conv1.bn.mean.get_value(), twin.conv1.bn.mean.get_value(), atol=1e-6
@@ -141,14 +146,7 @@ def test_nested_decoder_matches_literal_graph_in_training_with_gradients(dense_s
     def loss(m, f):
         return jnp.sum(f(m, features) ** 2)
 
-    ours, grads = nnx.value_and_grad(loss)(decoder, lambda m, f: m(f))
-    ref, ref_grads = nnx.value_and_grad(loss)(twin, literal_nested)
-    np.testing.assert_allclose(ours, ref, rtol=1e-5)
-    flat = nnx.to_flat_state(nnx.state(grads))
-    ref_flat = nnx.to_flat_state(nnx.state(ref_grads))
-    for (path, g), (_, rg) in zip(flat, ref_flat, strict=True):
-        rg = np.asarray(rg.get_value())
-        np.testing.assert_allclose(g.get_value(), rg, atol=1e-5 * np.abs(rg).max(), err_msg=path)
+    assert_same_loss_and_grads(loss, (decoder, lambda m, f: m(f)), (twin, literal_nested))
 
     # Eval mode with BatchNorm folded (the inference path), against the unfolded literal graph.
     folded = fold_batchnorm(decoder)

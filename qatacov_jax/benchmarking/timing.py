@@ -26,6 +26,7 @@ from flax import nnx
 from qatacov_jax.models import TRAINABLE
 from qatacov_jax.models.folding import make_forward
 from qatacov_jax.runtime import sharding
+from qatacov_jax.runtime.files import write_json, write_text
 from qatacov_jax.training.steps import LossSpec, make_train_step
 
 # Dense (no sparsity) peak FLOP/s per device, by device kind and compute dtype, from the
@@ -133,6 +134,17 @@ def flop_count(compiled: Any) -> float | None:
         return None
     flops = analysis.get("flops")
     return float(flops) if flops is not None and flops > 0 else None
+
+
+def publish(
+    report: dict[str, Any], markdown: str, json_path: Any = None, markdown_path: Any = None
+) -> None:
+    """Prints a benchmark's Markdown report and writes it (and the JSON) where asked, atomically."""
+    print(markdown)
+    if json_path:
+        write_json(json_path, report)
+    if markdown_path:
+        write_text(markdown_path, markdown + "\n")
 
 
 def environment() -> dict[str, Any]:
