@@ -19,6 +19,7 @@ import pytest
 from flax import nnx
 
 from qatacov_jax.models.folding import fold_batchnorm
+from qatacov_jax.models.fpn import FPNDecoder
 from qatacov_jax.models.layers import (
     ConvBnRelu,
     DecoderBlock,
@@ -27,7 +28,7 @@ from qatacov_jax.models.layers import (
     conv_of_upsampled_concat,
     upsample,
 )
-from qatacov_jax.models.nested import NestedDecoder  # noqa: E402
+from qatacov_jax.models.nested import NestedDecoder
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -152,5 +153,47 @@ def test_nested_decoder_matches_literal_graph_in_training_with_gradients(dense_s
     folded = fold_batchnorm(decoder)
     twin.eval()
     expected = literal_nested(twin, features)
+    scale = float(jnp.abs(expected).max())
+    np.testing.assert_allclose(folded(features), expected, atol=1e-5 * scale)
+
+
+def literal_fpn(decoder: FPNDecoder, features: list[jax.Array]) -> jax.Array:
+    """The Keras FPN graph as written: every pyramid level built, upsampled, concatenated."""
+    x, levels = features[4], []
+    for stage, skip in zip((5, 4, 3, 2), features[3::-1], strict=True):
+        block = getattr(decoder, f"fpn_stage_p{stage}")
+        if block.pre_conv is not None:
+            x = block.pre_conv(x)
+        x = upsample(x, 2) + block.conv(skip)
+        segm = getattr(decoder, f"segm_stage{stage}")
+        levels.append(segm.conv_b(segm.conv_a(x)))
+    s5, s4, s3, s2 = levels
+    y = decoder.final_stage(
+        jnp.concatenate([s2, upsample(s3, 2), upsample(s4, 4), upsample(s5, 8)], axis=-1)
+    )
+    b, h, w, c = y.shape
+    return jax.image.resize(y, (b, 2 * h, 2 * w, c), method="bilinear")
+
+
+def test_fpn_decoder_matches_literal_graph_in_training_with_gradients():
+    # P2 is never built (its segmentation conv composes the 1x1 lateral conv into the 3x3
+    # one); borders matter (the lateral bias through a zero-padded 3x3 conv), so tiny maps.
+    rng = np.random.default_rng(5)
+    channels = (3, 4, 5, 6, 300)  # the deepest != 256: the P5 block has its pre_conv
+    features = [normal(rng, 2, 32 >> k, 32 >> k, c) for k, c in enumerate(channels)]
+    decoder = FPNDecoder(channels, rngs=nnx.Rngs(0))
+    p2 = decoder.fpn_stage_p2.conv
+    p2.bias.set_value(normal(rng, *p2.bias.shape))  # a non-zero lateral bias
+    twin = nnx.clone(decoder)
+    decoder.train()
+    twin.train()
+
+    def loss(m, f):
+        return jnp.sum(f(m, features) ** 2)
+
+    assert_same_loss_and_grads(loss, (decoder, lambda m, f: m(f)), (twin, literal_fpn))
+    folded = fold_batchnorm(decoder)
+    twin.eval()
+    expected = literal_fpn(twin, features)
     scale = float(jnp.abs(expected).max())
     np.testing.assert_allclose(folded(features), expected, atol=1e-5 * scale)
