@@ -15,7 +15,7 @@ from qatacov_jax.runtime.console import setup_cli_logging
 from qatacov_jax.runtime.locking import DirectoryLockedError
 from qatacov_jax.runtime.storage import StorageError, quiet_storage_noise
 from qatacov_jax.training.loop import NonFiniteLossError, TrainingInterrupted
-from qatacov_jax.training.rundir import RunDirMismatchError
+from qatacov_jax.training.rundir import CHECKPOINT_CHOICES, RunDirMismatchError
 from qatacov_jax.weights import WeightsError
 
 # Errors whose message is the whole story (it names the file or setting and the fix): the
@@ -148,6 +148,13 @@ def define_map_flags(fv: flags.FlagValues) -> None:
         "probabilities below this show the plain X-ray",
         flag_values=fv,
     )
+
+
+def define_which_flag(
+    fv: flags.FlagValues, help_text: str = "which checkpoint of the run(s)"
+) -> None:
+    """--which: the checkpoint of each run to load (`training.rundir.CHECKPOINT_CHOICES`)."""
+    flags.DEFINE_enum("which", "best", list(CHECKPOINT_CHOICES), help_text, flag_values=fv)
 
 
 def map_settings(fv: flags.FlagValues) -> tuple[float, float, float]:

@@ -11,6 +11,7 @@ from absl import flags
 
 from qatacov_jax.cli.common import (
     UsageError,
+    define_which_flag,
     in_unit_interval,
     parse_command,
     positive,
@@ -47,7 +48,7 @@ def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer(
         "batch-size", None, "images per step (default: the segmenter's)", flag_values=fv
     )
-    flags.DEFINE_enum("which", "best", ["best", "latest"], "which checkpoints", flag_values=fv)
+    define_which_flag(fv, "which checkpoints")
     flags.DEFINE_string("data-dir", None, "override config.data.data_dir", flag_values=fv)
     flags.DEFINE_integer(
         "num-examples", 8, "first images drawn in figures/first.png", flag_values=fv

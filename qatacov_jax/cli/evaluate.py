@@ -10,6 +10,7 @@ from absl import flags
 
 from qatacov_jax.cli.common import (
     UsageError,
+    define_which_flag,
     in_unit_interval,
     parse_command,
     positive,
@@ -45,7 +46,7 @@ def _define(fv: flags.FlagValues) -> None:
         flag_values=fv,
     )
     flags.DEFINE_integer("batch-size", None, "images per step (default: the run's)", flag_values=fv)
-    flags.DEFINE_enum("which", "best", ["best", "latest"], "which checkpoint", flag_values=fv)
+    define_which_flag(fv, "which checkpoint")
     flags.DEFINE_string("data-dir", None, "override config.data.data_dir", flag_values=fv)
     flags.DEFINE_string(
         "out", None, "output folder (default RUN/evaluation/<split>)", flag_values=fv

@@ -8,7 +8,13 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from qatacov_jax.cli.common import UsageError, in_unit_interval, parse_command, run_main
+from qatacov_jax.cli.common import (
+    UsageError,
+    define_which_flag,
+    in_unit_interval,
+    parse_command,
+    run_main,
+)
 from qatacov_jax.export.artifact import (
     FORMATS,
     PLATFORMS,
@@ -71,9 +77,7 @@ def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_float(
         "lung-threshold", 0.5, "lung threshold recorded in the manifest", flag_values=fv
     )
-    flags.DEFINE_enum(
-        "which", "best", ["best", "latest"], "which checkpoint of the run(s)", flag_values=fv
-    )
+    define_which_flag(fv)
     flags.DEFINE_boolean(
         "overwrite",
         False,

@@ -12,6 +12,7 @@ from absl import flags
 from qatacov_jax.cli.common import (
     UsageError,
     define_map_flags,
+    define_which_flag,
     map_settings,
     parse_command,
     positive,
@@ -51,9 +52,7 @@ def _define(fv: flags.FlagValues) -> None:
         "images per step over all devices (default 8 per device)",
         flag_values=fv,
     )
-    flags.DEFINE_enum(
-        "which", "best", ["best", "latest"], "which checkpoint of the run(s)", flag_values=fv
-    )
+    define_which_flag(fv)
     flags.DEFINE_boolean("overwrite", False, "replace existing outputs", flag_values=fv)
 
 

@@ -12,6 +12,7 @@ from absl import flags
 from qatacov_jax.cli.common import (
     UsageError,
     define_map_flags,
+    define_which_flag,
     map_settings,
     parse_command,
     positive,
@@ -69,9 +70,7 @@ def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_float(
         "batch-wait-ms", 2.0, "how long a call waits for more requests to group", flag_values=fv
     )
-    flags.DEFINE_enum(
-        "which", "best", ["best", "latest"], "which checkpoint of the run(s)", flag_values=fv
-    )
+    define_which_flag(fv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -212,6 +212,10 @@ def read_preprocessing(run_dir: str | Path) -> Preprocessing:
     return Preprocessing.from_dict(json.loads(path.read_text()))
 
 
+# The checkpoints of a run a model can be loaded from (`load_model(which=)`, the CLIs' --which).
+CHECKPOINT_CHOICES = ("best", "latest")
+
+
 def load_model(
     run_dir: str | Path, *, which: str = "best"
 ) -> tuple[nnx.Module, ml_collections.ConfigDict, Preprocessing]:
@@ -224,7 +228,7 @@ def load_model(
     Returns:
       (model in eval mode with parameters on the default device, config, preprocessing).
     """
-    if which not in ("best", "latest"):
+    if which not in CHECKPOINT_CHOICES:
         raise ValueError(f"which must be 'best' or 'latest', got {which!r}.")
     run_dir = Path(run_dir).absolute()
     config = read_config(run_dir)
