@@ -122,6 +122,25 @@ def test_bfloat16_compute_matches_float32_within_bf16_rounding():
     np.testing.assert_allclose(y16.astype(jnp.float32), y32, atol=0.02 * scale)
 
 
+def assert_decoder_matches_literal(decoder: nnx.Module, literal, features: list) -> None:
+    """`decoder(features)` equals `literal(decoder, features)` (the Keras graph as written):
+    loss and gradients in training mode, then folded for inference against the literal
+    graph in eval mode."""
+    twin = nnx.clone(decoder)
+    decoder.train()
+    twin.train()
+
+    def loss(m, f):
+        return jnp.sum(f(m, features) ** 2)
+
+    assert_same_loss_and_grads(loss, (decoder, lambda m, f: m(f)), (twin, literal))
+    folded = fold_batchnorm(decoder)
+    twin.eval()
+    expected = literal(twin, features)
+    scale = float(jnp.abs(expected).max())
+    np.testing.assert_allclose(folded(features), expected, atol=1e-5 * scale)
+
+
 def literal_nested(decoder: NestedDecoder, features: list[jax.Array]) -> jax.Array:
     """The Keras UNet++/DLA graph as written: every node upsamples, concatenates, convolves."""
     grid = {(i, 0): f for i, f in enumerate(features, start=1)}
@@ -140,21 +159,7 @@ def test_nested_decoder_matches_literal_graph_in_training_with_gradients(dense_s
         channels, dense_skips=dense_skips, rngs=nnx.Rngs(0), decoder_filters=(8, 6, 5, 4, 3)
     )
     assert bool(decoder.skip_uses) == dense_skips  # UNet++ stacks its skips, DLA has none
-    twin = nnx.clone(decoder)
-    decoder.train()
-    twin.train()
-
-    def loss(m, f):
-        return jnp.sum(f(m, features) ** 2)
-
-    assert_same_loss_and_grads(loss, (decoder, lambda m, f: m(f)), (twin, literal_nested))
-
-    # Eval mode with BatchNorm folded (the inference path), against the unfolded literal graph.
-    folded = fold_batchnorm(decoder)
-    twin.eval()
-    expected = literal_nested(twin, features)
-    scale = float(jnp.abs(expected).max())
-    np.testing.assert_allclose(folded(features), expected, atol=1e-5 * scale)
+    assert_decoder_matches_literal(decoder, literal_nested, features)
 
 
 def literal_fpn(decoder: FPNDecoder, features: list[jax.Array]) -> jax.Array:
@@ -184,16 +189,4 @@ def test_fpn_decoder_matches_literal_graph_in_training_with_gradients():
     decoder = FPNDecoder(channels, rngs=nnx.Rngs(0))
     p2 = decoder.fpn_stage_p2.conv
     p2.bias.set_value(normal(rng, *p2.bias.shape))  # a non-zero lateral bias
-    twin = nnx.clone(decoder)
-    decoder.train()
-    twin.train()
-
-    def loss(m, f):
-        return jnp.sum(f(m, features) ** 2)
-
-    assert_same_loss_and_grads(loss, (decoder, lambda m, f: m(f)), (twin, literal_fpn))
-    folded = fold_batchnorm(decoder)
-    twin.eval()
-    expected = literal_fpn(twin, features)
-    scale = float(jnp.abs(expected).max())
-    np.testing.assert_allclose(folded(features), expected, atol=1e-5 * scale)
+    assert_decoder_matches_literal(decoder, literal_fpn, features)
