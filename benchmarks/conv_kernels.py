@@ -152,7 +152,8 @@ VARIANTS = {
 }
 
 
-def _tf_conv() -> Any:
+def _tensorflow_or_none() -> Any:
+    """TensorFlow, or None where it is not installed (its columns are then left out)."""
     try:
         import tensorflow as tf
     except ImportError:
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from qatacov_jax.benchmarking import timing as benchmarking
 
-    tf = _tf_conv()
+    tf = _tensorflow_or_none()
     rng = np.random.default_rng(0)
     rows = []
     for name, b, h, w, c, o in SHAPES:

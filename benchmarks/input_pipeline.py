@@ -29,6 +29,7 @@ import numpy as np
 
 from qatacov_jax import data
 from qatacov_jax.data.preprocessing import Preprocessing
+from qatacov_jax.runtime.files import write_json, write_text
 from qatacov_jax.runtime.sharding import make_mesh
 
 
@@ -126,11 +127,9 @@ def main() -> None:
     }
     info["command"] = "python benchmarks/input_pipeline.py " + " ".join(sys.argv[1:])
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(info, f, indent=2)
+        write_json(args.out, info)
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(markdown(info) + "\n")
+        write_text(args.markdown, markdown(info) + "\n")
     print(json.dumps(info))
 
 

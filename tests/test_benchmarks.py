@@ -254,6 +254,20 @@ def test_compare_keras_report_rows():
     assert table[2] == "| unet densenet121 | 50.0 (40.0-60.0) | 40.0 (40.0-60.0) | 1.25x |"
 
 
+def test_input_pipeline_markdown_rows():
+    pipeline = _load_script("input_pipeline")
+    info = {
+        "image_size": 224, "batch_size": 32, "augment": "all", "num_threads": 4,
+        "cpu_count": 2, "load_average": [1.0, 1.5, 2.0], "command": "python x.py",
+        "results": [
+            {"num_workers": 0, "images_per_s": 300.04, "images_per_cpu_second": 190.5},
+            {"num_workers": 1, "images_per_s": 280.0, "images_per_cpu_second": None},
+        ],
+    }  # fmt: skip
+    table = [line for line in pipeline.markdown(info).splitlines() if line.startswith("|")]
+    assert table[2:] == ["| 0 | 300.0 | 190.5 |", "| 1 | 280.0 | - |"]
+
+
 @pytest.mark.parametrize("variant", ["winograd_f2", "winograd_f4", "gemm_w3"])
 def test_conv_kernels_variants_compute_the_direct_conv(variant):
     # The forms benchmarks/conv_kernels.py times against XLA's conv must be the same conv,
