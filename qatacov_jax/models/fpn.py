@@ -25,6 +25,7 @@ from qatacov_jax.models.layers import (
     conv,
     conv3x3_of_upsampled,
     conv_of_upsampled_concat,
+    conv_same,
     he_uniform,
     upsample,
 )
@@ -86,14 +87,10 @@ def segmentation_conv_of_finest_level(
     x, skip, ones, composed, bias_kernel = target.promote_dtype(
         (x, skip, ones, composed, bias_kernel), dtype=target.dtype
     )
-    dn = ("NHWC", "HWIO", "NHWC")
-    y = conv3x3_of_upsampled(x, kernel, 2, precision=target.precision)
-    y = y + jax.lax.conv_general_dilated(
-        skip, composed, (1, 1), "SAME", dimension_numbers=dn, precision=target.precision
-    )
-    y = y + jax.lax.conv_general_dilated(
-        ones, bias_kernel, (1, 1), "SAME", dimension_numbers=dn, precision=target.precision
-    )
+    precision = target.precision
+    y = conv3x3_of_upsampled(x, kernel, 2, precision=precision)
+    y = y + conv_same(skip, composed, precision=precision)
+    y = y + conv_same(ones, bias_kernel, precision=precision)
     if target.bias is not None:
         y = y + target.bias[...].astype(y.dtype)
     return y

@@ -144,6 +144,14 @@ class ConvBnRelu(nnx.Module):
         return nnx.relu(self.bn(self.conv(x)))
 
 
+def conv_same(x: jax.Array, kernel: jax.Array, *, precision: Any = None) -> jax.Array:
+    """Stride-1 'SAME' conv of `x (B, H, W, C)` with an HWIO `kernel (k, k, C, O)`: the plain
+    conv the restructured decoder paths below are built from (no dtype promotion here)."""
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision
+    )
+
+
 def _phase_taps(kernel: jax.Array, axis: int, factor: int) -> jax.Array:
     """Folds a 3-tap kernel axis into (phase, 2 taps) for a conv after x`factor` upsampling.
 
@@ -259,14 +267,7 @@ def conv_of_upsampled_concat(
         x = xs[0] if len(xs) == 1 else jnp.concatenate(xs, axis=-1)
         channels = slice(first, first + x.shape[-1])
         if f == 1:
-            part = jax.lax.conv_general_dilated(
-                x,
-                cast_kernel[:, :, channels],
-                (1, 1),
-                "SAME",
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                precision=conv.precision,
-            )
+            part = conv_same(x, cast_kernel[:, :, channels], precision=conv.precision)
         else:
             part = conv3x3_of_upsampled(x, kernel[:, :, channels], f, precision=conv.precision)
         y = part if y is None else y + part
@@ -297,10 +298,7 @@ def stacked_conv3x3(x: jax.Array, targets: Sequence[tuple[nnx.Conv, int]]) -> li
     lead = targets[0][0]
     kernel = jnp.concatenate([k.kernel[...][:, :, first : first + c] for k, first in targets], -1)
     x, kernel = lead.promote_dtype((x, kernel), dtype=lead.dtype)
-    y = jax.lax.conv_general_dilated(
-        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        precision=lead.precision,
-    )  # fmt: skip
+    y = conv_same(x, kernel, precision=lead.precision)
     splits = np.cumsum([k.out_features for k, _ in targets])[:-1].tolist()
     return jnp.split(y, splits, axis=-1)
 
