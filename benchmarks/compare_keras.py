@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.image_size % 32:
         p.error(f"--image-size must be a multiple of 32, got {args.image_size}.")
+    if args.pause < 0:
+        p.error(f"--pause must be 0 or more seconds, got {args.pause}.")
     for path in (args.json, args.markdown):
         if path is not None and path.exists() and not args.force:
             p.error(f"{path} exists; pass --force to overwrite it or choose another path.")

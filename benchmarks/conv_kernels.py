@@ -170,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", type=Path)
     p.add_argument("--force", action="store_true", help="overwrite existing --json/--markdown")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error(f"--rounds must be a positive integer, got {args.rounds}.")
+    if args.batch_size is not None and args.batch_size < 1:
+        p.error(f"--batch-size must be a positive integer, got {args.batch_size}.")
     for path in (args.json, args.markdown):
         if path is not None and path.exists() and not args.force:
             p.error(f"{path} exists; pass --force to overwrite it or choose another path.")

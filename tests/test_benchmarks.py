@@ -303,6 +303,9 @@ def test_conv_kernels_runs_end_to_end_and_reports_both_tables(tmp_path, monkeypa
         ("table8", ["--e2e-images", "-1"], "--e2e-images", "must be 0 (off) or a positive integer"),
         ("table8", ["--repeats", "0"], "--repeats", "must be a positive integer"),
         ("compare_keras", ["--image-size", "100"], "--image-size", "must be a multiple of 32"),
+        ("compare_keras", ["--pause", "-1"], "--pause", "must be 0 or more seconds"),
+        ("conv_kernels", ["--rounds", "0"], "--rounds", "must be a positive integer"),
+        ("conv_kernels", ["--batch-size", "0"], "--batch-size", "must be a positive integer"),
     ],
 )
 def test_bad_option_is_refused_naming_it(script, argv, option, message, capsys):
