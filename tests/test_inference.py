@@ -15,6 +15,7 @@ from qatacov_jax.cli import infer as infer_cli
 from qatacov_jax.data.preprocessing import Preprocessing
 from qatacov_jax.inference import files as infer
 from qatacov_jax.inference.predictor import Predictor, make_predict_fn
+from qatacov_jax.runtime.files import OutputExistsError
 from qatacov_jax.runtime.sharding import make_mesh
 
 
@@ -74,10 +75,10 @@ def test_collect_inputs_and_refusal(tmp_path):
     out = tmp_path / "out"
     (out / "in").mkdir(parents=True)
     (out / "in" / "a_mask.png").write_bytes(b"earlier result")
-    with pytest.raises(infer.OutputExistsError, match="a_mask.png already exists"):
+    with pytest.raises(OutputExistsError, match="a_mask.png already exists"):
         infer.check_no_overwrite(items, out, False, overwrite=False)
     # --overwrite replaces only an earlier output of ours (its report.json).
-    with pytest.raises(infer.OutputExistsError, match="not an earlier output"):
+    with pytest.raises(OutputExistsError, match="not an earlier output"):
         infer.check_no_overwrite(items, out, False, overwrite=True)
     infer.write_reports([], out, {"checkpoint": "run"})
     infer.check_no_overwrite(items, out, False, overwrite=True)

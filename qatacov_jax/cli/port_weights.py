@@ -21,7 +21,8 @@ from qatacov_jax.models import (
     SMP_ENCODERS,
     encoder_preprocessing,
 )
-from qatacov_jax.training.ported_run import OutputExistsError, write_ported_run
+from qatacov_jax.runtime.files import OutputExistsError
+from qatacov_jax.training.ported_run import write_ported_run
 from qatacov_jax.weights import WeightsError, port, read_manifest
 from qatacov_jax.weights.manifest import sha256_of
 from qatacov_jax.weights.smp_port import port_smp_encoder, read_smp_source

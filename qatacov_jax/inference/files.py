@@ -41,7 +41,7 @@ from qatacov_jax.inference.infection_map import (
 )
 from qatacov_jax.inference.predictor import Predictor, grid_max_key
 from qatacov_jax.inference.severity import DEFAULT_SCALE, SeverityScale, quantify
-from qatacov_jax.runtime.files import save_png, write_json, write_text
+from qatacov_jax.runtime.files import OutputExistsError, save_png, write_json, write_text
 from qatacov_jax.runtime.sharding import make_mesh
 from qatacov_jax.training.rundir import load_model
 
@@ -67,10 +67,6 @@ REPORT_FIELDS = (
     "mask",
     "lung_mask",
 )
-
-
-class OutputExistsError(FileExistsError):
-    """An output file exists and --overwrite was not given."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,6 +20,11 @@ import numpy as np
 from PIL import Image
 
 
+class OutputExistsError(FileExistsError):
+    """An output (file or run directory) exists and overwriting was not asked for; raised
+    before any work is done so earlier results are never half-replaced."""
+
+
 def json_ready(obj: Any) -> Any:
     """A structure `json.dumps` accepts: NumPy / JAX scalars and arrays become Python
     numbers and lists, paths strings, bytes `{"__bytes__": hex}`, and non-finite floats

@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 
 from qatacov_jax.data.preprocessing import Preprocessing
 from qatacov_jax.runtime import files
+from qatacov_jax.runtime.files import OutputExistsError
 from qatacov_jax.runtime.locking import run_dir_lock
 from qatacov_jax.training.rundir import (
     CHECKPOINT_DIR,
@@ -33,10 +34,6 @@ from qatacov_jax.training.rundir import (
 )
 
 PORTED_FILE = "ported.json"
-
-
-class OutputExistsError(FileExistsError):
-    """The output directory exists and overwriting was not asked for."""
 
 
 def write_ported_run(
