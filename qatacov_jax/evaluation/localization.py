@@ -58,7 +58,7 @@ from qatacov_jax.models import CLASSIFIER_ARCH, foreground_probability
 from qatacov_jax.models.folding import fold_batchnorm, make_forward
 from qatacov_jax.runtime.files import json_ready, write_json, write_text
 from qatacov_jax.runtime.sharding import make_mesh, replicate
-from qatacov_jax.training.rundir import load_model
+from qatacov_jax.training.rundir import config_fold, load_model
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ def compare_localization(
     batches, total, _ = split_batches(
         seg_cfg, split, batch_size, Preprocessing.from_mode("unit"), mesh
     )
-    fold = None if seg_cfg.get("fold") is None else int(seg_cfg.fold)
+    fold = config_fold(seg_cfg)
     names = data.example_filenames(seg_cfg.data, fold=fold, split=split)
     log.info("Comparing localisation on %d %s images", total, split)
     step = make_localization_step(

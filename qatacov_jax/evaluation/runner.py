@@ -51,7 +51,7 @@ from qatacov_jax.models import CLASSIFIER_ARCH, foreground_probability
 from qatacov_jax.runtime.files import json_ready
 from qatacov_jax.runtime.locking import run_dir_lock
 from qatacov_jax.runtime.sharding import make_mesh, replicate
-from qatacov_jax.training.rundir import load_model, read_config
+from qatacov_jax.training.rundir import config_fold, load_model, read_config
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def split_batches(
 
     The batch size defaults to the run's, rounded down to a multiple of the device count.
     """
-    fold = None if config.get("fold") is None else int(config.fold)
+    fold = config_fold(config)
     n_dev = mesh.devices.size
     bs = int(batch_size or config.get("batch_size", n_dev))
     bs = max(n_dev, bs // n_dev * n_dev)
@@ -186,7 +186,7 @@ def run_selection_split(run_dir: Path, config: Any) -> str | None:
         if "selection" in recorded:
             return recorded["selection"]["split"]
         return recorded.get("eval_split", "eval")
-    fold = None if config.get("fold") is None else int(config.fold)
+    fold = config_fold(config)
     return selection_split(config.data, fold)
 
 
@@ -245,7 +245,7 @@ def evaluate_run(
         config.data.data_dir = data_dir
     split = split or default_split(run_dir, config)
     selection = check_not_selection(run_dir, config, split, which)
-    fold = None if config.get("fold") is None else int(config.fold)
+    fold = config_fold(config)
     mesh = mesh or make_mesh()
     batches, total, bs = split_batches(config, split, batch_size, prep, mesh)
     log.info("Evaluating %s (fold %s, split %s, %d images)", run_dir, fold, split, total)

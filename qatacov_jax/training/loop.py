@@ -207,7 +207,7 @@ def _train_locked(
     step_callback: Callable[[int], None] | None,
 ) -> dict[str, Any]:
     global_batch = int(config.batch_size)
-    fold = None if config.fold is None else int(config.fold)
+    fold = rundir.config_fold(config)
     if (workdir / rundir.CONFIG_FILE).exists():
         rundir.check_or_write_config(workdir, config)  # a different run: refused at once
     # The data and the model are checked before config.json is written (a failed start
@@ -302,7 +302,7 @@ def _train(
     step_callback: Callable[[int], None] | None,
 ) -> dict[str, Any]:
     global_batch = int(config.batch_size)
-    fold = None if config.fold is None else int(config.fold)
+    fold = rundir.config_fold(config)
     total_steps = int(config.num_epochs) * steps_per_epoch
     rundir.write_json(workdir / rundir.PREPROCESSING_FILE, preprocessing.to_dict())
     trainable, non_trainable = count_trainable(model)

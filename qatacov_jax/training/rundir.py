@@ -130,6 +130,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise _bad("data.manual_dir", manual, "no such directory; point it at the download")
 
 
+def config_fold(config: ml_collections.ConfigDict) -> int | None:
+    """The run's cross-validation fold (`config.fold`, an int), or None for a run on the
+    dataset's fixed splits."""
+    fold = config.get("fold")
+    return None if fold is None else int(fold)
+
+
 def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """JSON-normalised plain dict of a config (tuples -> lists, etc.)."""
     return json.loads(config.to_json_best_effort())
