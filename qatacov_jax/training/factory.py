@@ -22,10 +22,6 @@ from qatacov_jax.weights import load_encoder_weights, weights_preprocessing
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Training diverged (NaN/Inf loss or gradient)."""
-
-
 # ----------------------------------------------------------------------------- model
 
 
