@@ -88,3 +88,19 @@ def test_the_layer_check_catches_an_upward_import(tmp_path):
     )
     assert [m for _, m in _imports(bad)] == ["qatacov_jax.inference", "qatacov_jax.training"]
     assert _layer("qatacov_jax.training") not in LAYERS[: LAYERS.index("data") + 1]
+
+
+def test_the_models_import_without_tensorflow():
+    """A model user does not pay for TensorFlow (Datasets): seconds of import time that only
+    the data pipeline needs. A fresh interpreter, since this one may have loaded them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, qatacov_jax.models\n"
+        "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert out.stdout.strip() == "[]", out.stdout
