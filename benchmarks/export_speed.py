@@ -45,7 +45,7 @@ FORMATS = ("stablehlo", "savedmodel")
 def loaded_models(args: argparse.Namespace, label: str = "random init") -> Any:
     """The models to time: a run directory's (`--run`), or a random-init `--arch`/`--encoder`
     at `--image-size` named `label` (benchmarks/serve_load.py uses it too)."""
-    from qatacov_jax.inference.files import LoadedModels, load_models
+    from qatacov_jax.inference.runs import LoadedModels, load_models
     from qatacov_jax.training.factory import build_model
 
     if args.run is not None:

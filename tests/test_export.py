@@ -34,8 +34,8 @@ from qatacov_jax.export import (
     load_stablehlo,
     serving,
 )
-from qatacov_jax.inference.files import load_models
 from qatacov_jax.inference.predictor import Predictor, make_predict_fn
+from qatacov_jax.inference.runs import load_models
 from qatacov_jax.runtime import files, locking
 from qatacov_jax.runtime.sharding import make_mesh
 from qatacov_jax.training import rundir

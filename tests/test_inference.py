@@ -15,6 +15,7 @@ from qatacov_jax.cli import infer as infer_cli
 from qatacov_jax.data.preprocessing import Preprocessing
 from qatacov_jax.inference import files as infer
 from qatacov_jax.inference.predictor import Predictor, make_predict_fn
+from qatacov_jax.inference.reports import write_reports
 from qatacov_jax.runtime.files import OutputExistsError
 from qatacov_jax.runtime.sharding import make_mesh
 
@@ -80,7 +81,7 @@ def test_collect_inputs_and_refusal(tmp_path):
     # --overwrite replaces only an earlier output of ours (its report.json).
     with pytest.raises(OutputExistsError, match="not an earlier output"):
         infer.check_no_overwrite(items, out, False, overwrite=True)
-    infer.write_reports([], out, {"checkpoint": "run"})
+    write_reports([], out, {"checkpoint": "run"})
     infer.check_no_overwrite(items, out, False, overwrite=True)
 
 
@@ -188,7 +189,7 @@ def test_run_inference_reports_per_file_and_keeps_going(tmp_path):
 
     out = tmp_path / "out"
     rows = infer.run_inference(items, predict_batch, out, batch_size=2, with_lung=True)
-    infer.write_reports(rows, out, {"threshold": 0.5})
+    write_reports(rows, out, {"threshold": 0.5})
     by = {r["file"].split("/")[-1]: r for r in rows}
     assert by["b.png"]["status"] == "error" and "not a readable image" in by["b.png"]["error"]
     a = by["a.png"]

@@ -25,6 +25,7 @@ from qatacov_jax.cli import train as train_cli
 from qatacov_jax.data import imageio
 from qatacov_jax.evaluation.reports import check_outputs_free
 from qatacov_jax.inference import files as infer
+from qatacov_jax.inference.reports import REPORT_JSON, write_reports
 from qatacov_jax.runtime import locking
 from qatacov_jax.weights import WeightsError
 from qatacov_jax.weights.port import port
@@ -227,8 +228,8 @@ def test_bad_and_extreme_inputs_are_reported_per_file(tmp_path):
         assert (by[name]["height"], by[name]["width"]) == shape
     assert "RGBA" in by["rgba.png"]["intensity"]
     assert "sBIT 12" in by["deep12.png"]["intensity"]
-    infer.write_reports(rows, out, {"checkpoint": "fake"})
-    report = json.loads((out / infer.REPORT_JSON).read_text())
+    write_reports(rows, out, {"checkpoint": "fake"})
+    report = json.loads((out / REPORT_JSON).read_text())
     assert {Path(r["file"]).name: r.get("intensity") for r in report["images"]}["one.png"]
 
 

@@ -30,8 +30,8 @@ import numpy as np
 from flax import nnx
 
 from qatacov_jax.data.resize import height_width
-from qatacov_jax.inference.files import LoadedModels, load_models
 from qatacov_jax.inference.predictor import make_probability_fn
+from qatacov_jax.inference.runs import LoadedModels, load_models
 from qatacov_jax.training.factory import DTYPES, build_model, compute_dtype
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -137,7 +137,7 @@ def serving_model(
     """The serving function of loaded models (see the module docstring).
 
     Args:
-      loaded: `inference.files.load_models` of {"infection": run} (+ "lung": run).
+      loaded: `inference.runs.load_models` of {"infection": run} (+ "lung": run).
       dtype: compute dtype of the exported models ("float32" or "bfloat16").
       input_dtype: "uint8" (0..255 pixels) or "float32" ([0, 1] pixels).
       batch: a fixed batch size, or None for any batch.

@@ -7,9 +7,11 @@ DICOM, of any size. Per image we write, mirroring the input's relative path unde
     <name>_mask.png       binary infection mask (0/255, probability >= --threshold)
     <name>_lung_mask.png  binary lung mask (only with --lung-checkpoint)
 
-and for the whole run `report.csv` and `report.json`: per file the COVID-19 decision (any
-pixel >= threshold, the paper's rule), the maximum probability, the infected area as % of the
-image and, with a lung model, as % of the lung area with a severity grade (severity.py).
+and for the whole run `report.csv` and `report.json` (`inference.reports`): per file the
+COVID-19 decision (any pixel >= threshold, the paper's rule), the maximum probability, the
+infected area as % of the image and, with a lung model, as % of the lung area with a severity
+grade (`inference.decision`, `inference.severity`). The models come from their run
+directories (`inference.runs`).
 
 Failure policy: a file that cannot be read is reported (console and report, status "error")
 and the others are still processed; the exit code is non-zero if anything failed. Existing
@@ -19,12 +21,9 @@ file, before any work is done.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,39 +33,16 @@ from typing import Any
 import numpy as np
 
 from qatacov_jax.data import imageio
-from qatacov_jax.inference.infection_map import (
-    DEFAULT_DISPLAY_FLOOR,
-    binary_mask_image,
-    infection_map,
-)
-from qatacov_jax.inference.predictor import Predictor, grid_max_key
-from qatacov_jax.inference.severity import DEFAULT_SCALE, SeverityScale, quantify
-from qatacov_jax.runtime.files import OutputExistsError, save_png, write_json, write_text
+from qatacov_jax.inference.decision import image_report
+from qatacov_jax.inference.infection_map import DEFAULT_DISPLAY_FLOOR, infection_map
+from qatacov_jax.inference.predictor import Predictor
+from qatacov_jax.inference.reports import REPORT_CSV, REPORT_JSON, write_reports
+from qatacov_jax.inference.runs import load_models
+from qatacov_jax.inference.severity import DEFAULT_SCALE, SeverityScale
+from qatacov_jax.runtime.files import OutputExistsError, save_png
 from qatacov_jax.runtime.sharding import make_mesh
-from qatacov_jax.training.rundir import load_model
 
 log = logging.getLogger(__name__)
-
-REPORT_CSV = "report.csv"
-REPORT_JSON = "report.json"
-REPORT_FIELDS = (
-    "file",
-    "status",
-    "error",
-    "height",
-    "width",
-    "covid19",
-    "max_probability",
-    "infected_percent_of_image",
-    "lung_percent_of_image",
-    "infected_percent_of_lung",
-    "severity_grade",
-    "severity",
-    "intensity",
-    "map",
-    "mask",
-    "lung_mask",
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,27 +155,95 @@ def _is_our_output(out_dir: Path) -> bool:
     )
 
 
-def _read(item: InputItem) -> tuple[InputItem, np.ndarray | None, str | None]:
+@dataclasses.dataclass(frozen=True)
+class _Read:
+    """One input after decoding: the (H, W) image in [0, 1] and how its intensities were
+    mapped there (`imageio.read_xray_with_info`, reported per image as "intensity", e.g.
+    "sBIT 12: values / 4095"), or why it could not be read."""
+
+    item: InputItem
+    image: np.ndarray | None = None
+    intensity: str = ""
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _WriteSettings:
+    """What `_write_outputs` needs besides the image and its prediction."""
+
+    out_dir: Path
+    threshold: float
+    lung_threshold: float
+    display_floor: float
+    scale: SeverityScale
+    with_lung: bool
+
+
+# A report row, or the Future of one while its outputs are being written.
+_Slot = dict[str, Any] | Future
+
+
+def _read(item: InputItem) -> _Read:
     try:
         img, note = imageio.read_xray_with_info(item.path)
-        # Kept aside (dict writes are atomic across the reader threads) so that the read
-        # tuple keeps its shape; `_write_outputs` moves it into the report row.
-        _INTENSITY_NOTES[item.path] = note
-        return item, img, None
     except imageio.ImageReadError as e:
-        return item, None, e.reason
+        return _Read(item, error=e.reason)
     except Exception as e:  # noqa: BLE001 - one odd file must not end the run
-        return item, None, f"{type(e).__name__}: {e}"
+        return _Read(item, error=f"{type(e).__name__}: {e}")
+    return _Read(item, img, note)
 
 
-# How each input's intensities were mapped to [0, 1] (imageio.read_xray_with_info), reported
-# per image as "intensity" (e.g. a 12-bit X-ray in a 16-bit PNG: "sBIT 12: values / 4095").
-_INTENSITY_NOTES: dict[Path, str] = {}
+def _error_row(path: Path, error: str) -> dict[str, Any]:
+    return {"file": str(path), "status": "error", "error": error}
 
 
-def _finite(x: Any) -> Any:
-    # NaN (e.g. % of lung when no lung was found) is written as an empty cell / JSON null.
-    return None if isinstance(x, float) and not math.isfinite(x) else x
+def _read_chunks(items: Sequence[InputItem], batch_size: int) -> Iterator[list[_Read]]:
+    """`items` decoded in chunks of `batch_size`; decoding (PNG/DICOM) runs in threads, one
+    chunk ahead of the devices."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+
+        def submit(start: int) -> list[Future]:
+            return [pool.submit(_read, it) for it in items[start : start + batch_size]]
+
+        pending = submit(0)
+        for start in range(0, len(items), batch_size):
+            current, pending = pending, submit(start + batch_size)
+            yield [f.result() for f in current]
+
+
+def _process_chunk(
+    chunk: Sequence[_Read],
+    predict_batch: Callable[[list[np.ndarray]], list[dict[str, np.ndarray]]],
+    writers: ThreadPoolExecutor,
+    settings: _WriteSettings,
+) -> list[_Slot]:
+    """Predicts the chunk's readable images and submits their outputs to `writers`.
+
+    Returns one slot per input, in input order (failed files included, so the report reads
+    like the input): an error row, or the Future of the row `_write_outputs` returns.
+    """
+    slots: list[_Slot] = [{} for _ in chunk]
+    good = []
+    for i, r in enumerate(chunk):
+        if r.error is None:
+            good.append((i, r))
+        else:
+            log.error("%s: %s", r.item.path, r.error)
+            slots[i] = _error_row(r.item.path, r.error)
+    try:
+        preds = predict_batch([r.image for _, r in good]) if good else []
+    except Exception as e:  # noqa: BLE001 - report the batch's files, go on with the rest
+        for i, r in good:
+            log.error("%s: prediction failed (%s: %s)", r.item.path, type(e).__name__, e)
+            slots[i] = _error_row(r.item.path, f"prediction failed: {e}")
+        return slots
+    for (i, r), pred in zip(good, preds, strict=True):
+        slots[i] = writers.submit(_write_outputs, r.item, r.image, r.intensity, pred, settings)
+    return slots
+
+
+def _rows(slots: Sequence[_Slot]) -> list[dict[str, Any]]:
+    return [s.result() if isinstance(s, Future) else s for s in slots]
 
 
 def run_inference(
@@ -220,211 +264,59 @@ def run_inference(
       predict_batch: list of (H, W) images in [0, 1] -> per image a dict with "infection"
         (and "lung" when with_lung) (H, W) probability maps (`inference.Predictor`).
     """
+    settings = _WriteSettings(out_dir, threshold, lung_threshold, display_floor, scale, with_lung)
     rows: list[dict[str, Any]] = []
     total, done, t0 = len(items), 0, time.time()
     # Colouring and PNG encoding (numpy and zlib release the GIL) run on worker threads while
     # the device predicts the next chunk; a chunk's rows are collected one chunk later, so at
     # most two chunks of outputs are in memory.
     writers = ThreadPoolExecutor(max_workers=4)
-    previous: dict[int, Any] = {}
-
-    def collect(chunk_rows: dict[int, Any]) -> None:
-        rows.extend(
-            r.result() if isinstance(r, Future) else r for _, r in sorted(chunk_rows.items())
-        )
-
-    def chunks() -> Iterator[list[tuple[InputItem, np.ndarray | None, str | None]]]:
-        # Decoding (PNG/DICOM) runs in threads, one chunk ahead of the devices.
-        with ThreadPoolExecutor(max_workers=4) as pool:
-
-            def submit(start: int) -> list[Any]:
-                return [pool.submit(_read, it) for it in items[start : start + batch_size]]
-
-            pending = submit(0)
-            for start in range(0, total, batch_size):
-                current, pending = pending, submit(start + batch_size)
-                yield [f.result() for f in current]
-
+    previous: list[_Slot] = []
     try:
-        for chunk in chunks():
-            # Rows keep the input order, failed files included (the report reads like the input).
-            chunk_rows: dict[int, Any] = {}  # index in chunk -> row, or the Future of one
-            good = []
-            for i, (it, img, err) in enumerate(chunk):
-                if err is None:
-                    good.append((i, it, img))
-                else:
-                    log.error("%s: %s", it.path, err)
-                    chunk_rows[i] = {"file": str(it.path), "status": "error", "error": err}
-            try:
-                preds = predict_batch([img for _, _, img in good]) if good else []
-            except Exception as e:  # noqa: BLE001 - report the batch's files, go on with the rest
-                for i, it, _ in good:
-                    log.error("%s: prediction failed (%s: %s)", it.path, type(e).__name__, e)
-                    chunk_rows[i] = {
-                        "file": str(it.path),
-                        "status": "error",
-                        "error": f"prediction failed: {e}",
-                    }
-                preds, good = [], []
-            for (i, it, img), pred in zip(good, preds, strict=True):
-                chunk_rows[i] = writers.submit(
-                    _write_outputs,
-                    it,
-                    img,
-                    pred,
-                    out_dir,
-                    threshold,
-                    lung_threshold,
-                    display_floor,
-                    scale,
-                    with_lung,
-                )
-            collect(previous)
-            previous = chunk_rows
+        for chunk in _read_chunks(items, batch_size):
+            current = _process_chunk(chunk, predict_batch, writers, settings)
+            rows.extend(_rows(previous))
+            previous = current
             done += len(chunk)
             rate = done / max(time.time() - t0, 1e-9)
             log.info("processed %d/%d images (%.1f images/s)", done, total, rate)
-        collect(previous)
+        rows.extend(_rows(previous))
     finally:
         writers.shutdown()  # waits for the outputs already submitted
     return rows
 
 
-def image_report(
-    img: np.ndarray,
-    pred: dict[str, np.ndarray],
-    *,
-    threshold: float = 0.5,
-    lung_threshold: float = 0.5,
-    scale: SeverityScale = DEFAULT_SCALE,
-) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
-    """The report fields of one image and its binary masks (no files written).
-
-    The one place that turns probability maps into the decision and severity, shared by
-    `scripts/infer.py` and the web app (`qatacov_jax.webapp`), so both report the same.
-
-    Args:
-      img: (H, W) X-ray in [0, 1].
-      pred: "infection" (and optionally "lung") -> (H, W) probabilities, and optionally
-        `grid_max_key("infection")` -> the map's maximum on the model grid (the decision).
-
-    Returns:
-      (fields: height, width, covid19, max_probability and `severity.quantify`'s fields;
-      (H, W) uint8 0/255 infection mask; (H, W) uint8 lung mask or None without "lung").
-    """
-    prob = pred["infection"]
-    mask = binary_mask_image(prob, threshold)
-    lung = binary_mask_image(pred["lung"], lung_threshold) if "lung" in pred else None
-    # Decided on the model grid, as evaluate.py (docs/method.md#detection-rule); the resized
-    # map's maximum is the fallback for a `pred` that does not carry it.
-    max_p = float(pred.get(grid_max_key("infection"), prob.max()))
-    fields: dict[str, Any] = {
-        "height": int(img.shape[0]),
-        "width": int(img.shape[1]),
-        "covid19": bool(max_p >= threshold),
-        "max_probability": max_p,
-    }
-    fields.update(quantify(mask > 0, None if lung is None else lung > 0, scale=scale))
-    return fields, mask, lung
-
-
 def _write_outputs(
     item: InputItem,
     img: np.ndarray,
+    intensity: str,
     pred: dict[str, np.ndarray],
-    out_dir: Path,
-    threshold: float,
-    lung_threshold: float,
-    display_floor: float,
-    scale: SeverityScale,
-    with_lung: bool,
+    settings: _WriteSettings,
 ) -> dict[str, Any]:
-    paths = output_paths(item.key, out_dir, with_lung)
+    """Writes one image's map and masks; returns its report row (or an error row)."""
+    paths = output_paths(item.key, settings.out_dir, settings.with_lung)
     fields, mask, lung = image_report(
         img,
-        pred if with_lung else {k: v for k, v in pred.items() if not k.startswith("lung")},
-        threshold=threshold,
-        lung_threshold=lung_threshold,
-        scale=scale,
+        pred if settings.with_lung else {k: v for k, v in pred.items() if not k.startswith("lung")},
+        threshold=settings.threshold,
+        lung_threshold=settings.lung_threshold,
+        scale=settings.scale,
     )
     try:
-        save_png(paths["map"], infection_map(img, pred["infection"], floor=display_floor))
+        save_png(paths["map"], infection_map(img, pred["infection"], floor=settings.display_floor))
         save_png(paths["mask"], mask)
         if lung is not None:
             save_png(paths["lung_mask"], lung)
     except OSError as e:
         log.error("%s: cannot write outputs (%s)", item.path, e)
-        return {"file": str(item.path), "status": "error", "error": f"cannot write outputs: {e}"}
-    row: dict[str, Any] = {
-        "intensity": _INTENSITY_NOTES.pop(item.path, ""),
-        "file": str(item.path),
-        "status": "ok",
-        "error": "",
-    }
+        return _error_row(item.path, f"cannot write outputs: {e}")
+    row: dict[str, Any] = {"intensity": intensity, "file": str(item.path)}
+    row.update(status="ok", error="")
     row.update(fields)
     row.update(map=str(paths["map"]), mask=str(paths["mask"]))
     if lung is not None:
         row["lung_mask"] = str(paths["lung_mask"])
     return row
-
-
-def write_reports(rows: Sequence[dict[str, Any]], out_dir: Path, meta: dict[str, Any]) -> None:
-    """report.csv (one row per file) and report.json (settings + the same rows)."""
-    clean = [{k: _finite(v) for k, v in r.items()} for r in rows]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=REPORT_FIELDS, extrasaction="ignore")
-    w.writeheader()
-    for r in clean:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in REPORT_FIELDS})
-    write_text(out_dir / REPORT_CSV, buf.getvalue())
-    write_json(out_dir / REPORT_JSON, {**meta, "images": clean})
-
-
-def _input_size(config: Any, run_dir: Path) -> Any:
-    size = config.get("data", {}).get("image_size")
-    if size is None:
-        raise ValueError(f"{run_dir}/config.json names no data.image_size; cannot size the inputs.")
-    return tuple(size) if isinstance(size, list | tuple) else int(size)
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadedModels:
-    """Trained models by role ("infection", "lung"), with what running them needs.
-
-    Attributes:
-      models: name -> model in eval mode.
-      configs: name -> the run's configuration.
-      preprocessing: name -> the input preprocessing the model was trained with.
-      sizes: name -> input size (a square's side, or (height, width)).
-      runs: name -> the run directory it came from.
-    """
-
-    models: dict[str, Any]
-    configs: dict[str, Any]
-    preprocessing: dict[str, Any]
-    sizes: dict[str, Any]
-    runs: dict[str, Path]
-
-
-def load_models(runs: dict[str, str | Path], *, which: str = "best") -> LoadedModels:
-    """Loads each run directory's model (`training.rundir.load_model`) and its input size.
-
-    Raises:
-      FileNotFoundError, ValueError: a run cannot be loaded; the message names its role.
-    """
-    loaded = LoadedModels({}, {}, {}, {}, {})
-    for name, run_dir in runs.items():
-        run_dir = Path(run_dir)
-        try:
-            model, config, prep = load_model(run_dir, which=which)
-            size = _input_size(config, run_dir)
-        except (FileNotFoundError, ValueError) as e:
-            raise type(e)(f"cannot load the {name} model from {run_dir}: {e}") from None
-        loaded.models[name], loaded.configs[name] = model, config
-        loaded.preprocessing[name], loaded.sizes[name] = prep, size
-        loaded.runs[name] = run_dir
-    return loaded
 
 
 def infer_files(
@@ -482,7 +374,7 @@ def infer_files(
         display_floor=display_floor,
         with_lung=with_lung,
     )
-    rows += [{"file": str(e.path), "status": "error", "error": e.reason} for e in input_errors]
+    rows += [_error_row(e.path, e.reason) for e in input_errors]
     meta = {
         "checkpoint": str(runs["infection"]),
         "lung_checkpoint": None if not with_lung else str(runs["lung"]),

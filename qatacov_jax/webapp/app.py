@@ -34,7 +34,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from qatacov_jax.data import imageio
-from qatacov_jax.inference.files import image_report
+from qatacov_jax.inference.decision import image_report
 from qatacov_jax.inference.infection_map import DEFAULT_DISPLAY_FLOOR, infection_map
 from qatacov_jax.inference.severity import DEFAULT_SCALE
 from qatacov_jax.runtime.files import json_ready

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qatacov_jax.inference.files import LoadedModels, load_models
 from qatacov_jax.inference.predictor import Predictor
+from qatacov_jax.inference.runs import LoadedModels, load_models
 from qatacov_jax.runtime.sharding import make_mesh
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def load_engine(
     which: str = "best",
     loaded: LoadedModels | None = None,
 ) -> Engine:
-    """Loads every model once (`inference.files.load_models`) and compiles its predictor.
+    """Loads every model once (`inference.runs.load_models`) and compiles its predictor.
 
     In annotation mode without `candidates`, the infection model is the one candidate.
     `loaded` replaces loading the infection/lung runs (the benchmark's random-init model).
