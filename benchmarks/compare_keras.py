@@ -162,7 +162,8 @@ def our_train_step(arch: str, encoder: str, x: Any, y: Any) -> tuple[Any, Any]:
 
     from qatacov_jax.models import TRAINABLE, count_params, create_model
     from qatacov_jax.runtime.sharding import make_mesh, replicate, shard_batch
-    from qatacov_jax.training.steps import LossSpec, make_train_step
+    from qatacov_jax.training.losses import LossSpec
+    from qatacov_jax.training.steps import make_train_step
 
     model = create_model(arch, encoder, rngs=nnx.Rngs(0))
     counts = count_params(model)

@@ -13,7 +13,8 @@ from train_utils import tiny_model
 from qatacov_jax import models
 from qatacov_jax.runtime import sharding
 from qatacov_jax.training import optim
-from qatacov_jax.training.steps import LossSpec, make_train_step
+from qatacov_jax.training.losses import LossSpec
+from qatacov_jax.training.steps import make_train_step
 
 OPTIM = ml_collections.ConfigDict(
     {"name": "adam", "lr": 1e-2, "b1": 0.9, "b2": 0.999, "eps": 1e-7, "grad_clip_norm": None}

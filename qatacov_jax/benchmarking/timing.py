@@ -27,7 +27,8 @@ from qatacov_jax.models import TRAINABLE
 from qatacov_jax.models.folding import make_forward
 from qatacov_jax.runtime import sharding
 from qatacov_jax.runtime.files import write_json, write_text
-from qatacov_jax.training.steps import LossSpec, make_train_step
+from qatacov_jax.training.losses import LossSpec
+from qatacov_jax.training.steps import make_train_step
 
 # Dense (no sparsity) peak FLOP/s per device, by device kind and compute dtype, from the
 # vendors' data sheets. float32 on Hopper means TF32 tensor cores, which XLA uses for float32

@@ -35,10 +35,10 @@ from qatacov_jax.runtime import locking, sharding, storage
 from qatacov_jax.training import checkpoint, optim, rundir
 from qatacov_jax.training.checkpoint import CheckpointStore, restore_model
 from qatacov_jax.training.factory import build_model, count_trainable
+from qatacov_jax.training.losses import make_loss
 from qatacov_jax.training.steps import (
     make_batch_stats_step,
     make_eval_step,
-    make_loss,
     make_train_step,
     recalibrate_batch_norm,
     validate,

@@ -22,12 +22,22 @@ which only differs for |z| > ~16).
 
 `categorical_crossentropy` is the loss of the activation-map baseline (paper 1 trains the
 encoders as 2-class softmax classifiers with categorical cross-entropy).
+
+`make_loss` picks a run's loss from its config: a `LossSpec` (segmentation: focal + dice or
+pixel cross-entropy) or a `ClassificationLoss`; either also names the batch key it compares
+the logits with and how logits become probabilities (what the jitted steps need).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from qatacov_jax.models import CLASSIFIER_ARCH, foreground_probability
 
 FOCAL_ALPHA = 0.25
 FOCAL_GAMMA = 2.0
@@ -39,6 +49,19 @@ def _weighted_mean(values: jax.Array, weights: jax.Array | None) -> jax.Array:
     if weights is None:
         return jnp.mean(values)
     return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def foreground_logit(logits: jax.Array) -> jax.Array:
+    """(B, H, W, 2) logits -> (B, H, W, 1) foreground logit, in the input's dtype; any other
+    channel count is returned as it is.
+
+    With 2 channels (background, foreground) it is the gap z1 - z0: softmax channel 1 is
+    sigmoid(z1 - z0) and the log-softmax of 2 classes the log-sigmoid of the gap, so the
+    2-class losses are the 1-channel ones of the gap.
+    """
+    if logits.shape[-1] == 2:
+        return logits[..., 1:2] - logits[..., 0:1]
+    return logits
 
 
 def focal_loss(
@@ -179,12 +202,102 @@ def pixel_crossentropy(
     Returns:
       (loss, {"crossentropy": loss}): float32 scalars.
     """
-    z = logits.astype(jnp.float32)
-    if z.shape[-1] == 2:
-        z = z[..., 1:2] - z[..., 0:1]  # log-softmax of 2 classes = log-sigmoid of the gap
-    elif z.shape[-1] != 1:
-        raise ValueError(f"pixel_crossentropy takes 1 or 2 channels, got {z.shape[-1]}.")
+    z = foreground_logit(logits.astype(jnp.float32))
+    if z.shape[-1] != 1:
+        raise ValueError(f"pixel_crossentropy takes 1 or 2 channels, got {logits.shape[-1]}.")
     p = masks.astype(jnp.float32)
     per_pixel = -(p * jax.nn.log_sigmoid(z) + (1.0 - p) * jax.nn.log_sigmoid(-z))
     loss = _weighted_mean(jnp.mean(per_pixel, axis=(1, 2, 3)), weights)
     return loss, {"crossentropy": loss}
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """The hashable part of `config.loss` (a static argument of the jitted steps): the
+    segmentation models' focal + dice loss on per-pixel logits (B, H, W, 1)."""
+
+    target: ClassVar[str] = "mask"  # the batch key the loss compares the logits with
+
+    # "focal_dice" (paper 1's hybrid loss) or "cross_entropy" (paper 2's). Either takes
+    # 1-channel (sigmoid) or 2-channel (softmax) logits: with 2 channels the focal + dice
+    # loss reads the logit difference z1 - z0, whose sigmoid is softmax channel 1.
+    name: str = "focal_dice"
+    alpha: float = FOCAL_ALPHA
+    gamma: float = FOCAL_GAMMA
+    dice_reduction: str = "batch"
+    smooth: float = DICE_SMOOTH
+
+    @classmethod
+    def from_config(cls, loss_cfg: ml_collections.ConfigDict | None) -> LossSpec:
+        if loss_cfg is None:
+            return cls()
+        name = str(loss_cfg.get("name") or "focal_dice")
+        if name not in SEGMENTATION_LOSSES:
+            raise ValueError(
+                f"config.loss.name={name!r}: segmentation models train with one of "
+                f"{list(SEGMENTATION_LOSSES)}."
+            )
+        return cls(
+            name=name,
+            alpha=float(loss_cfg.get("alpha", FOCAL_ALPHA)),
+            gamma=float(loss_cfg.get("gamma", FOCAL_GAMMA)),
+            dice_reduction=str(loss_cfg.get("dice_reduction", "batch")),
+            smooth=float(loss_cfg.get("smooth", DICE_SMOOTH)),
+        )
+
+    def __call__(self, logits: jax.Array, masks: jax.Array, weights: jax.Array | None = None):
+        if self.name == "cross_entropy":
+            return pixel_crossentropy(logits, masks, weights=weights)
+        return hybrid_loss(
+            foreground_logit(logits),
+            masks,
+            alpha=self.alpha,
+            gamma=self.gamma,
+            dice_reduction=self.dice_reduction,
+            smooth=self.smooth,
+            weights=weights,
+        )
+
+    @staticmethod
+    def probabilities(logits: jax.Array) -> jax.Array:
+        """(B, H, W, 1 or 2) logits -> (B, H, W, 1) per-pixel foreground probabilities
+        (sigmoid, or softmax channel 1), float32."""
+        return foreground_probability(logits)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationLoss:
+    """Categorical cross-entropy on (B, 2) softmax logits against the image `label`
+    (the paper's COVID-19 classifiers; no options, so `config.loss` only names it)."""
+
+    target: ClassVar[str] = "label"
+
+    def __call__(self, logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None):
+        return categorical_crossentropy(logits, labels, weights=weights)
+
+    @staticmethod
+    def probabilities(logits: jax.Array) -> jax.Array:
+        """(B, 2) logits -> (B,) COVID-19 probability (softmax, class 1), float32."""
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[:, 1]
+
+
+Loss = LossSpec | ClassificationLoss
+SEGMENTATION_LOSSES = ("focal_dice", "cross_entropy")
+
+
+def make_loss(config: ml_collections.ConfigDict) -> Loss:
+    """The loss of a run: categorical cross-entropy for `model.arch == "classifier"`, else the
+    segmentation loss of `config.loss`.
+
+    Raises:
+      ValueError: a classifier config whose `loss.name` is not categorical cross-entropy.
+    """
+    if config.model.get("arch") != CLASSIFIER_ARCH:
+        return LossSpec.from_config(config.get("loss"))
+    name = (config.get("loss") or {}).get("name", "categorical_crossentropy")
+    if name != "categorical_crossentropy":
+        raise ValueError(
+            f"config.loss.name={name!r}: classifiers train with 'categorical_crossentropy' "
+            "(paper 1's activation-map baseline)."
+        )
+    return ClassificationLoss()

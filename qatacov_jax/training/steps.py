@@ -10,125 +10,29 @@ happens in place, without a second copy of the model + Adam moments in device me
 Validation counts with the same streaming statistics as `scripts/evaluate.py`
 (`qatacov_jax.metrics.batch_statistics` into a `MetricAccumulator`).
 
-The loss object (`LossSpec` for segmentation, `ClassificationLoss` for the activation-map
-baseline classifiers; `make_loss` picks one from the config) also says which batch key is
-the target and how logits become probabilities, so the steps serve both tasks: a classifier
-is validated on the image-level *detection* counts alone (no pixel predictions).
+The loss object (`training.losses.Loss`, picked from the config by `losses.make_loss`) also
+says which batch key is the target and how logits become probabilities, so the steps serve
+both tasks: a classifier is validated on the image-level *detection* counts alone (no pixel
+predictions).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
 
 from qatacov_jax.metrics import MetricAccumulator, batch_statistics, flat_metrics
-from qatacov_jax.models import CLASSIFIER_ARCH, TRAINABLE, foreground_probability
+from qatacov_jax.models import TRAINABLE
 from qatacov_jax.runtime import sharding
-from qatacov_jax.training import losses
-
-
-@dataclasses.dataclass(frozen=True)
-class LossSpec:
-    """The hashable part of `config.loss` (a static argument of the jitted steps): the
-    segmentation models' focal + dice loss on per-pixel logits (B, H, W, 1)."""
-
-    target: ClassVar[str] = "mask"  # the batch key the loss compares the logits with
-
-    # "focal_dice" (paper 1's hybrid loss) or "cross_entropy" (paper 2's). Either takes
-    # 1-channel (sigmoid) or 2-channel (softmax) logits: with 2 channels the focal + dice
-    # loss reads the logit difference z1 - z0, whose sigmoid is softmax channel 1.
-    name: str = "focal_dice"
-    alpha: float = losses.FOCAL_ALPHA
-    gamma: float = losses.FOCAL_GAMMA
-    dice_reduction: str = "batch"
-    smooth: float = losses.DICE_SMOOTH
-
-    @classmethod
-    def from_config(cls, loss_cfg: ml_collections.ConfigDict | None) -> LossSpec:
-        if loss_cfg is None:
-            return cls()
-        name = str(loss_cfg.get("name") or "focal_dice")
-        if name not in SEGMENTATION_LOSSES:
-            raise ValueError(
-                f"config.loss.name={name!r}: segmentation models train with one of "
-                f"{list(SEGMENTATION_LOSSES)}."
-            )
-        return cls(
-            name=name,
-            alpha=float(loss_cfg.get("alpha", losses.FOCAL_ALPHA)),
-            gamma=float(loss_cfg.get("gamma", losses.FOCAL_GAMMA)),
-            dice_reduction=str(loss_cfg.get("dice_reduction", "batch")),
-            smooth=float(loss_cfg.get("smooth", losses.DICE_SMOOTH)),
-        )
-
-    def __call__(self, logits: jax.Array, masks: jax.Array, weights: jax.Array | None = None):
-        if self.name == "cross_entropy":
-            return losses.pixel_crossentropy(logits, masks, weights=weights)
-        if logits.shape[-1] == 2:
-            logits = logits[..., 1:2] - logits[..., 0:1]
-        return losses.hybrid_loss(
-            logits,
-            masks,
-            alpha=self.alpha,
-            gamma=self.gamma,
-            dice_reduction=self.dice_reduction,
-            smooth=self.smooth,
-            weights=weights,
-        )
-
-    @staticmethod
-    def probabilities(logits: jax.Array) -> jax.Array:
-        """(B, H, W, 1 or 2) logits -> (B, H, W, 1) per-pixel foreground probabilities
-        (sigmoid, or softmax channel 1), float32."""
-        return foreground_probability(logits)
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassificationLoss:
-    """Categorical cross-entropy on (B, 2) softmax logits against the image `label`
-    (the paper's COVID-19 classifiers; no options, so `config.loss` only names it)."""
-
-    target: ClassVar[str] = "label"
-
-    def __call__(self, logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None):
-        return losses.categorical_crossentropy(logits, labels, weights=weights)
-
-    @staticmethod
-    def probabilities(logits: jax.Array) -> jax.Array:
-        """(B, 2) logits -> (B,) COVID-19 probability (softmax, class 1), float32."""
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[:, 1]
-
-
-Loss = LossSpec | ClassificationLoss
-SEGMENTATION_LOSSES = ("focal_dice", "cross_entropy")
-
-
-def make_loss(config: ml_collections.ConfigDict) -> Loss:
-    """The loss of a run: categorical cross-entropy for `model.arch == "classifier"`, else the
-    segmentation loss of `config.loss`.
-
-    Raises:
-      ValueError: a classifier config whose `loss.name` is not categorical cross-entropy.
-    """
-    if config.model.get("arch") != CLASSIFIER_ARCH:
-        return LossSpec.from_config(config.get("loss"))
-    name = (config.get("loss") or {}).get("name", "categorical_crossentropy")
-    if name != "categorical_crossentropy":
-        raise ValueError(
-            f"config.loss.name={name!r}: classifiers train with 'categorical_crossentropy' "
-            "(paper 1's activation-map baseline)."
-        )
-    return ClassificationLoss()
+from qatacov_jax.training.losses import Loss
 
 
 def _train_step(
