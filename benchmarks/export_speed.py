@@ -219,7 +219,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         "`jax`: its load + first call column is the jit compile. ONNX is not exported (see "
-        'README "Deploy").'
+        "docs/export.md)."
     )
     return "\n".join(lines)
 

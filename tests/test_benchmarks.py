@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # bfloat16 vs float32 sigmoid probabilities of the same weights (U-Net DenseNet-121, 64x64,
 # BatchNorm statistics perturbed): bfloat16 keeps 8 bits of mantissa, so per-pixel
-# probabilities move by up to a few hundredths. This is the tolerance README documents.
+# probabilities move by up to a few hundredths. This is the tolerance docs/performance.md documents.
 BF16_MAX_ABS_PROB = 0.05
 BF16_MEAN_ABS_PROB = 0.01
 

@@ -124,7 +124,7 @@ def test_evaluate_quickstart_run_and_cv(run_dir, tmp_path, capsys):
     )
     for name in reports.OUTPUTS:
         assert (out / name).exists()
-    # README's main job ends with these: infection maps of test examples (--num-maps 8).
+    # The quickstart (docs/quickstart.md) ends with these: infection maps of test examples (--num-maps 8).
     panels = sorted((out / "maps").glob("*_panel.png"))
     assert len(panels) == min(8, n_test)
     panel = np.asarray(Image.open(panels[0]))

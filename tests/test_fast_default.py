@@ -1,5 +1,5 @@
 """Fast by default: `import qatacov_jax` sets the XLA defaults, and an eval-mode model call
-folds BatchNorm, so the README's plain snippet runs the inference path's program.
+folds BatchNorm, so docs/models.md's plain snippet runs the inference path's program.
 (Speed itself is measured in benchmarks/, never here.)"""
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def test_eval_mode_call_is_the_folded_model(small_model):
     x = np.random.default_rng(1).standard_normal((5, 32, 32, 3), dtype=np.float32)
     model.eval()
     assert in_eval_mode(model)
-    # The README's snippet: split once, merge inside jax.jit.
+    # docs/models.md's snippet: split once, merge inside jax.jit.
     graphdef, state = nnx.split(model)
 
     def plain(s, v):

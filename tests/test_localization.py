@@ -86,7 +86,7 @@ def test_infection_maps_localise_better_than_activation_maps(tmp_path_factory, t
     """The quickstart segmenter (2 of its 3 epochs, shared with the learning test) against
     configs/classifier_quickstart.py (3 of its 5 epochs: held-out detection AUC 0.74), seed 0,
     on the synthetic test split: every score exists for every method, and the infection
-    map's pixel F1 beats both CAMs' (README: 75.9 vs 4.4 and 3.9 with the full runs)."""
+    map's pixel F1 beats both CAMs' (docs/evaluation.md: 75.9 vs 4.4 and 3.9 with the full runs)."""
     from configs import classifier_quickstart
     from qatacov_jax.training.loop import train_and_evaluate
 

@@ -5,7 +5,7 @@
 
 `summarize` reads `OUT_DIR/table8_DEV_{bf16,fp32}.json` (benchmarks/table8.py) and the step
 list the script wrote (name, exit code, seconds, command per line) and writes
-`OUT_DIR/gpu_run_DEV.md` with the targets (docs: issue 17, README "Performance"):
+`OUT_DIR/gpu_run_DEV.md` with the targets (docs/performance.md, "GPU"):
 U-Net DenseNet-121 in bfloat16 at <= 0.10 ms/sample (>= 25x the paper's 2.58 ms), every
 Table 8 row >= 10x faster than the paper's time, training >= 2,000 images/s. Exit code 1 if a
 step failed (a step stopped at its time limit is reported, not a failure), else 0.

@@ -41,7 +41,7 @@ or a whole segmentation_models.pytorch (smp) model into a run directory.
 Encoder weights: set `config.model.encoder_weights` to the output. A whole smp model
 (torch.save(model.state_dict())) becomes a run directory for scripts/evaluate.py,
 scripts/infer.py and scripts/export.py, configured by configs/paper2/TASK_ARCH_ENCODER.py
-(or --config). Nothing is downloaded; see README "Pretrained encoders"."""
+(or --config). Nothing is downloaded; see docs/pretrained.md."""
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -183,7 +183,7 @@ def _download_and_prepare(builder: tfds.core.DatasetBuilder, data_cfg: Any) -> N
         if not os.path.isdir(mdir):
             raise FileNotFoundError(
                 f"Manual download directory {mdir} does not exist. Unpack the dataset there "
-                "(see README, Data) or set config.data.manual_dir to the folder that holds it."
+                "(see docs/data.md) or set config.data.manual_dir to the folder that holds it."
             )
     logging.info("Preparing %s into %s", data_cfg.dataset, builder.data_dir)
     builder.download_and_prepare(

@@ -4,7 +4,7 @@
 `scripts/infer.py` after its resize (BatchNorm folded, preprocessing and sigmoid inside, an
 optional lung model in the same call) as a TF SavedModel that serves without JAX, or as a
 serialized `jax.export` StableHLO module; `manifest.json` beside it says how to feed it and
-read it (`scripts/export.py`, README "Deploy").
+read it (`scripts/export.py`, docs/export.md).
 """
 
 from qatacov_jax.export.artifact import (

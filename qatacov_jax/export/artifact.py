@@ -42,7 +42,7 @@ STABLEHLO_FILE = "model.stablehlo"
 SAVEDMODEL_DIR = "saved_model"
 SIGNATURE = "serving_default"
 
-# What was found (jax 0.10.2, flax 0.12.8, tensorflow-cpu 2.21; see README "Deploy").
+# What was found (jax 0.10.2, flax 0.12.8, tensorflow-cpu 2.21; see docs/export.md).
 ONNX_UNAVAILABLE = (
     "--format onnx is not available: jax2onnx 0.17.1 fails on these models (its flax.nnx "
     "pooling patches reject positional window shapes and explicit padding; converting the "
