@@ -38,6 +38,7 @@ from qatacov_jax.webapp.app import Settings, create_app, static_files
 from qatacov_jax.webapp.engine import BatchQueue, load_engine
 
 ROOT = Path(__file__).resolve().parents[1]
+JSON_TYPE = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +206,11 @@ def test_token_protects_the_api_and_non_local_binding_needs_one(engine, capsys):
     assert c.get("/api/config").status_code == 401
     assert c.get("/api/config", headers={"Authorization": "Bearer nope"}).status_code == 401
     assert c.get("/api/config", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert c.get("/api/config", headers={"X-Token": "s3cret"}).status_code == 200
+    # Refused before the body is read (and before annotation mode is looked at).
+    r = c.post("/api/predict", files={"file": ("x.png", _png())})
+    assert r.status_code == 401 and "token" in r.json()["error"]
+    assert c.get("/api/annotate").status_code == 401
     assert c.get("/").status_code == 200  # the page itself holds no data
     code = serve_cli.main(["--checkpoint", "x", "--host", "0.0.0.0"])
     assert code == 2 and "--token" in capsys.readouterr().err
@@ -241,6 +247,64 @@ def test_page_assets_are_local_and_shipped(client):
         assert "http://" not in text and "https://" not in text, f"{p.name} loads a remote asset"
         assert client.get(f"/static/{p.name}").status_code == 200
     assert '"qatacov_jax.webapp" = ["static/*"]' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_openapi_documents_every_route_request_and_response(client):
+    """/openapi.json (`webapp.schemas`): every /api/ route has its response schema, every
+    POST its request body, and errors the one `{"error"}` shape."""
+    from qatacov_jax.webapp.routes import annotation, demo
+
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+
+    def resolve(schema: dict) -> dict:
+        return schemas[schema["$ref"].rsplit("/", 1)[1]] if "$ref" in schema else schema
+
+    api = {
+        (prefix + r.path, m.lower())
+        for prefix, router in (("/api", demo.router), ("/api/annotate", annotation.router))
+        for r in router.routes
+        for m in r.methods
+    }
+    documented = {(p, m) for p, ops in spec["paths"].items() for m in ops}
+    assert (
+        api
+        == documented
+        == {
+            ("/api/config", "get"),
+            ("/api/predict", "post"),
+            ("/api/annotate", "get"),
+            ("/api/annotate/{key}", "get"),
+            ("/api/annotate/{key}", "post"),
+        }
+    )
+    for path, method in sorted(api):
+        op = spec["paths"][path][method]
+        where = f"{method.upper()} {path}"
+        ok = resolve(op["responses"]["200"]["content"]["application/json"]["schema"])
+        assert ok.get("properties"), f"{where}: no response schema"
+        for status, resp in op["responses"].items():
+            if status != "200":
+                got = resp["content"]["application/json"]["schema"]
+                assert got == {"$ref": "#/components/schemas/ErrorResponse"}, (where, status)
+        assert "401" in op["responses"], f"{where}: the token check is not documented"
+        if method == "post":
+            body = op["requestBody"]["content"]
+            (schema,) = [resolve(v["schema"]) for v in body.values()]
+            assert schema.get("properties"), f"{where}: no request schema"
+    predict = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]
+    assert "file" in resolve(predict["multipart/form-data"]["schema"])["required"]
+    save = resolve(
+        spec["paths"]["/api/annotate/{key}"]["post"]["requestBody"]["content"]["application/json"][
+            "schema"
+        ]
+    )
+    assert save["required"] == ["revision"] and save["additionalProperties"] is False
+    assert {"revision", "source", "no_infection", "mask", "seconds", "annotator"} == set(
+        save["properties"]
+    )
+    assert "lung_mask" not in resolve({"$ref": "#/components/schemas/PredictResponse"})["required"]
+    assert "HTTPValidationError" not in schemas  # 422s are {"error"}, as documented
 
 
 # ------------------------------------------------------------------ annotation mode
@@ -374,7 +438,25 @@ def test_annotation_errors(engine, annotation_dirs, client):
     r = c.post("/api/annotate/xrays__a", json={"revision": 0, "source": "x", "mask": "y"})
     assert r.status_code == 422 and "candidates" in r.json()["error"]
     r = c.post("/api/annotate/xrays__a", json={"revision": "0"})
-    assert r.status_code == 422
+    assert r.status_code == 422 and "revision" in r.json()["error"]
+    # The body is strict (`schemas.SaveRequest`): a wrong type or an unknown field is a
+    # JSON 422 naming the field, never a 500 or a silent coercion.
+    for bad, field in [
+        ({"revision": True, "no_infection": True}, "revision"),
+        ({"revision": 0, "mask": None}, "mask"),
+        ({"revision": 0, "mask": 7}, "mask"),
+        ({"revision": 0, "no_infection": "yes"}, "no_infection"),
+        ({"revision": 0, "no_infection": True, "seconds": "12"}, "seconds"),
+        ({"revision": 0, "no_infection": True, "annotator": 5}, "annotator"),
+        ({"revision": 0, "no_infection": True, "maks": "x"}, "maks"),
+        ([0], "request"),
+    ]:
+        r = c.post("/api/annotate/xrays__a", json=bad)
+        assert r.status_code == 422 and field in r.json()["error"], (bad, r.text)
+    r = c.post("/api/annotate/xrays__a", content=b"{not json", headers=JSON_TYPE)
+    assert r.status_code == 422 and "JSON" in r.json()["error"]
+    # An unknown image is a 404 before its body is looked at.
+    assert c.post("/api/annotate/nope", json={"revision": "x"}).status_code == 404
     assert not (out / PROVENANCE).exists()  # nothing was saved by the refused requests
     assert client.get("/api/annotate").status_code == 404  # demo-only server
     with pytest.raises(ValueError, match="outside"):
