@@ -42,7 +42,7 @@ from qatacov_jax.evaluation.localization_report import (
     markdown_report,
     write_figures,
 )
-from qatacov_jax.evaluation.runner import pipelined, split_batches
+from qatacov_jax.evaluation.runner import split_batches
 from qatacov_jax.inference.cam import METHODS as CAM_METHODS
 from qatacov_jax.inference.cam import class_activation_maps, covid_probability
 from qatacov_jax.metrics import (
@@ -59,6 +59,7 @@ from qatacov_jax.models.folding import fold_batchnorm, make_forward
 from qatacov_jax.runtime.files import json_ready, write_json, write_text
 from qatacov_jax.runtime.sharding import make_mesh, replicate
 from qatacov_jax.training.rundir import config_fold, load_model
+from qatacov_jax.training.steps import pipelined
 
 log = logging.getLogger(__name__)
 

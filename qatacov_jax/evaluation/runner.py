@@ -24,11 +24,10 @@ over all test samples as its Table 3) and the mean/std over folds.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +44,13 @@ from qatacov_jax.metrics import (
     DEFAULT_NUM_BINS,
     DEFAULT_THRESHOLD,
     MetricAccumulator,
-    batch_statistics,
 )
-from qatacov_jax.models import CLASSIFIER_ARCH, foreground_probability
+from qatacov_jax.models import CLASSIFIER_ARCH
 from qatacov_jax.runtime.files import json_ready
 from qatacov_jax.runtime.locking import run_dir_lock
 from qatacov_jax.runtime.sharding import make_mesh, replicate
 from qatacov_jax.training.rundir import config_fold, load_model, read_config
+from qatacov_jax.training.steps import EVAL_KEYS, make_eval_step, pipelined
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,8 @@ def make_stats_fn(
     threshold: float = DEFAULT_THRESHOLD,
     num_bins: int = DEFAULT_NUM_BINS,
 ) -> Callable[[Mapping[str, jax.Array]], dict[str, jax.Array]]:
-    """One jitted step: a sharded eval batch -> `batch_statistics` of the model's prediction.
+    """One jitted step: a sharded eval batch -> `batch_statistics` of the model's prediction
+    (`training.steps.make_eval_step` without a loss).
 
     The model is split once and its state replicated; probabilities never leave the devices.
 
@@ -74,43 +74,12 @@ def make_stats_fn(
     model.eval()
     graphdef, state = nnx.split(model)
     state = replicate(state, mesh)
-    step = _stats_step(graphdef, float(threshold), int(num_bins))
+    step = make_eval_step(graphdef, None, mesh, float(threshold), int(num_bins))
 
     def stats(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-        return step(state, batch["image"], batch["mask"], batch["label"], batch["valid"])
+        return step(state, {k: batch[k] for k in EVAL_KEYS})
 
     return stats
-
-
-@functools.lru_cache(maxsize=8)
-def _stats_step(graphdef: nnx.GraphDef, threshold: float, num_bins: int) -> Callable[..., Any]:
-    # Cached on the (hashable) graph definition: the folds of a CV run share one model
-    # structure, so evaluating all of them compiles once.
-    @jax.jit
-    def step(state, image, mask, label, valid):
-        logits = nnx.merge(graphdef, state)(image)
-        probs = foreground_probability(logits)
-        return batch_statistics(probs, mask, label, valid, threshold=threshold, num_bins=num_bins)
-
-    return step
-
-
-def pipelined(
-    step: Callable[[Mapping[str, jax.Array]], Any], batches: Iterable[Mapping[str, jax.Array]]
-) -> Iterator[tuple[Mapping[str, jax.Array], Any]]:
-    """Yields `(batch, step(batch))` one batch late, so the host never stalls the devices.
-
-    `step` dispatches asynchronously; by the time the caller reads batch i's results the
-    devices already run batch i + 1, and only two batches' results are alive at a time.
-    """
-    pending = None
-    for batch in batches:
-        out = step(batch)
-        if pending is not None:
-            yield pending
-        pending = (batch, out)
-    if pending is not None:
-        yield pending
 
 
 def accumulate(

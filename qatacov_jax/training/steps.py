@@ -7,8 +7,10 @@ shardings, so XLA inserts the gradient all-reduce and BatchNorm batch statistics
 *global* batch (the maths is that of one big device). The train state is donated: the update
 happens in place, without a second copy of the model + Adam moments in device memory.
 
-Validation counts with the same streaming statistics as `scripts/evaluate.py`
-(`qatacov_jax.metrics.batch_statistics` into a `MetricAccumulator`).
+Validation during training and the evaluation of a trained run (`evaluation.runner`,
+`scripts/evaluate.py`) share one jitted forward + statistics step (`make_eval_step`:
+`qatacov_jax.metrics.batch_statistics`, summed into a `MetricAccumulator`), run one batch
+ahead of the host (`pipelined`).
 
 The loss object (`training.losses.Loss`, picked from the config by `losses.make_loss`) also
 says which batch key is the target and how logits become probabilities, so the steps serve
@@ -19,7 +21,7 @@ predictions).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -29,8 +31,14 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from qatacov_jax.metrics import MetricAccumulator, batch_statistics, flat_metrics
-from qatacov_jax.models import TRAINABLE
+from qatacov_jax.metrics import (
+    DEFAULT_NUM_BINS,
+    DEFAULT_THRESHOLD,
+    MetricAccumulator,
+    batch_statistics,
+    flat_metrics,
+)
+from qatacov_jax.models import TRAINABLE, foreground_probability
 from qatacov_jax.runtime import sharding
 from qatacov_jax.training.losses import Loss
 
@@ -85,35 +93,83 @@ def make_train_step(
     )
 
 
-def _eval_step(
-    model_def: nnx.GraphDef, loss: Loss, model_state: nnx.State, batch: Mapping[str, jax.Array]
-) -> dict[str, jax.Array]:
-    """Sufficient statistics of the validation metrics for one global batch.
+# The batch keys an evaluation step reads (those of `data.eval_iterator`'s batches).
+EVAL_KEYS = ("image", "mask", "label", "valid")
 
-    Returns `loss_sum` (batch loss x valid rows), `n` (valid rows) and the
-    `metrics.batch_statistics` of the probabilities (pixel and detection counts at 0.5,
-    histograms for AUC; a classifier's pixel counts stay 0), padding rows excluded.
+
+def _eval_step(
+    model_def: nnx.GraphDef,
+    loss: Loss | None,
+    threshold: float,
+    num_bins: int,
+    model_state: nnx.State,
+    batch: Mapping[str, jax.Array],
+) -> dict[str, jax.Array]:
+    """Forward pass + the sufficient statistics of the metrics for one global batch.
+
+    Returns the `metrics.batch_statistics` of the probabilities (pixel and detection counts
+    at `threshold`, `num_bins`-bin histograms for AUC; a classifier's pixel counts stay 0),
+    padding rows excluded; with a `loss`, also `loss_sum` (batch loss x valid rows) and `n`
+    (valid rows). Without one (evaluating a trained segmenter) the probabilities are
+    `models.foreground_probability` of the logits.
     """
     model = nnx.merge(model_def, model_state)
     logits = model(batch["image"])
+    if loss is None:
+        probs, masks = foreground_probability(logits), batch["mask"]
+    else:
+        probs = loss.probabilities(logits)
+        masks = batch["mask"] if loss.target == "mask" else None
+    stats = batch_statistics(
+        probs, masks, batch["label"], batch["valid"], threshold=threshold, num_bins=num_bins
+    )
+    if loss is None:
+        return stats
     valid = batch["valid"].astype(jnp.float32)
     value, _ = loss(logits, batch[loss.target], valid)
     n = jnp.sum(valid)
-    probs = loss.probabilities(logits)
-    masks = batch["mask"] if loss.target == "mask" else None
-    stats = batch_statistics(probs, masks, batch["label"], batch["valid"])
     return {"loss_sum": value * n, "n": n, **stats}
 
 
 @functools.lru_cache(maxsize=16)
-def make_eval_step(model_def: nnx.GraphDef, loss: Loss, mesh: Mesh) -> Callable[..., Any]:
-    """`eval_step(model_state, batch) -> statistics`, jitted over `mesh` (no donation)."""
+def make_eval_step(
+    model_def: nnx.GraphDef,
+    loss: Loss | None,
+    mesh: Mesh,
+    threshold: float = DEFAULT_THRESHOLD,
+    num_bins: int = DEFAULT_NUM_BINS,
+) -> Callable[[nnx.State, Mapping[str, jax.Array]], dict[str, jax.Array]]:
+    """`eval_step(model_state, batch) -> statistics`, jitted over `mesh` (no donation).
+
+    `batch` holds `EVAL_KEYS`: `image` (B, H, W, 3) preprocessed, `mask` (B, H, W, 1),
+    `label` (B,), `valid` (B,). Cached on the (hashable) graph definition, so the folds of
+    a CV run, which share one model structure, compile once; the probabilities never leave
+    the devices.
+    """
     rep, dat = sharding.replicated(mesh), sharding.data_sharding(mesh)
     return jax.jit(
-        functools.partial(_eval_step, model_def, loss),
+        functools.partial(_eval_step, model_def, loss, float(threshold), int(num_bins)),
         in_shardings=(rep, dat),
         out_shardings=rep,
     )
+
+
+def pipelined(
+    step: Callable[[Mapping[str, jax.Array]], Any], batches: Iterable[Mapping[str, jax.Array]]
+) -> Iterator[tuple[Mapping[str, jax.Array], Any]]:
+    """Yields `(batch, step(batch))` one batch late, so the host never stalls the devices.
+
+    `step` dispatches asynchronously; by the time the caller reads batch i's results the
+    devices already run batch i + 1, and only two batches' results are alive at a time.
+    """
+    pending = None
+    for batch in batches:
+        out = step(batch)
+        if pending is not None:
+            yield pending
+        pending = (batch, out)
+    if pending is not None:
+        yield pending
 
 
 def _batch_stats_step(
@@ -180,7 +236,7 @@ def _replace_batch_stats(model_state: nnx.State, stats: nnx.State) -> nnx.State:
 
 
 def validate(
-    eval_step: Callable[..., Any], model_state: nnx.State, batches: Iterator[Mapping[str, Any]]
+    eval_step: Callable[..., Any], model_state: nnx.State, batches: Iterable[Mapping[str, Any]]
 ) -> tuple[dict[str, float], MetricAccumulator]:
     """Validation over one pass of `batches`.
 
@@ -192,8 +248,11 @@ def validate(
     """
     acc = MetricAccumulator()
     loss_sum, n = 0.0, 0.0
-    for batch in batches:
-        stats = eval_step(model_state, {k: batch[k] for k in ("image", "mask", "label", "valid")})
+
+    def step(batch: Mapping[str, Any]) -> dict[str, jax.Array]:
+        return eval_step(model_state, {k: batch[k] for k in EVAL_KEYS})
+
+    for _, stats in pipelined(step, batches):
         stats = jax.device_get(stats)
         loss_sum += float(np.asarray(stats.pop("loss_sum"), np.float64))
         n += float(np.asarray(stats.pop("n"), np.float64))
