@@ -21,6 +21,11 @@ from qatacov_jax.runtime.files import from_json_ready, json_ready
 from qatacov_jax.runtime.storage import is_full, storage_errno
 
 CHECKPOINT_DIR = "checkpoints"
+# The folders under `checkpoints/`: periodic checkpoints (resume), the selected model, and
+# unreadable checkpoints moved aside (never deleted).
+LATEST = "latest"
+BEST = "best"
+CORRUPT = "corrupt"
 
 
 def _abstract(tree: Any, sharding: jax.sharding.Sharding | None) -> Any:
@@ -40,13 +45,15 @@ class CheckpointStore:
 
     def __init__(self, workdir: str | Path, *, keep: int = 2, best_metric: str = "pixel_f1"):
         self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
+        self.latest_dir = self.directory / LATEST
+        self.best_dir = self.directory / BEST
         self.best_metric = best_metric
         self.latest = ocp.CheckpointManager(
-            self.directory / "latest",
+            self.latest_dir,
             options=ocp.CheckpointManagerOptions(max_to_keep=max(1, int(keep)), create=True),
         )
         self.best = ocp.CheckpointManager(
-            self.directory / "best",
+            self.best_dir,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=1,
                 best_fn=lambda m: float(m[best_metric]),
@@ -91,7 +98,7 @@ class CheckpointStore:
         """
         steps = sorted(self.latest.all_steps(), reverse=True)
         if not steps:
-            raise FileNotFoundError(f"No checkpoint under {self.directory / 'latest'}.")
+            raise FileNotFoundError(f"No checkpoint under {self.latest_dir}.")
         target = {k: _abstract(v.to_pure_dict(), sharding) for k, v in state.items()}
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(target),
@@ -110,7 +117,7 @@ class CheckpointStore:
                 skipped.append(f"step {step} ({type(e).__name__}; moved to {moved})")
         else:
             raise FileNotFoundError(
-                f"No readable checkpoint under {self.directory / 'latest'}: "
+                f"No readable checkpoint under {self.latest_dir}: "
                 + "; ".join(skipped)
                 + ". Start a new --workdir, or restore the files."
             )
@@ -132,13 +139,13 @@ class CheckpointStore:
     def _quarantine(self, step: int) -> Path:
         """Moves `latest/<step>` out of the manager's sight (so the step can be saved again)
         to `corrupt/latest-<step>[-k]`; nothing is deleted."""
-        corrupt = self.directory / "corrupt"
+        corrupt = self.directory / CORRUPT
         corrupt.mkdir(parents=True, exist_ok=True)
         dest = corrupt / f"latest-{step}"
         k = 1
         while dest.exists():
             dest, k = corrupt / f"latest-{step}-{k}", k + 1
-        (self.directory / "latest" / str(step)).rename(dest)
+        (self.latest_dir / str(step)).rename(dest)
         self.latest.reload()
         return dest
 
@@ -196,12 +203,12 @@ def restore_model(ckpt_dir: Path, which: str, model_target: Any) -> Any:
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = _abstract(model_target, device)
     with ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True)) as m:
-        step = m.latest_step() if which == "latest" else (m.best_step() or m.latest_step())
+        step = m.latest_step() if which == LATEST else (m.best_step() or m.latest_step())
         if step is None:
             raise FileNotFoundError(f"No checkpoint found under {ckpt_dir}.")
         # `latest/` holds {"model": ..., "opt": ...} under "state": a partial restore reads
         # only the model; `best/` holds the model state alone under "model".
-        item = "state" if which == "latest" else "model"
+        item = "state" if which == LATEST else "model"
         item_target = {"model": target} if item == "state" else target
         restore = ocp.args.PyTreeRestore(
             item=item_target,
@@ -209,4 +216,4 @@ def restore_model(ckpt_dir: Path, which: str, model_target: Any) -> Any:
             partial_restore=True,
         )
         restored = m.restore(step, args=ocp.args.Composite(**{item: restore}))
-    return restored[item]["model"] if which == "latest" else restored[item]
+    return restored[item]["model"] if which == LATEST else restored[item]

@@ -26,6 +26,7 @@ from qatacov_jax.data.preprocessing import Preprocessing
 from qatacov_jax.runtime import files
 from qatacov_jax.runtime.files import OutputExistsError
 from qatacov_jax.runtime.locking import run_dir_lock
+from qatacov_jax.training.checkpoint import BEST
 from qatacov_jax.training.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -99,7 +100,7 @@ def _write_run(
         files.write_json(tmp / CONFIG_FILE, config_to_dict(config), sort_keys=True)
         files.write_json(tmp / PREPROCESSING_FILE, preprocessing.to_dict(), sort_keys=True)
         files.write_json(tmp / PORTED_FILE, dict(source), sort_keys=True)
-        with ocp.CheckpointManager(tmp / CHECKPOINT_DIR / "best") as manager:
+        with ocp.CheckpointManager(tmp / CHECKPOINT_DIR / BEST) as manager:
             manager.save(
                 0,
                 args=ocp.args.Composite(

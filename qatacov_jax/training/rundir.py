@@ -220,7 +220,7 @@ def read_preprocessing(run_dir: str | Path) -> Preprocessing:
 
 
 # The checkpoints of a run a model can be loaded from (`load_model(which=)`, the CLIs' --which).
-CHECKPOINT_CHOICES = ("best", "latest")
+CHECKPOINT_CHOICES = (checkpoint.BEST, checkpoint.LATEST)
 
 
 def load_model(
