@@ -1,6 +1,6 @@
 """The documentation site builds with no warning, so no link, heading or API reference rots;
-every subpackage has its API page and its line in the layout; the README stays a short
-front door."""
+the modules, files and names the pages cite exist; every subpackage has its API page and its
+line in the layout; the README stays a short front door."""
 
 from __future__ import annotations
 
@@ -17,6 +17,24 @@ README_MAX_LINES = 250
 
 def _subpackages() -> list[str]:
     return sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+
+
+def _pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def _module_file(dotted: str) -> tuple[Path | None, list[str]]:
+    """`qatacov_jax.models.layers.stacked_conv3x3` -> (models/layers.py, ["stacked_conv3x3"]):
+    the deepest module the dotted name reaches, and the names after it."""
+    path, parts = ROOT, dotted.split(".")
+    for i, part in enumerate(parts):
+        if (path / part / "__init__.py").is_file():
+            path = path / part
+        elif (path / f"{part}.py").is_file():
+            return path / f"{part}.py", parts[i + 1 :]
+        else:
+            return (path / "__init__.py" if i else None), parts[i:]
+    return path / "__init__.py", []
 
 
 def _nav_pages() -> list[str]:
@@ -70,3 +88,33 @@ def test_readme_is_short_and_links_every_guide_page():
     for page in _nav_pages():
         if "/" not in page and page != "README.md":
             assert f"docs/{page}" in text, f"README links no docs/{page}"
+
+
+def test_code_the_pages_cite_exists():
+    """`qatacov_jax/x/y.py`, `x/{a,b}.py`, `qatacov_jax.x.y.name` and `x.y.name` (x a
+    subpackage) name files and modules that exist, and names those modules hold."""
+    subpackages = "|".join(_subpackages())
+    missing = []
+    for page in _pages():
+        text, where = page.read_text(), page.relative_to(ROOT)
+        for sub, rest in re.findall(rf"\b({subpackages})/([\w/{{}},]+\.py)", text):
+            head, _, tail = rest.partition("{")
+            names = tail.split("}")[0].split(",") if tail else [""]
+            for name in names:
+                rel = f"{sub}/{head}{name}{tail.split('}')[1] if tail else ''}"
+                if not (PACKAGE / rel).is_file():
+                    missing.append(f"{where}: {rel}")
+        dotted = re.findall(r"\bqatacov_jax(?:\.\w+)+", text)
+        # `training.rundir.validate_config`, not `metrics.json` or `data.manual_dir` (a file,
+        # a config field): the short form counts when its second part is a module.
+        for short in re.findall(rf"`((?:{subpackages})(?:\.\w+)+)", text):
+            sub, second = short.split(".")[:2]
+            if (PACKAGE / sub / f"{second}.py").is_file() or (PACKAGE / sub / second).is_dir():
+                dotted.append(f"qatacov_jax.{short}")
+        for name in dotted:
+            module, rest = _module_file(name)
+            if module is None or len(rest) > 2:
+                missing.append(f"{where}: {name}")
+            elif rest and not re.search(rf"\b{rest[0]}\b", module.read_text()):
+                missing.append(f"{where}: {name} ({rest[0]} is not in {module.relative_to(ROOT)})")
+    assert not missing, "\n".join(missing)
