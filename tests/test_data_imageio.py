@@ -5,7 +5,7 @@ import pytest
 from data_fakes import write_dicom_pixels
 from PIL import Image
 
-from qatacov_jax.data.imageio import ImageReadError, is_dicom, read_xray
+from qatacov_jax.data.imageio import ImageReadError, is_dicom, read_xray, read_xray_with_info
 from qatacov_jax.data.resize import to_uint8
 
 
@@ -33,7 +33,9 @@ def test_dicom_window_and_monochrome1(tmp_path):
     ramp = np.tile(np.linspace(0, 4000, 20), (4, 1))
     write_dicom_pixels(tmp_path / "m2.dcm", ramp, "MONOCHROME2")
     m2 = read_xray(tmp_path / "m2.dcm")
-    assert m2[0, 0] == 0.0 and m2[0, -1] == 1.0 and np.all(np.diff(m2[0]) >= 0)
+    # Divided by the 12-bit range, not stretched to the image's own maximum (4000).
+    assert m2[0, 0] == 0.0 and np.all(np.diff(m2[0]) >= 0)
+    np.testing.assert_allclose(m2[0, -1], 4000 / 4095, rtol=1e-6)
     write_dicom_pixels(tmp_path / "m1", ramp, "MONOCHROME1")  # suffix-less, found by DICM magic
     assert is_dicom(tmp_path / "m1")
     np.testing.assert_allclose(read_xray(tmp_path / "m1"), 1.0 - m2, atol=1e-6)
@@ -41,6 +43,18 @@ def test_dicom_window_and_monochrome1(tmp_path):
     write_dicom_pixels(tmp_path / "w.dcm", ramp, "MONOCHROME2", window=(2000, 400))
     w = read_xray(tmp_path / "w.dcm")[0]
     assert (w == 0).sum() > 5 and (w == 1).sum() > 5
+
+
+def test_dicom_maps_as_its_8_bit_png(tmp_path):
+    """An 8-bit X-ray and the same pixels x 16 as a 12-bit DICOM without a window read
+    within one grey level (values / 255 and / 4095), as the training data were mapped."""
+    rng = np.random.default_rng(0)
+    x8 = rng.integers(20, 236, (16, 12)).astype(np.uint8)
+    Image.fromarray(x8).save(tmp_path / "x.png")
+    write_dicom_pixels(tmp_path / "x.dcm", x8.astype(np.uint16) * 16, "MONOCHROME2")
+    png, (dcm, note) = read_xray(tmp_path / "x.png"), read_xray_with_info(tmp_path / "x.dcm")
+    assert np.abs(dcm - png).max() * 255 <= 1.0
+    assert note == "DICOM MONOCHROME2, 12 bits stored, no VOI window: values / 4095"
 
 
 @pytest.mark.parametrize(

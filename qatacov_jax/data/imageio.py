@@ -3,7 +3,11 @@
 Every reader returns a 2-D float32 array in [0, 1] where *bright = dense* (bone white), the
 convention of the training data. DICOM needs care: MONOCHROME1 images store the opposite
 polarity and are inverted, and the modality and VOI LUT / window of the file are applied so
-that the picture looks as a radiologist's viewer would show it. 16-bit PNGs need care too:
+that the picture looks as a radiologist's viewer would show it. The result is divided by the
+range those stages can output (2**BitsStored - 1 without a window), never stretched between
+the image's own minimum and maximum, so a DICOM maps as the same X-ray exported to an 8-bit
+PNG (values / 255, the training data's mapping) or to a 16-bit PNG with `sBIT` does: the
+two files get the same decision. 16-bit PNGs need care too:
 radiographs are often 10/12/14-bit data stored unscaled in 16-bit samples, which divided by
 65535 come out nearly black; the PNG's significant-bits chunk (`sBIT`) or, without it, the
 actual value range gives the true bit depth (`sixteen_bit_scale`; docs/reliability.md#16-bit-png).
@@ -14,10 +18,12 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 from PIL import Image, UnidentifiedImageError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -71,7 +77,7 @@ def read_xray_with_info(path: str | Path) -> tuple[np.ndarray, str]:
     if path.stat().st_size == 0:
         raise ImageReadError(path, "the file is empty")
     if is_dicom(path):
-        return _read_dicom(path), "DICOM: modality LUT, VOI window, min-max"
+        return _read_dicom(path)
     return _read_pil(path)
 
 
@@ -154,7 +160,7 @@ def _read_pil(path: Path) -> tuple[np.ndarray, str]:
                 arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
                 note = f"{mode} converted to 8-bit luminance: values / 255"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(path, f"not a readable image ({type(e).__name__}: {e})") from None
+        raise ImageReadError(path, f"not a readable image: {_pil_problem(e)}") from None
     if arr.ndim != 2 or min(arr.shape) < 1:
         raise ImageReadError(path, f"unexpected image shape {arr.shape}")
     return np.clip(arr, 0.0, 1.0).astype(np.float32), note
@@ -167,12 +173,24 @@ def _minmax(arr: np.ndarray) -> np.ndarray:
     return ((arr - lo) / (hi - lo)).astype(np.float32)
 
 
-def _read_dicom(path: Path) -> np.ndarray:
+def _pil_problem(e: Exception) -> str:
+    """What a Pillow decoding error says about the file, in words (no exception class
+    names or paths: the web app shows this to the person who uploaded the file)."""
+    text = str(e).lower()
+    if isinstance(e, UnidentifiedImageError):
+        return "the file is not PNG, JPEG, BMP, TIFF or DICOM data"
+    if "truncated" in text or "broken" in text or "unexpected end" in text:
+        return "the image data are truncated or corrupt (an incomplete download or copy?)"
+    if "decompression bomb" in text or "exceeds limit" in text:
+        return "the image has too many pixels to be decoded safely"
+    return "the image data are corrupt or use an encoding this reader does not support"
 
+
+def _read_dicom(path: Path) -> tuple[np.ndarray, str]:
     try:
         ds = pydicom.dcmread(path)
     except Exception as e:  # pydicom raises several unrelated types for bad files
-        raise ImageReadError(path, f"not a readable DICOM file ({type(e).__name__}: {e})") from None
+        raise ImageReadError(path, f"not a readable DICOM file ({_dicom_problem(e)})") from None
     if "PixelData" not in ds:
         raise ImageReadError(path, "DICOM file has no pixel data")
     try:
@@ -180,13 +198,16 @@ def _read_dicom(path: Path) -> np.ndarray:
     except Exception as e:
         raise ImageReadError(
             path,
-            f"cannot decode DICOM pixel data ({type(e).__name__}: {e}); compressed transfer "
+            f"cannot decode DICOM pixel data ({_dicom_problem(e)}); compressed transfer "
             "syntaxes need e.g. `pip install pylibjpeg pylibjpeg-libjpeg`",
         ) from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    bits = _bits_stored(ds, pixels)
     if pixels.ndim == 3 and photometric in ("RGB", "YBR_FULL", "YBR_FULL_422"):
-        pixels = pixels.astype(np.float32) @ np.asarray([0.299, 0.587, 0.114], np.float32)
-        return _minmax(pixels)
+        luma = pixels.astype(np.float32) @ np.asarray([0.299, 0.587, 0.114], np.float32)
+        top = float(2**bits - 1)
+        note = f"DICOM {photometric} converted to luminance, {bits} bits: values / {top:g}"
+        return np.clip(luma / top, 0.0, 1.0).astype(np.float32), note
     if pixels.ndim != 2:
         raise ImageReadError(
             path,
@@ -194,7 +215,62 @@ def _read_dicom(path: Path) -> np.ndarray:
         )
     values = apply_modality_lut(pixels, ds)
     values = apply_voi_lut(values, ds)  # window centre/width or VOI LUT sequence, if any
-    arr = _minmax(np.asarray(values, np.float32))
+    lo, hi, how = _dicom_output_range(ds, bits)
+    arr = (np.asarray(values, np.float64) - lo) / (hi - lo)
+    arr = np.clip(arr, 0.0, 1.0).astype(np.float32)
+    note = f"DICOM {photometric}, {bits} bits stored, {how}"
     if photometric == "MONOCHROME1":
         arr = 1.0 - arr  # MONOCHROME1: low values are bright
-    return arr
+        note += ", inverted (MONOCHROME1)"
+    return arr, note
+
+
+def _dicom_problem(e: Exception) -> str:
+    """pydicom's message without file paths (it may quote the file it read)."""
+    text = str(e).replace(" Use force=True to force reading.", "")
+    return text.split(" '/", 1)[0].split(' "/', 1)[0] or "unreadable data"
+
+
+def _bits_stored(ds: pydicom.Dataset, pixels: np.ndarray) -> int:
+    """BitsStored, else BitsAllocated, else the sample type's width."""
+    for field in ("BitsStored", "BitsAllocated"):
+        value = ds.get(field)
+        if isinstance(value, int) and 1 <= value <= 32:
+            return value
+    return int(pixels.dtype.itemsize * 8)
+
+
+def _dicom_output_range(ds: pydicom.Dataset, bits: int) -> tuple[float, float, str]:
+    """(lo, hi) of the values the modality and VOI stages can output, and which stage set it.
+
+    The ranges are those of the DICOM standard (PS3.3 C.11), which pydicom's windowing maps
+    to: a VOI LUT's entries span 0..2**n - 1 (n from its descriptor); a window maps onto,
+    and without one the values stay in, the modality output range: the stored range
+    (0..2**bits - 1, or signed) through the rescale slope/intercept, or a modality LUT's
+    0..2**n - 1.
+    """
+    voi = ds.get("VOILUTSequence")
+    if voi and None not in (voi[0].get("LUTDescriptor"), voi[0].get("LUTData")):
+        top = float(2 ** int(voi[0].LUTDescriptor[2]) - 1)
+        return 0.0, top, f"VOI LUT: values / {top:g}"
+    modality = ds.get("ModalityLUTSequence")
+    if modality:
+        lo, hi = 0.0, float(2 ** int(modality[0].LUTDescriptor[2]) - 1)
+    else:
+        signed = ds.get("PixelRepresentation", 0) == 1
+        lo, hi = (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1) if signed else (0.0, 2.0**bits - 1)
+        slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+        if slope is not None and intercept is not None:
+            lo, hi = sorted(
+                (lo * float(slope) + float(intercept), hi * float(slope) + float(intercept))
+            )
+    span = f"values / {hi:g}" if lo == 0 else f"(values - {lo:g}) / {hi - lo:g}"
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        centre, width = (_first(ds.WindowCenter), _first(ds.WindowWidth))
+        return lo, hi, f"VOI window centre {centre:g} width {width:g}, windowed {span}"
+    return lo, hi, f"no VOI window: {span}"
+
+
+def _first(value: Any) -> float:
+    """A DICOM value that may be multi-valued (several windows): the first, as float."""
+    return float(value[0]) if isinstance(value, MultiValue) else float(value)
