@@ -36,7 +36,7 @@ from qatacov_jax.data import imageio
 from qatacov_jax.inference.decision import image_report
 from qatacov_jax.inference.infection_map import DEFAULT_DISPLAY_FLOOR, infection_map
 from qatacov_jax.inference.predictor import Predictor
-from qatacov_jax.inference.reports import REPORT_CSV, REPORT_JSON, write_reports
+from qatacov_jax.inference.reports import REPORT_CSV, REPORT_JSON, run_settings, write_reports
 from qatacov_jax.inference.runs import load_models
 from qatacov_jax.inference.severity import DEFAULT_SCALE, SeverityScale
 from qatacov_jax.runtime.files import OutputExistsError, save_png
@@ -375,17 +375,7 @@ def infer_files(
         with_lung=with_lung,
     )
     rows += [_error_row(e.path, e.reason) for e in input_errors]
-    meta = {
-        "checkpoint": str(runs["infection"]),
-        "lung_checkpoint": None if not with_lung else str(runs["lung"]),
-        "threshold": threshold,
-        "lung_threshold": lung_threshold,
-        "display_floor": display_floor,
-        "severity_scale": {
-            "bounds": list(DEFAULT_SCALE.bounds),
-            "names": list(DEFAULT_SCALE.names),
-        },
-    }
+    meta = run_settings(checkpoint, lung_checkpoint, threshold, lung_threshold, display_floor)
     write_reports(rows, out_dir, meta)
     ok = sum(r["status"] == "ok" for r in rows)
     log.info("wrote %d image result(s) and %s to %s", ok, REPORT_CSV, out_dir)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from qatacov_jax.inference.severity import DEFAULT_SCALE, SeverityScale
 from qatacov_jax.runtime.files import write_json, write_text
 
 REPORT_CSV = "report.csv"
@@ -43,6 +44,28 @@ REPORT_FIELDS = (
 def _finite(x: Any) -> Any:
     # NaN (e.g. % of lung when no lung was found) is written as an empty cell / JSON null.
     return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def run_settings(
+    checkpoint: str | Path,
+    lung_checkpoint: str | Path | None,
+    threshold: float,
+    lung_threshold: float,
+    display_floor: float,
+    scale: SeverityScale = DEFAULT_SCALE,
+) -> dict[str, Any]:
+    """report.json's record of the run: the run directories, thresholds and severity scale.
+
+    Its "checkpoint" key is what marks an output folder as ours (`files.check_no_overwrite`).
+    """
+    return {
+        "checkpoint": str(checkpoint),
+        "lung_checkpoint": None if lung_checkpoint is None else str(lung_checkpoint),
+        "threshold": threshold,
+        "lung_threshold": lung_threshold,
+        "display_floor": display_floor,
+        "severity_scale": {"bounds": list(scale.bounds), "names": list(scale.names)},
+    }
 
 
 def write_reports(rows: Sequence[dict[str, Any]], out_dir: Path, meta: dict[str, Any]) -> None:
