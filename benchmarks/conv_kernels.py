@@ -4,7 +4,7 @@
         --json benchmarks/results/conv_kernels_cpu.json \
         --markdown benchmarks/results/conv_kernels_cpu.md
 
-Issue 17 asks for our models at <= 0.70x the Keras time on CPU. After the graph-level work
+The CPU target: our models at <= 0.70x the Keras time. After the graph-level work
 (XLA's own convolutions instead of YNNPACK, BatchNorm folding, convolving upsampled inputs on
 their low-resolution grid), what is left is the convolution kernel itself. This script times,
 interleaved in one process, the convs that dominate the decoders and the encoder:

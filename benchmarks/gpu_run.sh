@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU check of issue 17 in one command: < 8 minutes on one H100/H200, no network.
+# The whole GPU performance check in one command: < 8 minutes on one H100/H200, no network.
 #
 #   benchmarks/gpu_run.sh [OUT_DIR]          # default OUT_DIR: benchmarks/results
 #

@@ -10,7 +10,7 @@ Use --augment all to time the worst case (every example warped).
 
 Besides images/s (wall clock) each setting reports images per CPU-second of the whole process
 tree (this process and its grain workers, from /proc): the "images/s per core"
-that says how many cores a GPU's training speed needs (issue 17: >= 125 per core keeps one
+that says how many cores a GPU's training speed needs (the GPU target: >= 125 per core keeps one
 H100 at 2,000 images/s fed from 16 cores). On a loaded machine the wall-clock figure drops,
 the per-CPU-second figure much less.
 """

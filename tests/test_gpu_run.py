@@ -1,5 +1,5 @@
 """benchmarks/gpu_run.sh, the one-shot GPU check: dry-run on CPU (so it cannot rot), and
-the summary's verdicts on the targets of issue 17."""
+the summary's verdicts on the GPU performance targets."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Whole-model numerical parity with the original Keras `segmentation_models` 1.0.1 models.
 
-The weight-parity tests (issue 3) check the encoders' features; this checks what sits on
+The weight-parity tests check the encoders' features; this checks what sits on
 top: decoder wiring (concatenation order, nearest upsampling, skip taps), the FPN pyramid
 with its bilinear upsampling, and the 3x3 head. A Keras `Unet` / `FPN` on the ResNet-50
 backbone (with random, perturbed BatchNorm statistics) has every weight copied by layer name

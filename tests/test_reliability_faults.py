@@ -1,4 +1,4 @@
-"""Faults made to happen for real during training (issue 18), each followed by a resume
+"""Faults made to happen for real during training, each followed by a resume
 that must end with the same results.json as an uninterrupted run.
 
 In process (cheap): SIGTERM at a random step (a real signal to this process), a truncated

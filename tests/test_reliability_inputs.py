@@ -1,5 +1,5 @@
 """Refusals that must happen before anything is written, the run-directory lock, safe
-`--overwrite`, 16-bit PNGs with 12-bit data and bad inference inputs (issue 18).
+`--overwrite`, 16-bit PNGs with 12-bit data and bad inference inputs.
 
 Everything here is cheap: no training (the configuration is refused before the data or
 the model is touched); the lock's second holder is a small child process."""

@@ -1,7 +1,7 @@
 """Porting and loading: bad files, overwrite safety, manifests, loading rules, the script.
 
 Every bad-file error must name the file and the first offending tensor and leave nothing
-behind (issue 3, "must show" 3). Files are small hand-made ones (`weights_files.py`).
+behind. Files are small hand-made ones (`weights_files.py`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Parity of ported encoder weights with the reference frameworks (issue 3, "must show" 1).
+"""Parity of ported encoder weights with the reference frameworks.
 
 For every encoder and every user-facing file format: build the reference model with random
 weights and perturbed BatchNorm statistics, save it the way users hold such files, port the

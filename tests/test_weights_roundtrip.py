@@ -1,4 +1,4 @@
-"""Round trip (issue 3, "must show" 2): ported encoder -> full model -> a few training steps
+"""Round trip: ported encoder -> full model -> a few training steps
 -> orbax checkpoint -> reload gives identical outputs.
 
 Written with plain nnx / optax / orbax (the training loop proper lives in `train.py`); the

@@ -1,4 +1,4 @@
-"""The summary of `benchmarks/gpu_run.sh`: issue 17's GPU targets, met or missed, per report.
+"""The summary of `benchmarks/gpu_run.sh`: the GPU performance targets, met or missed.
 
     python -m qatacov_jax.benchmarking.gpu_run slug          # the device's file-name slug
     python -m qatacov_jax.benchmarking.gpu_run summarize OUT_DIR DEV STEPS_TSV [--dry-run]
@@ -103,7 +103,7 @@ def summarize(out_dir: Path, dev: str, steps_tsv: Path, *, dry_run: bool = False
     for name, rc, secs, cmd in steps:
         note = " (time limit)" if int(rc) in TIMED_OUT else ""
         lines.append(f"| {name} | {rc}{note} | {secs} | `{cmd}` |")
-    lines += ["", "## Targets (issue 17)", ""]
+    lines += ["", "## Targets", ""]
     for short, dtype in (("bf16", "bfloat16"), ("fp32", "float32")):
         path = out_dir / f"table8_{dev}_{short}.json"
         if not path.exists():
