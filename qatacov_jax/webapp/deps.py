@@ -36,6 +36,7 @@ class Settings:
     max_upload_mb: float = 32.0
     token: str | None = None
     blind: bool = False  # annotation: hide model names, shuffle candidates per image
+    which: str = "best"  # the checkpoint of each run that was loaded (--which), for labels
 
     @property
     def max_upload_bytes(self) -> int:

@@ -28,6 +28,26 @@ class SeverityScaleInfo(BaseModel):
     names: list[str] = Field(description="one name per grade (len(bounds) + 1)")
 
 
+class ModelInfo(BaseModel):
+    """A served model as its run directory describes it (`modelinfo.describe_run`)."""
+
+    label: str = Field(
+        description="one line for people",
+        examples=[
+            "U-Net++ · DenseNet-121 · fold 0 · best checkpoint, step 1200 · validation Dice 0.781"
+        ],
+    )
+    architecture: str | None
+    encoder: str | None
+    frozen: bool | None
+    fold: int | None
+    target: str | None = Field(description="what it segments: infection or lung")
+    checkpoint: str = Field(description="best or latest (--which)")
+    step: int | None = Field(description="training step of the loaded checkpoint")
+    metric: str | None = Field(description="the validation metric the run was selected on")
+    score: float | None = Field(description="its value at the loaded checkpoint")
+
+
 class ConfigResponse(BaseModel):
     """What the page needs to know: modes, limits and the server's thresholds."""
 
@@ -35,12 +55,19 @@ class ConfigResponse(BaseModel):
     annotate: bool = Field(description="annotation mode is on")
     candidates: list[str] = Field(description="candidate model names; empty when --blind")
     blind: bool
-    threshold: float
+    threshold: float = Field(
+        description="the operating point (--threshold) the decision is made at; the page "
+        "marks it on its slider"
+    )
     lung_threshold: float
     display_floor: float
     max_upload_mb: float
     severity_scale: SeverityScaleInfo
     checkpoint: str = Field(description="run directory of the infection model")
+    models: dict[str, ModelInfo] = Field(
+        description="'infection', 'lung' (with a lung model) and each candidate by name "
+        "(not when --blind)"
+    )
 
 
 class PredictResponse(BaseModel):
@@ -49,6 +76,20 @@ class PredictResponse(BaseModel):
 
     intensity: str = Field(description="how the file's values were mapped to [0, 1]")
     file: str = Field(description="the client's file name (display only)")
+    dicom: dict[str, str] = Field(
+        default_factory=dict,
+        description="patient and study identifiers of a DICOM upload that are present "
+        "(patient_id, patient_name, study_date, accession_number, study_description)",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="why the upload does not look like a chest X-ray (`plausibility`); when "
+        "any, `decision` withholds the COVID-19 decision",
+    )
+    decision: str = Field(
+        description="the decision in words at `threshold`, or why there is none",
+        examples=["COVID-19 detected", "No COVID-19 detected", "not assessed"],
+    )
     status: str = Field(examples=["ok"])
     error: str
     height: int
@@ -63,7 +104,12 @@ class PredictResponse(BaseModel):
     map: str = Field(description=f"the infection map, {PNG_URL}")
     mask: str = Field(description=f"the binary infection mask (0/255), {PNG_URL}")
     lung_mask: str | None = Field(None, description=f"with a lung model only, {PNG_URL}")
-    xray: str = Field(description=f"the X-ray as the browser can show it, {PNG_URL}")
+    xray: str = Field(description=f"the X-ray as the browser can show it (8-bit), {PNG_URL}")
+    xray16: str | None = Field(
+        None,
+        description="only for sources deeper than 8 bits: the X-ray as 16-bit fixed point, "
+        f"encoded as `probability` (for window/level on the page), {PNG_URL}",
+    )
     probability: str = Field(
         description="probabilities as 16-bit fixed point in red (high) + green (low) of an RGB "
         f"PNG, {PNG_URL}"
@@ -73,6 +119,10 @@ class PredictResponse(BaseModel):
     display_floor: float
     checkpoint: str
     lung_checkpoint: str | None
+    model: str = Field(description="the infection model's `ModelInfo.label`")
+    checkpoint_step: int | None = Field(description="training step of its loaded checkpoint")
+    lung_model: str | None = Field(None, description="the lung model's label, with one only")
+    analysed_at: str = Field(description="UTC time of the analysis (ISO 8601)")
 
 
 # ------------------------------------------------------------------ annotation

@@ -3,6 +3,7 @@ prediction of one uploaded X-ray (`POST /api/predict`)."""
 
 from __future__ import annotations
 
+import time
 from importlib import resources
 from typing import Any
 
@@ -16,6 +17,8 @@ from qatacov_jax.inference.severity import DEFAULT_SCALE
 from qatacov_jax.webapp import images
 from qatacov_jax.webapp.deps import ApiError, EngineDep, OptionalStoreDep, Settings, SettingsDep
 from qatacov_jax.webapp.engine import Engine
+from qatacov_jax.webapp.modelinfo import describe_run
+from qatacov_jax.webapp.plausibility import input_warnings
 from qatacov_jax.webapp.schemas import ConfigResponse, ErrorResponse, PredictResponse
 
 STATIC = resources.files("qatacov_jax.webapp") / "static"
@@ -29,11 +32,23 @@ async def index() -> FileResponse:
     return FileResponse(str(STATIC / "index.html"), media_type="text/html")
 
 
+def model_infos(engine: Engine, settings: Settings) -> dict[str, dict[str, Any]]:
+    """`ModelInfo` of the infection model, the lung model (if any) and, unless blind, each
+    candidate by its name."""
+    roles = ["infection", "lung"] + ([] if settings.blind else list(engine.candidate_names))
+    return {
+        r: describe_run(engine.runs[r].absolute(), settings.which)
+        for r in roles
+        if r in engine.runs
+    }
+
+
 @router.get("/config", response_model=ConfigResponse)
 async def config(
     engine: EngineDep, settings: SettingsDep, store: OptionalStoreDep
 ) -> dict[str, Any]:
     return {
+        "models": await run_in_threadpool(model_infos, engine, settings),
         "lung": engine.with_lung,
         "annotate": store is not None,
         "candidates": [] if settings.blind else list(engine.candidate_names),
@@ -85,16 +100,20 @@ def display_name(name: str | None) -> str:
 def analyse(engine: Engine, settings: Settings, data: bytes, name: str) -> dict[str, Any]:
     """Uploaded bytes -> `PredictResponse`'s fields (runs on a worker thread)."""
     try:
-        img, intensity = images.decode_upload(data)
+        upload = images.decode_upload(data)
     except images.UploadError as e:
         raise ApiError(e.status, f"{name}: {e}") from None
+    img = upload.image
     pred = engine.infer.predict(img)
     fields, mask, lung = image_report(
         img, pred, threshold=settings.threshold, lung_threshold=settings.lung_threshold
     )
     prob = pred["infection"]
-    row: dict[str, Any] = {"intensity": intensity, "file": name, "status": "ok", "error": ""}
+    warnings = input_warnings(img, upload.colour_fraction)
+    row: dict[str, Any] = {"intensity": upload.intensity, "file": name, "status": "ok", "error": ""}
+    row.update(dicom=upload.dicom, warnings=warnings)
     row.update(fields)
+    row["decision"] = decision_text(fields["covid19"], warnings)
     png = images.png_bytes
     row["map"] = images.data_url(png(infection_map(img, prob, floor=settings.display_floor)))
     row["mask"] = images.data_url(png(mask))
@@ -103,12 +122,27 @@ def analyse(engine: Engine, settings: Settings, data: bytes, name: str) -> dict[
     # For the page: the X-ray as the browser can show it (DICOM cannot be) and the
     # probabilities to re-threshold with (images.encode_probability).
     row["xray"] = images.data_url(png(images.to_uint8(img)))
+    if images.deeper_than_8_bits(img):
+        row["xray16"] = images.data_url(images.encode_probability(img))
     row["probability"] = images.data_url(images.encode_probability(prob))
+    infos = model_infos(engine, settings)
     row.update(
         threshold=settings.threshold,
         lung_threshold=settings.lung_threshold if lung is not None else None,
         display_floor=settings.display_floor,
         checkpoint=str(engine.runs["infection"]),
         lung_checkpoint=str(engine.runs["lung"]) if lung is not None else None,
+        model=infos["infection"]["label"],
+        checkpoint_step=infos["infection"]["step"],
+        analysed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
+    if lung is not None:
+        row["lung_model"] = infos["lung"]["label"]
     return row
+
+
+def decision_text(covid19: bool, warnings: list[str]) -> str:
+    """The decision in words, withheld when the upload does not look like a chest X-ray."""
+    if warnings:
+        return "not assessed: the upload does not look like a chest X-ray"
+    return "COVID-19 detected" if covid19 else "No COVID-19 detected"
