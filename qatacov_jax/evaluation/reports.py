@@ -51,24 +51,55 @@ def markdown_tables(
     per_fold: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]] = (),
 ) -> str:
     """Tables shaped like the paper's: 1 (test samples), 2 (pixel-level), 3 (detection with
-    95% CI), 4 (detection confusion matrix); plus per-fold rows for CV runs."""
-    det, pix = summary["detection"], summary["pixel"]
-    lines = [
+    95% CI), 4 (detection confusion matrix); plus per-fold rows for CV runs.
+
+    `summary` and each fold's are `MetricAccumulator.summary()` dicts; `info` names the model
+    (`model`, `encoder`, `frozen`, `split`); `per_fold` pairs each fold's summary and info.
+    """
+    lines = _preamble(summary, info)
+    lines += _samples_table(summary, per_fold)
+    lines += _pixel_table(summary["pixel"], info)
+    lines += _per_image_table(summary["pixel"], info)
+    lines += _detection_table(summary["detection"], info)
+    lines += _confusion_table(summary["detection"], cumulative=bool(per_fold))
+    lines += _per_fold_table(per_fold)
+    return "\n".join(lines) + "\n"
+
+
+# Detection metrics, in the paper's column order (Table 3 and the per-fold table).
+_DETECTION_NAMES = ["sensitivity", "specificity", "precision", "f1", "f2", "accuracy"]
+
+
+def _ci(metric: Mapping[str, Any]) -> str:
+    """The text after a metric's value: its 95% CI half-width (a fraction), or nothing."""
+    return "" if not math.isfinite(metric["ci95"]) else f" ± {metric['ci95']:.4f}"
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _preamble(summary: Mapping[str, Any], info: Mapping[str, Any]) -> list[str]:
+    """The title and what the numbers mean (threshold, AUC bins, CIs, pooled vs per image)."""
+    return [
         f"# Evaluation: {info.get('model')} {info.get('encoder')} ({info.get('split')} split)",
         "",
-    ]
-    lines += [
         f"Threshold {summary['threshold']}; AUC from {summary['num_bins']} probability bins "
         f"({summary.get('auc_bins', 'uniform')}). 95% CI r = 1.96 sqrt(m(1-m)/N), N = "
         "positives (sensitivity), negatives (specificity), all samples (others). Pooled "
         "IoU/DSC: one ratio of the pixel counts summed over all images (paper 1); per-image "
         "IoU/DSC: the mean of each image's (paper 2), CI with N = images.",
         "",
-        "## Table 1: test samples",
-        "",
     ]
+
+
+def _samples_table(
+    summary: Mapping[str, Any], per_fold: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]
+) -> list[str]:
+    """Table 1: COVID-19, control and total samples per fold and in all."""
     folds = [(f"fold {i.get('fold')}", s) for s, i in per_fold]
     cols = [*(name for name, _ in folds), "total"]
+    lines = ["## Table 1: test samples", ""]
     lines += ["| Data | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     all_rows = [*(s for _, s in folds), summary]
     for label, key in (("COVID-19", "pos"), ("Control", "neg"), ("Total", "all")):
@@ -79,57 +110,62 @@ def markdown_tables(
             n["all"] = n["pos"] + n["neg"]
             cells.append(f"{n[key]:,}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
+
+def _pixel_table(pix: Mapping[str, Any], info: Mapping[str, Any]) -> list[str]:
+    """Table 2: pixel-level metrics (%), and the pixel AUC's binning error."""
     # The paper's column order: the confusion metrics with AUC before IoU and DSC.
     at = METRIC_NAMES.index("iou")
     seg_names = [*METRIC_NAMES[:at], "auc", *METRIC_NAMES[at:]]
     head = "| Model | Encoder | Frozen | " + " | ".join(_LABELS[n] for n in seg_names) + " |"
     sep = "|---" * (3 + len(seg_names)) + "|"
-    lines += ["", "## Table 2: infected region segmentation (pixel level, %)", "", head, sep]
-    lines.append(
-        "| "
-        + " | ".join(_model_cells(info) + [_pct(pix["metrics"][n]["value"]) for n in seg_names])
-        + " |"
-    )
+    lines = ["", "## Table 2: infected region segmentation (pixel level, %)", "", head, sep]
+    lines.append(_row(_model_cells(info) + [_pct(pix["metrics"][n]["value"]) for n in seg_names]))
     auc = pix["metrics"]["auc"]
     if math.isfinite(auc["value"]):
         lines += [
             "",
             f"Pixel AUC bin error: at most {100 * auc['bin_error']:.4f} percentage points.",
         ]
-    if "iou_per_image" in pix["metrics"]:
-        iou, dsc = pix["metrics"]["iou_per_image"], pix["metrics"]["dsc_per_image"]
-        ci = lambda m: "" if not math.isfinite(m["ci95"]) else f" ± {m['ci95']:.4f}"  # noqa: E731
-        lines += [
-            "",
-            "## Paper-2 style: infection segmentation, per-image IoU and DSC (%, ± 95% CI)",
-            "",
-            f"N = {iou['n']:,} images ({iou['empty_images']:,} with neither ground-truth nor "
-            "predicted pixels, which count 100%).",
-            "",
-            "| Model | Encoder | Frozen | IoU (per image) | DSC (per image) |",
-            "|---|---|---|---|---|",
-            "| "
-            + " | ".join(
-                _model_cells(info) + [_pct(iou["value"]) + ci(iou), _pct(dsc["value"]) + ci(dsc)]
-            )
-            + " |",
-        ]
+    return lines
 
-    det_names = ["sensitivity", "specificity", "precision", "f1", "f2", "accuracy"]
-    lines += ["", "## Table 3: COVID-19 detection (%, ± 95% CI as a fraction)", ""]
-    lines += ["| Model | Encoder | Frozen | " + " | ".join(_LABELS[n] for n in det_names) + " |"]
-    lines += ["|---" * (3 + len(det_names)) + "|"]
-    cells = []
-    for n in det_names:
-        v = det["metrics"][n]
-        ci = "" if not math.isfinite(v["ci95"]) else f" ± {v['ci95']:.4f}"
-        cells.append(_pct(v["value"]) + ci)
-    lines.append("| " + " | ".join(_model_cells(info) + cells) + " |")
 
-    c = det["confusion"]
-    title = "cumulative " if per_fold else ""
+def _per_image_table(pix: Mapping[str, Any], info: Mapping[str, Any]) -> list[str]:
+    """Paper 2's per-image IoU and DSC with CIs; none for summaries without them."""
+    if "iou_per_image" not in pix["metrics"]:
+        return []
+    iou, dsc = pix["metrics"]["iou_per_image"], pix["metrics"]["dsc_per_image"]
+    return [
+        "",
+        "## Paper-2 style: infection segmentation, per-image IoU and DSC (%, ± 95% CI)",
+        "",
+        f"N = {iou['n']:,} images ({iou['empty_images']:,} with neither ground-truth nor "
+        "predicted pixels, which count 100%).",
+        "",
+        "| Model | Encoder | Frozen | IoU (per image) | DSC (per image) |",
+        "|---|---|---|---|---|",
+        _row(_model_cells(info) + [_pct(iou["value"]) + _ci(iou), _pct(dsc["value"]) + _ci(dsc)]),
+    ]
+
+
+def _detection_table(det: Mapping[str, Any], info: Mapping[str, Any]) -> list[str]:
+    """Table 3: COVID-19 detection metrics (%) with their 95% CIs."""
+    lines = ["", "## Table 3: COVID-19 detection (%, ± 95% CI as a fraction)", ""]
     lines += [
+        "| Model | Encoder | Frozen | " + " | ".join(_LABELS[n] for n in _DETECTION_NAMES) + " |"
+    ]
+    lines += ["|---" * (3 + len(_DETECTION_NAMES)) + "|"]
+    cells = [_pct(det["metrics"][n]["value"]) + _ci(det["metrics"][n]) for n in _DETECTION_NAMES]
+    lines.append(_row(_model_cells(info) + cells))
+    return lines
+
+
+def _confusion_table(det: Mapping[str, Any], *, cumulative: bool) -> list[str]:
+    """Table 4: the detection confusion matrix (summed over folds when `cumulative`)."""
+    c = det["confusion"]
+    title = "cumulative " if cumulative else ""
+    return [
         "",
         f"## Table 4: {title}confusion matrix of COVID-19 detection",
         "",
@@ -138,16 +174,21 @@ def markdown_tables(
         f"| Control | {c['tn']:,} | {c['fp']:,} |",
         f"| COVID-19 | {c['fn']:,} | {c['tp']:,} |",
     ]
-    if per_fold:
-        lines += ["", "## Per fold (%)", ""]
-        names = ["sensitivity", "specificity", "precision", "f1", "f2", "accuracy"]
-        lines += ["| Fold | Level | " + " | ".join(_LABELS[n] for n in names) + " |"]
-        lines += ["|---" * (2 + len(names)) + "|"]
-        for s, i in per_fold:
-            for level in ("pixel", "detection"):
-                vals = [_pct(s[level]["metrics"][n]["value"]) for n in names]
-                lines.append(f"| {i.get('fold')} | {level} | " + " | ".join(vals) + " |")
-    return "\n".join(lines) + "\n"
+
+
+def _per_fold_table(per_fold: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> list[str]:
+    """Each fold's pixel and detection metrics (%); none outside cross-validation."""
+    if not per_fold:
+        return []
+    names = _DETECTION_NAMES
+    lines = ["", "## Per fold (%)", ""]
+    lines += ["| Fold | Level | " + " | ".join(_LABELS[n] for n in names) + " |"]
+    lines += ["|---" * (2 + len(names)) + "|"]
+    for s, i in per_fold:
+        for level in ("pixel", "detection"):
+            vals = [_pct(s[level]["metrics"][n]["value"]) for n in names]
+            lines.append(f"| {i.get('fold')} | {level} | " + " | ".join(vals) + " |")
+    return lines
 
 
 def check_outputs_free(out_dir: Path, overwrite: bool, *, cv_folds: Sequence[str] = ()) -> None:
