@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from qatacov_jax.runtime.files import from_json_ready, json_ready
+from qatacov_jax.runtime.sharding import replicate
 from qatacov_jax.runtime.storage import is_full, storage_errno
 
 CHECKPOINT_DIR = "checkpoints"
@@ -160,6 +161,15 @@ class CheckpointStore:
             ),
             metrics=metrics,
         )
+
+    def restore_best(self, like: nnx.State, mesh: jax.sharding.Mesh) -> nnx.State:
+        """`best/` as a model state of `like`'s structure, replicated over `mesh`."""
+        pure = restore_model(self.best_dir, BEST, jax.device_get(like.to_pure_dict()))
+        # Host arrays, replicated below exactly as the initial state is (multi-process too).
+        pure = jax.device_get(pure)
+        restored = jax.tree.map(lambda x: x, like)
+        nnx.replace_by_pure_dict(restored, pure)
+        return replicate(restored, mesh)
 
     def wait(self) -> None:
         self.latest.wait_until_finished()

@@ -151,6 +151,12 @@ def flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return _flatten(config_to_dict(config))
 
 
+def hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`flat_config` with every value a TensorBoard hparam can hold (others as strings)."""
+    flat = flat_config(config)
+    return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in flat.items()}
+
+
 def _resumable(key: str) -> bool:
     return any(key == f or key.startswith(f + ".") for f in RESUMABLE_FIELDS)
 

@@ -20,12 +20,14 @@ predictions).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
@@ -40,7 +42,8 @@ from qatacov_jax.metrics import (
 )
 from qatacov_jax.models import TRAINABLE, foreground_probability
 from qatacov_jax.runtime import sharding
-from qatacov_jax.training.losses import Loss
+from qatacov_jax.training import optim
+from qatacov_jax.training.losses import Loss, make_loss
 
 
 def _train_step(
@@ -265,3 +268,43 @@ def validate(
         metrics = {k: v for k, v in metrics.items() if not k.startswith("pixel_")}
     flat.update(metrics)
     return flat, acc
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSteps:
+    """The jitted steps of a run's model on its mesh (`compile_steps`), and their loss."""
+
+    loss: Loss
+    train_step: Callable[..., Any]
+    eval_step: Callable[..., Any]
+    stats_step: Callable[..., Any] | None  # precise BatchNorm (None: off)
+    recal_batches: int  # batches averaged by precise BatchNorm
+
+
+def compile_steps(
+    config: ml_collections.ConfigDict, mesh: Mesh, model: nnx.Module
+) -> tuple[RunSteps, dict[str, nnx.State]]:
+    """The jitted steps of `model` for a run of `config` over `mesh`, and the replicated
+    train state {"model": model state, "opt": optimizer state} they start from.
+
+    The train step uses `model`'s train-mode graph, the evaluation step its eval-mode graph;
+    `model` is left in eval mode.
+    """
+    model.train()
+    opt = optim.make_optimizer(model, config.optim)
+    model_def, model_state = nnx.split(model)
+    opt_def, opt_state = nnx.split(opt)
+    recal_batches = int(config.get("bn_recalibration_batches") or 0)
+    stats_step = (
+        make_batch_stats_step(zero_momentum_graphdef(model), mesh) if recal_batches else None
+    )
+    model.eval()
+    loss = make_loss(config)  # segmentation (masks) or classification (image labels)
+    steps = RunSteps(
+        loss=loss,
+        train_step=make_train_step(model_def, opt_def, loss, mesh),
+        eval_step=make_eval_step(nnx.graphdef(model), loss, mesh),
+        stats_step=stats_step,
+        recal_batches=recal_batches,
+    )
+    return steps, sharding.replicate({"model": model_state, "opt": opt_state}, mesh)
