@@ -1,11 +1,13 @@
-"""`scripts/serve.py --checkpoint RUN [--annotate IMAGES --annotations OUT]`: the web app
-(`qatacov_jax.webapp`) on uvicorn."""
+"""`scripts/serve.py --checkpoint RUN [--annotate IMAGES --annotations OUT]` or
+`scripts/serve.py --review CANDIDATES --annotations OUT`: the web app (`qatacov_jax.webapp`)
+on uvicorn."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from absl import flags
 
@@ -24,18 +26,28 @@ log = logging.getLogger(__name__)
 
 PROG = "scripts/serve.py"
 DOC = """The web app: upload a chest X-ray, see its infection map, COVID-19 decision and
-severity; with --annotate, review candidate masks and save accepted ones as a dataset.
+severity; or review candidate masks and save accepted ones as a dataset
+(docs/annotation.md).
 
     python scripts/serve.py --checkpoint RUN [--lung-checkpoint LUNG_RUN] [--port 8000]
+    python scripts/serve.py --review WORKDIR/candidates --annotations OUT_DIR \\
+        [--reference MASKS_DIR] [--blind] [--votes 2] [--order disagreement]
     python scripts/serve.py --checkpoint RUN --annotate XRAYS_DIR --annotations OUT_DIR \\
         [--candidates RUN_A --candidates RUN_B]
 
-Then open http://127.0.0.1:8000/ (with --token T: http://HOST:PORT/?token=T)."""
+--review loads no model (the candidates are the masks scripts/annotation_stage.py wrote)
+and starts in seconds. Then open http://127.0.0.1:8000/ (with --token T:
+http://HOST:PORT/?token=T)."""
+
+ORDERS = ("name", "random", "disagreement", "entropy")
 
 
 def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_string(
-        "checkpoint", None, "run directory of the infection model", flag_values=fv, required=True
+        "checkpoint",
+        None,
+        "run directory of the infection model (not with --review)",
+        flag_values=fv,
     )
     flags.DEFINE_string(
         "lung-checkpoint", None, "run directory of a lung model: adds severity", flag_values=fv
@@ -47,16 +59,45 @@ def _define(fv: flags.FlagValues) -> None:
         "several; default: --checkpoint)",
         flag_values=fv,
     )
-    flags.DEFINE_string("annotate", None, "folder of X-rays to annotate", flag_values=fv)
+    flags.DEFINE_string("annotate", None, "folder of X-rays to annotate live", flag_values=fv)
     flags.DEFINE_string(
-        "annotations", None, "folder for accepted masks (QaTa-COV19 layout)", flag_values=fv
+        "review",
+        None,
+        "candidate store to review (WORKDIR/candidates of scripts/annotation_stage.py); no "
+        "model is loaded",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "annotations",
+        None,
+        "folder for decisions and accepted masks (dataset layout)",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "reference",
+        None,
+        "folder of the doctors' own masks (annotation folder layout): each image's mask is "
+        "offered as the candidate 'manual'",
+        flag_values=fv,
     )
     flags.DEFINE_boolean(
         "blind",
         False,
-        "annotation: show candidates as 'candidate A, B..' in a per-image random order",
+        "annotation: show candidates as 'candidate A, B..' in a per-image random order, "
+        "with no name anywhere (the reference included)",
         flag_values=fv,
     )
+    flags.DEFINE_integer("votes", 1, "annotators who must decide an image", flag_values=fv)
+    flags.DEFINE_enum(
+        "order",
+        "name",
+        list(ORDERS),
+        "order images are offered in: disagreement (1 - mean pairwise Dice of the "
+        "candidates) or entropy (of the probability maps) most informative first, random, "
+        "name; disagreement and entropy need --review",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer("seed", 0, "seed of --order random", flag_values=fv)
     flags.DEFINE_string("host", "127.0.0.1", "address to bind", flag_values=fv)
     flags.DEFINE_integer("port", 8000, "port to listen on", flag_values=fv)
     flags.DEFINE_float("max-upload-mb", 32.0, "largest accepted upload (MB)", flag_values=fv)
@@ -73,26 +114,63 @@ def _define(fv: flags.FlagValues) -> None:
     define_which_flag(fv)
 
 
+def _check(v: Callable[[str], Any], rest: list[str]) -> None:
+    """Refuses contradictory or out-of-range flags (UsageError)."""
+    if rest:
+        raise UsageError(f"unexpected arguments {rest}; every option is a --flag")
+    if v("review") is not None:
+        clash = [f for f in ("checkpoint", "lung-checkpoint", "annotate") if v(f) is not None]
+        if clash or v("candidates"):
+            raise UsageError(
+                f"--review loads no model: drop {', '.join('--' + f for f in clash or ['candidates'])}"
+            )
+        if v("annotations") is None:
+            raise UsageError("--review CANDIDATES needs --annotations OUT_DIR")
+    else:
+        if v("checkpoint") is None:
+            raise UsageError("--checkpoint RUN is required (or --review CANDIDATES)")
+        if (v("annotate") is None) != (v("annotations") is None):
+            raise UsageError("--annotate IMAGES_DIR and --annotations OUT_DIR go together")
+        if v("candidates") and v("annotate") is None:
+            raise UsageError("--candidates only applies to annotation mode; add --annotate")
+        if v("order") in ("disagreement", "entropy"):
+            raise UsageError(f"--order {v('order')} needs a candidate store (--review)")
+    annotating = v("annotations") is not None
+    for flag, default in (("reference", None), ("votes", 1), ("order", "name"), ("blind", False)):
+        if not annotating and v(flag) != default:
+            raise UsageError(f"--{flag} only applies to annotation (--review or --annotate)")
+    if v("votes") < 1:
+        raise UsageError(f"--votes must be at least 1, got {v('votes')}")
+    if v("max-upload-mb") <= 0:
+        raise UsageError(f"--max-upload-mb must be positive, got {v('max-upload-mb')}")
+    if not 0 < v("port") < 65536:
+        raise UsageError(f"--port must be in 1..65535, got {v('port')}")
+    positive("batch-size", v("batch-size"))
+
+
+def _source(v: Callable[[str], Any], threshold: float) -> Any:
+    """The annotation candidates' source (checked before any model loads or any folder is
+    written: a wrong path is refused in seconds), or None on a demo-only server."""
+    from qatacov_jax.webapp.annotation import LiveCandidates, StoredCandidates
+    from qatacov_jax.webapp.engine import candidate_names
+
+    if v("review") is not None:
+        return StoredCandidates(v("review"))
+    if v("annotate") is not None:
+        names = candidate_names(v("candidates") or [v("checkpoint")])
+        return LiveCandidates(v("annotate"), names, threshold)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; serves until interrupted (exit 0), or exit 2 for bad flags/runs."""
 
     def body() -> int:
         fv, rest = parse_command(_define, argv, PROG, DOC)
         v = lambda name: fv[name].value  # noqa: E731 - dashed flag names need item access
-        if rest:
-            raise UsageError(f"unexpected arguments {rest}; every option is a --flag")
-        if (v("annotate") is None) != (v("annotations") is None):
-            raise UsageError("--annotate IMAGES_DIR and --annotations OUT_DIR go together")
-        if v("candidates") and v("annotate") is None:
-            raise UsageError("--candidates only applies to annotation mode; add --annotate")
-        if v("max-upload-mb") <= 0:
-            raise UsageError(f"--max-upload-mb must be positive, got {v('max-upload-mb')}")
-        if not 0 < v("port") < 65536:
-            raise UsageError(f"--port must be in 1..65535, got {v('port')}")
-        positive("batch-size", v("batch-size"))
+        _check(v, rest)
         import uvicorn
 
-        from qatacov_jax.webapp.annotation import AnnotationStore
         from qatacov_jax.webapp.app import Settings, check_host, create_app
         from qatacov_jax.webapp.engine import load_engine
 
@@ -108,33 +186,47 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_upload_mb=v("max-upload-mb"),
             token=v("token"),
             blind=v("blind"),
+            which=v("which"),
         )
-        # The store first: a wrong folder is refused before minutes of model loading.
+        from qatacov_jax.webapp.annotation import AnnotationSession
+
+        source = _source(v, threshold)
         # One server writes an annotations folder (runtime.locking): annotators share the
         # server, and a second server on the same folder is refused naming the first.
         stack = contextlib.ExitStack()
-        store = None
-        if v("annotate") is not None:
-            stack.enter_context(run_dir_lock(v("annotations"), purpose="annotation server"))
-            store = AnnotationStore(v("annotate"), v("annotations"))
-        engine = load_engine(
-            v("checkpoint"),
-            lung_checkpoint=v("lung-checkpoint"),
-            candidates=v("candidates"),
-            annotate=store is not None,
-            batch_size=v("batch-size"),
-            wait_ms=v("batch-wait-ms"),
-            which=v("which"),
-        )
-        app = create_app(engine, settings, store)
-        where = f"http://{v('host')}:{v('port')}/" + (f"?token={v('token')}" if v("token") else "")
-        log.info("serving on %s", where)
+        engine, session = None, None
         try:
+            if source is not None:
+                stack.enter_context(run_dir_lock(v("annotations"), purpose="annotation server"))
+                session = AnnotationSession(
+                    source,
+                    v("annotations"),
+                    votes=v("votes"),
+                    order=v("order"),
+                    seed=v("seed"),
+                    reference=v("reference"),
+                )
+            if v("review") is None:
+                engine = load_engine(
+                    v("checkpoint"),
+                    lung_checkpoint=v("lung-checkpoint"),
+                    candidates=v("candidates"),
+                    annotate=session is not None,
+                    batch_size=v("batch-size"),
+                    wait_ms=v("batch-wait-ms"),
+                    which=v("which"),
+                )
+                if session is not None:
+                    session.source.predict = engine.candidates.predict
+            app = create_app(engine, settings, session)
+            where = f"http://{v('host')}:{v('port')}/"
+            log.info("serving on %s", where + (f"?token={v('token')}" if v("token") else ""))
             uvicorn.run(app, host=v("host"), port=v("port"), log_level="info")
         except KeyboardInterrupt:
             pass  # uvicorn re-raises Ctrl-C after its graceful shutdown: a normal stop
         finally:
-            engine.close()
+            if engine is not None:
+                engine.close()
             stack.close()
         return 0
 

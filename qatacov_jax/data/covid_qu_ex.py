@@ -12,7 +12,8 @@ A mask has its image's file name. (A single, un-doubled top folder is accepted t
 Configs: `infection` (features image, mask = infection, lung_mask, label, filename; a
 class without an `infection masks` folder gets all-zero infection masks, as non-COVID
 images have no infection) and `lung` (image, lung_mask, label, filename). Splits: `train`,
-`validation`, `test` (the dataset's Train/Val/Test). Labels: `covid19`, `non_covid`, `normal`.
+`validation`, `test` (the dataset's Train/Val/Test; Val and Test may be absent, as in a
+folder of accepted masks). Labels: `covid19`, `non_covid`, `normal`.
 """
 
 from __future__ import annotations
@@ -73,9 +74,13 @@ class CovidQuEx(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         root = _find_root(Path(dl_manager.manual_dir), ROOTS[self.builder_config.task])
+        # A folder of accepted masks (docs/annotation.md) has Train only: a Val or Test
+        # folder that is absent or holds no image is left out (TFDS cannot write an empty
+        # split); K-fold and train-on-all runs read the train split alone.
         return {
             split: self._generate_examples(root / folder, split)
             for split, folder in SPLIT_FOLDERS.items()
+            if split == "train" or _has_images(root / folder)
         }
 
     def _generate_examples(self, split_dir: Path, split: str):
@@ -109,6 +114,10 @@ class CovidQuEx(tfds.core.GeneratorBasedBuilder):
                     key = f"{split}/{class_folder}/{image.name}"
                     yield key, {**ex, "label": label, "filename": f"{class_folder}/{image.name}"}
         bad.report()
+
+
+def _has_images(split_dir: Path) -> bool:
+    return any(p.is_file() for p in split_dir.glob("*/images/*"))
 
 
 def _find_root(manual: Path, name: str) -> Path:

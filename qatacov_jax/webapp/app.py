@@ -5,10 +5,13 @@ Routes (every `/api/` route checks the token when the server has one):
     GET  /                       the page (static/index.html; every asset served from here)
     GET  /api/config             what the page needs to know (modes, limits, thresholds)
     POST /api/predict            multipart `file` -> infer.py's report fields + PNGs
-    GET  /api/annotate           progress: total, done, pending, next key
-    GET  /api/annotate/{key}     X-ray, candidate masks, consensus, disagreement, revision
-    POST /api/annotate/{key}     save: {mask | no_infection, source, revision, seconds,
-                                 annotator} -> provenance record; 409 on a conflict
+    GET  /api/annotate           the session: progress, settings, next image, job list
+    GET  /api/annotate/{key}     X-ray, candidates, votes and decisions so far
+    POST /api/annotate/{key}     a decision {annotator, outcome, candidate, mask, ...};
+                                 409 on a conflict (docs/annotation.md#the-web-api)
+
+A review server (`--review`, `engine` None) loads no model: its `/api/config` comes from
+`routes.annotation.review_router` and `/api/predict` answers 404.
     GET  /openapi.json           every route's request and response schema (`schemas`)
 
 `routes.demo` and `routes.annotation` hold the routes, `schemas` their JSON bodies and
@@ -27,7 +30,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.base import RequestResponseEndpoint
 
-from qatacov_jax.webapp.annotation import CONSENSUS, AnnotationStore
+from qatacov_jax.webapp.annotation import CONSENSUS, AnnotationSession
 from qatacov_jax.webapp.deps import TOKEN_ERROR, ApiError, Settings, require_token, token_accepted
 from qatacov_jax.webapp.engine import Engine
 from qatacov_jax.webapp.routes import annotation, demo
@@ -39,20 +42,24 @@ API_RESPONSES = {401: {"model": ErrorResponse, "description": "missing or wrong 
 
 
 def create_app(
-    engine: Engine, settings: Settings = Settings(), store: AnnotationStore | None = None
+    engine: Engine | None,
+    settings: Settings = Settings(),
+    store: AnnotationSession | None = None,
 ) -> FastAPI:
     """The web app over loaded models (`engine.load_engine`) and, for annotation mode, a
-    store (`annotation.AnnotationStore`)."""
+    session (`annotation.AnnotationSession`); `engine` None for a review server."""
+    if engine is None and store is None:
+        raise ValueError("a server needs models (engine) or an annotation session (store)")
     # No /docs or /redoc: their pages load scripts from a CDN; the schema is local.
     app = FastAPI(title="qatacov-jax", docs_url=None, redoc_url=None)
     app.state.engine, app.state.settings, app.state.store = engine, settings, store
-    app.state.candidates = annotation.CandidateCache()
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.middleware("http")(guard_uploads)
     app.include_router(demo.page)
+    api = demo.router if engine is not None else annotation.review_router
     for router, prefix, tag in (
-        (demo.router, "/api", "demo"),
+        (api, "/api", "demo"),
         (annotation.router, "/api/annotate", "annotation"),
     ):
         app.include_router(

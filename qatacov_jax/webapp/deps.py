@@ -17,12 +17,13 @@ from fastapi import Depends, Request
 from starlette.datastructures import Headers
 
 from qatacov_jax.inference.infection_map import DEFAULT_DISPLAY_FLOOR
-from qatacov_jax.webapp.annotation import AnnotationStore
+from qatacov_jax.webapp.annotation import AnnotationSession
 from qatacov_jax.webapp.engine import Engine
 
 TOKEN_ERROR = "missing or wrong token: open the page as /?token=<--token>"
 ANNOTATION_OFF = (
-    "annotation mode is off: start the server with --annotate IMAGES_DIR --annotations OUT_DIR"
+    "annotation mode is off: start the server with --review CANDIDATES --annotations OUT_DIR "
+    "or --annotate IMAGES_DIR --annotations OUT_DIR"
 )
 
 
@@ -60,23 +61,23 @@ async def get_engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
-async def get_optional_store(request: Request) -> AnnotationStore | None:
-    """The annotation store, or None on a demo-only server."""
+async def get_optional_store(request: Request) -> AnnotationSession | None:
+    """The annotation session, or None on a demo-only server."""
     return request.app.state.store
 
 
-async def get_store(request: Request) -> AnnotationStore:
-    """The annotation store; 404 on a demo-only server."""
-    store, engine = request.app.state.store, request.app.state.engine
-    if store is None or engine.candidates is None:
+async def get_store(request: Request) -> AnnotationSession:
+    """The annotation session; 404 on a demo-only server."""
+    store = request.app.state.store
+    if store is None:
         raise ApiError(404, ANNOTATION_OFF)
     return store
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
-StoreDep = Annotated[AnnotationStore, Depends(get_store)]
-OptionalStoreDep = Annotated[AnnotationStore | None, Depends(get_optional_store)]
+StoreDep = Annotated[AnnotationSession, Depends(get_store)]
+OptionalStoreDep = Annotated[AnnotationSession | None, Depends(get_optional_store)]
 
 
 def token_accepted(settings: Settings, headers: Headers) -> bool:

@@ -126,78 +126,152 @@ class PredictResponse(BaseModel):
 
 
 # ------------------------------------------------------------------ annotation
+# docs/annotation.md#the-web-api describes these bodies with examples.
+
+OUTCOME_HELP = (
+    "pick | correct | draw | no_infection | exclude | skip (infection); accept | reject | "
+    "unsure | exclude | pick | correct | draw | skip (lung)"
+)
 
 
 class Progress(BaseModel):
     total: int
-    done: int
-    pending: int
-    next: str | None = Field(description="the first image without an accepted mask")
+    done: int = Field(description="accepted or excluded images")
+    pending: int = Field(description="open images (fewer votes than --votes)")
+    adjudication: int = Field(0, description="images whose votes disagree, or unsure")
+    excluded: int = 0
+    next: str | None = Field(
+        description="the first open image the asking annotator has neither decided nor "
+        "skipped, then the ones they skipped; null when none is left"
+    )
 
 
-class ProvenanceRecord(BaseModel):
-    """One line of annotations.jsonl. Lines written by older versions may lack fields;
-    fields this model does not name are passed through."""
+class SessionSettings(BaseModel):
+    mode: str = Field(examples=["review", "live"])
+    stage: str | None = Field(description="I or II (review), null for live annotation")
+    target: str = Field(examples=["infection", "lung"])
+    outcomes: list[str] = Field(description="the outcomes a decision may have here")
+    votes: int = Field(description="final votes an image needs (--votes)")
+    order: str = Field(examples=["disagreement", "entropy", "random", "name"])
+    blind: bool
+    reference: bool = Field(description="a reference (manual) mask is among the candidates")
+
+
+class ItemSummary(BaseModel):
+    key: str
+    image: str
+    state: str = Field(examples=["open", "accepted", "excluded", "adjudication"])
+    votes_cast: int
+    mine: str | None = Field(description="the asking annotator's latest outcome")
+
+
+class Session(Progress):
+    """`GET /api/annotate`: progress, the session's settings and (items=true) the job list."""
+
+    settings: SessionSettings
+    items: list[ItemSummary] | None = None
+
+
+class DecisionRecord(BaseModel):
+    """One line of annotations.jsonl as the API shows it (blind: the shown candidate name,
+    no model name, run or path). Lines of older versions may lack fields."""
 
     model_config = ConfigDict(extra="allow")
 
     key: str
     image: str | None = None
-    source: str | None = None
+    stage: str | None = None
     revision: int | None = None
-    decision: str | None = Field(None, examples=["mask", "no_infection"])
-    chosen: str | None = Field(None, description="the model whose mask was chosen, or manual")
-    dice_chosen_vs_final: float | None = None
+    outcome: str | None = Field(None, description=OUTCOME_HELP)
+    candidate: str | None = Field(None, description="the candidate as shown, or manual")
+    annotator: str | None = None
+    adjudicate: bool | None = None
+    dice_candidate_vs_final: float | None = None
     mask_area_percent: float | None = None
     seconds: float | None = None
-    annotator: str | None = None
+    note: str | None = None
     saved_at: str | None = None
-    files: list[str] | None = None
-    replaced: list[str] | None = None
+
+
+class ImageStatus(BaseModel):
+    state: str = Field(examples=["open", "accepted", "excluded", "adjudication"])
+    outcome: str | None = Field(description="the settled outcome (accepted / excluded)")
+    votes_needed: int
+    votes_cast: int
+    tally: dict[str, int] | None = Field(
+        description="choice (a shown candidate, draw (annotator), no_infection, exclude, "
+        "unsure) -> votes; once the image is no longer open, or always with --votes 1"
+    )
+    reason: str | None = Field(description="adjudication: tie, no majority or unsure")
 
 
 class Candidate(BaseModel):
-    name: str = Field(description="the model's name, 'candidate A'.. when blind, or consensus")
+    name: str = Field(description="the model's name, manual, consensus; 'candidate A'.. blind")
     mask: str = Field(description=f"the mask (0/255), {PNG_URL}")
     overlay: str = Field(description=f"the mask tinted over the X-ray, {PNG_URL}")
     area_percent: float
     dice_with_models: float | None = Field(
-        description="mean Dice with the other models; null with a single model"
+        None, description="mean Dice with the models; null with a single model or blind"
+    )
+    probability: str | None = Field(
+        None, description=f"the model's probabilities (16-bit in red + green), {PNG_URL}"
     )
 
 
 class AnnotationItem(BaseModel):
-    """An X-ray to annotate, its candidate masks and what was saved for it so far."""
+    """An X-ray to decide, its candidates, its votes and what was decided so far."""
 
     key: str
-    image: str = Field(description="the source file, relative to the --annotate folder")
+    image: str = Field(description="the source file name (display only)")
     height: int
     width: int
     xray: str
-    candidates: list[Candidate] = Field(description="models first, then the consensus")
-    disagreement: str = Field(description=f"where the models disagree, {PNG_URL}")
-    disagreement_percent: float
-    revision: int = Field(description="saves so far; a save names the revision it started from")
-    mask: str | None = Field(description="the accepted mask, or null before the first save")
-    last: ProvenanceRecord | None
+    stage: str | None
+    target: str
+    candidates: list[Candidate]
+    disagreement: str | None = Field(description=f"where the models disagree, {PNG_URL}")
+    disagreement_percent: float | None
+    revision: int = Field(description="final decisions so far; send it back with a decision")
+    status: ImageStatus
+    mask: str | None = Field(description="the accepted mask, or null")
+    mine: DecisionRecord | None = Field(description="the asking annotator's latest decision")
+    history: list[DecisionRecord] = Field(description="the decisions the asker may see")
+    last: DecisionRecord | None
     progress: Progress
 
 
-class SaveRequest(BaseModel):
-    """An accepted mask: `mask`, or `no_infection: true` to file the X-ray as a control."""
+class DecisionRequest(BaseModel):
+    """A decision on one image (docs/annotation.md#post-apiannotatekey-a-decision)."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    revision: int = Field(description="the revision the image was loaded at")
-    source: str | None = Field(
-        None, description="the candidate the mask started from (as shown), or manual"
-    )
-    no_infection: bool = False
+    annotator: str = Field(description="who decides: their latest decision is their vote")
+    outcome: str | None = Field(None, description=OUTCOME_HELP)
+    candidate: str | None = Field(None, description="the candidate's name as shown")
     mask: str | None = Field(None, description=f"the final mask, {PNG_URL}")
+    revision: int | None = Field(None, description="the image's revision when loaded")
     seconds: float | None = Field(None, description="time spent on the image")
-    annotator: str | None = Field(None, description="who saved (first 100 characters kept)")
+    note: str | None = Field(None, max_length=1000)
+    adjudicate: bool = Field(False, description="settle the image whatever the votes")
+    source: str | None = Field(None, description="legacy name of `candidate`")
+    no_infection: bool = Field(False, description="legacy: outcome no_infection")
 
 
-class SaveResponse(BaseModel):
-    saved: ProvenanceRecord
+class DecisionResponse(BaseModel):
+    saved: DecisionRecord
+    status: ImageStatus
     progress: Progress
+    next: str | None = Field(description="the next image for this annotator")
+
+
+class ReviewConfig(BaseModel):
+    """`GET /api/config` of a review server (no model loaded; `/api/predict` is a 404)."""
+
+    lung: bool = False
+    annotate: bool = True
+    review: bool = True
+    candidates: list[str] = Field(description="candidate model names; empty when --blind")
+    blind: bool
+    threshold: float
+    max_upload_mb: float
+    models: dict[str, dict] = Field(default_factory=dict)

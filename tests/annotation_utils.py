@@ -1,0 +1,94 @@
+"""Shared by the annotation tests: candidate stores and mask folders written directly (no
+training), and the web client of a review server."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+from fastapi.testclient import TestClient
+from PIL import Image
+from webapp_fixtures import xray
+
+from qatacov_jax.annotation import layout
+from qatacov_jax.annotation.candidates import CandidateWriter
+from qatacov_jax.webapp import images
+from qatacov_jax.webapp.annotation import AnnotationSession, StoredCandidates
+from qatacov_jax.webapp.app import Settings, create_app
+
+
+def blob(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
+    """(H, W) float probabilities of a soft disc at (cy, cx) (fractions), radius r."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    d = np.hypot(yy / h - cy, xx / w - cx) / r
+    return np.clip(1.2 - d, 0.0, 1.0).astype(np.float32)
+
+
+def write_candidate_store(
+    root: Path,
+    keys: list[str],
+    models: list[str],
+    *,
+    shape: tuple[int, int] = (40, 48),
+    target: str = "infection",
+    stage: str = "I",
+) -> dict[str, dict[str, np.ndarray]]:
+    """A candidate store of `keys` x `models` (model j's disc shifted by j); returns each
+    image's masks by model. Image i's models agree less as i grows."""
+    w = CandidateWriter(root, stage=stage, target=target, threshold=0.5)
+    plan, masks = {}, {}
+    for i, key in enumerate(keys):
+        w.write_image(key, xray(*shape, seed=i) / 255.0)
+        masks[key] = {}
+        for j, m in enumerate(models):
+            prob = blob(shape, 0.5, 0.35 + 0.04 * i * j, 0.2)
+            w.write(key, m, prob)
+            masks[key][m] = prob >= 0.5
+        fold = i % 2 if stage == "I" else None
+        run = f"fold_{fold}" if stage == "I" else "all"
+        plan[key] = {m: (f"runs/{m}/{run}", fold) for m in models}
+    w.finish(
+        plan, sources={k: None for k in keys}, models={m: {"config": f"{m}.py"} for m in models}
+    )
+    return masks
+
+
+def write_mask_folder(out: Path, masks: dict[str, np.ndarray], target: str = "infection") -> Path:
+    """An annotation folder holding `masks` (key -> (H, W) bool) with X-rays."""
+    if target == "lung":
+        layout.prepare_lung_tree(out)
+    for i, (key, mask) in enumerate(masks.items()):
+        img, m = layout.accepted_paths(out, key, target)
+        img.parent.mkdir(parents=True, exist_ok=True)
+        m.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(xray(*mask.shape, seed=100 + i)).save(img)
+        Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(m)
+    return out
+
+
+def review_client(
+    candidates: Path,
+    out: Path,
+    *,
+    blind: bool = False,
+    votes: int = 1,
+    order: str = "name",
+    reference: Path | None = None,
+) -> TestClient:
+    """A review server (no model) over a candidate store."""
+    session = AnnotationSession(
+        StoredCandidates(candidates), out, votes=votes, order=order, reference=reference
+    )
+    return TestClient(create_app(None, Settings(blind=blind), session))
+
+
+def mask_url(mask: np.ndarray) -> str:
+    return images.data_url(images.png_bytes(np.where(mask, 255, 0).astype(np.uint8)))
+
+
+def decode(url: str) -> np.ndarray:
+    assert url.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
