@@ -92,3 +92,29 @@ def mask_url(mask: np.ndarray) -> str:
 def decode(url: str) -> np.ndarray:
     assert url.startswith("data:image/png;base64,")
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+
+
+def synthetic_positives(n: int, size: int = 32, seed: int = 0) -> list:
+    """The first `n` COVID-19 examples of the synthetic set (`data.synthetic.generate`)."""
+    from qatacov_jax.data import synthetic
+
+    out, i = [], 0
+    while len(out) < n:
+        if synthetic.is_positive(seed, i, 0.5):
+            out.append(synthetic.generate(seed, i, size, 0.5))
+        i += 1
+    return out
+
+
+def write_synthetic_masks(out: Path, n: int, size: int = 32, target: str = "infection") -> Path:
+    """An annotation folder of `n` synthetic COVID-19 X-rays with their true masks
+    (`covid_<i>`; the lung mask for `target` lung)."""
+    if target == "lung":
+        layout.prepare_lung_tree(out)
+    for i, ex in enumerate(synthetic_positives(n, size)):
+        img, m = layout.accepted_paths(out, f"covid_{i}", target)
+        img.parent.mkdir(parents=True, exist_ok=True)
+        m.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(ex.image).save(img)
+        Image.fromarray(ex.mask if target == "infection" else ex.lung_mask).save(m)
+    return out

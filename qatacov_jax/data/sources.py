@@ -270,6 +270,8 @@ def select(
       (TFDS split name, sorted record indices into it).
     """
     s = spec(data_cfg)
+    if fold is None and train_on_all(data_cfg):
+        return _all_of_train(builder, s, split)
     if split == "test":
         if s.test is None:
             raise ValueError(
@@ -307,6 +309,23 @@ def select(
             "config.data.val_fraction=0; evaluate split 'test' (config.eval_split='test')."
         )
     return s.train, splits.stratified_holdout(labels, data_cfg.val_fraction, data_cfg.fold_seed)[1]
+
+
+def train_on_all(data_cfg: Any) -> bool:
+    """`config.data.train_on_all` (absent = False): with fold=None, every record of the
+    train split trains, none is held out (annotation Stage II trains its models on every
+    accepted mask; docs/annotation.md). Nothing then picks checkpoints/best, and the final
+    evaluation ('eval' or 'test') re-reads the training records: a fit, not a test."""
+    return bool(data_cfg.get("train_on_all", False))
+
+
+def _all_of_train(builder: tfds.core.DatasetBuilder, s: DatasetSpec, split: str):
+    if split not in ("train", "eval", "test"):
+        raise ValueError(
+            "config.data.train_on_all holds nothing out, so there is no validation split; "
+            "set config.data.validation_fraction to 0."
+        )
+    return s.train, np.arange(len(binary_labels(builder, s.train, s.positive)))
 
 
 def _need_test(data_cfg: Any, s: DatasetSpec) -> None:
@@ -353,6 +372,8 @@ def selection_split(data_cfg: Any, fold: int | None) -> str | None:
     nothing selects: `checkpoints/best` is the final model, as paper 1 evaluates it (also
     with fold=None and `val_fraction` 0, as paper 1's Group-II).
     """
+    if fold is None and train_on_all(data_cfg):
+        return None
     if validation_fraction(data_cfg) > 0.0:
         return "validation"
     if fold is not None:
