@@ -16,6 +16,8 @@ actual value range gives the true bit depth (`sixteen_bit_scale`; docs/reliabili
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -26,17 +28,24 @@ from PIL import Image, UnidentifiedImageError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from qatacov_jax.data import image_limits
+from qatacov_jax.data.image_limits import ImageRefusedError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 SUPPORTED_SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES
 
 
 class ImageReadError(ValueError):
-    """A file could not be read as a chest X-ray; the message names the file and the cause."""
+    """A file could not be read as a chest X-ray; the message names the file and the cause
+    (`reason`, one line without paths: the web app shows it to whoever uploaded the file).
+    `refused` is True for a readable file that is not used (over the pixel budget, not a
+    radiograph, too small: `image_limits`)."""
 
-    def __init__(self, path: str | Path, reason: str) -> None:
+    def __init__(self, path: str | Path, reason: str, *, refused: bool = False) -> None:
         self.path = Path(path)
         self.reason = reason
+        self.refused = refused
         super().__init__(f"{path}: {reason}")
 
 
@@ -68,17 +77,31 @@ def read_xray(path: str | Path) -> np.ndarray:
     return read_xray_with_info(path)[0]
 
 
-def read_xray_with_info(path: str | Path) -> tuple[np.ndarray, str]:
+def read_xray_with_info(
+    path: str | Path, *, max_pixels: int | None = None, min_side: int | None = None
+) -> tuple[np.ndarray, str]:
     """`read_xray` plus one line saying how intensities were mapped to [0, 1] (for reports,
-    e.g. "16-bit PNG, sBIT 12: values / 4095")."""
+    e.g. "16-bit PNG, sBIT 12: values / 4095").
+
+    Args:
+      max_pixels: refuse, from the header and before decoding, an image of more pixels
+        (default `image_limits.max_pixels()`, the process's `--max-megapixels`).
+      min_side: refuse an image with a side under this many pixels (None: no check);
+        where a decision is given, `image_limits.MIN_RADIOGRAPH_SIDE`.
+    """
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(path, "no such file")
     if path.stat().st_size == 0:
         raise ImageReadError(path, "the file is empty")
-    if is_dicom(path):
-        return _read_dicom(path)
-    return _read_pil(path)
+    budget = image_limits.max_pixels() if max_pixels is None else max_pixels
+    try:
+        arr, note = _read_dicom(path, budget) if is_dicom(path) else _read_pil(path, budget)
+        if min_side is not None:
+            image_limits.check_min_side(*arr.shape, min_side)
+    except ImageRefusedError as e:
+        raise ImageReadError(path, e.reason, refused=True) from None
+    return arr, note
 
 
 def png_significant_bits(path: str | Path) -> int | None:
@@ -136,34 +159,57 @@ def sixteen_bit_scale(raw: np.ndarray, sbit: int | None) -> tuple[float, str]:
     )
 
 
-def _read_pil(path: Path) -> tuple[np.ndarray, str]:
+def _read_pil(path: Path, budget: int) -> tuple[np.ndarray, str]:
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # lazy: the header only
+            image_limits.check_pixel_budget(img.height, img.width, budget=budget)
             img.load()
-            mode = img.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-                # "I" is the 32-bit container Pillow may use for 16-bit greyscale PNGs.
-                raw = np.asarray(img, dtype=np.float64)
-                if mode == "I" and img.format != "PNG" and raw.max(initial=0) <= 255:
-                    scale, note = 255.0, f"{img.format} 32-bit integer, 8-bit range: values / 255"
-                else:
-                    sbit = png_significant_bits(path) if img.format == "PNG" else None
-                    scale, note = sixteen_bit_scale(raw, sbit)
-                arr = (raw / scale).astype(np.float32)
-            elif mode == "F":
-                raw = np.asarray(img, dtype=np.float32)
-                arr, note = _minmax(raw), "floating-point image: min-max"
-            elif mode == "L":
-                arr, note = np.asarray(img, dtype=np.float32) / 255.0, "8-bit: values / 255"
-            else:
-                # RGB, RGBA, P, LA, CMYK, 1...: luminance (ITU-R 601), 8-bit.
-                arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-                note = f"{mode} converted to 8-bit luminance: values / 255"
+            arr, note = _pil_to_unit(img, path)
+    except Image.DecompressionBombError as e:  # Pillow's own limit, met at open
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        n = f" ({int(pixels.group(1)) / 1e6:.0f} million pixels)" if pixels else ""
+        raise ImageRefusedError(
+            f"the image is too large to decode{n}, over the --max-megapixels limit of "
+            f"{budget / 1e6:g} million"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, ImageRefusedError):
+            raise
         raise ImageReadError(path, f"not a readable image: {_pil_problem(e)}") from None
     if arr.ndim != 2 or min(arr.shape) < 1:
         raise ImageReadError(path, f"unexpected image shape {arr.shape}")
-    return np.clip(arr, 0.0, 1.0).astype(np.float32), note
+    np.clip(arr, 0.0, 1.0, out=arr)
+    return arr, note
+
+
+def _pil_to_unit(img: Image.Image, path: Path) -> tuple[np.ndarray, str]:
+    """A loaded Pillow image -> ((H, W) float32 in [0, 1] (unclipped), note). The float
+    copies are made in place where the arithmetic allows: a large image costs 4-12 bytes a
+    pixel here, not three times that."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # "I" is the 32-bit container Pillow may use for 16-bit greyscale PNGs.
+        raw = np.asarray(img, dtype=np.float64)
+        if mode == "I" and img.format != "PNG" and raw.max(initial=0) <= 255:
+            scale, note = 255.0, f"{img.format} 32-bit integer, 8-bit range: values / 255"
+        else:
+            sbit = png_significant_bits(path) if img.format == "PNG" else None
+            scale, note = sixteen_bit_scale(raw, sbit)
+        raw /= scale
+        return raw.astype(np.float32), note
+    if mode == "F":
+        return _minmax(np.asarray(img, dtype=np.float32)), "floating-point image: min-max"
+    if mode == "L":
+        arr = np.asarray(img, dtype=np.float32)
+        note = "8-bit: values / 255"
+    else:
+        # RGB, RGBA, P, LA, CMYK, 1...: luminance (ITU-R 601), 8-bit.
+        arr = np.asarray(img.convert("L"), dtype=np.float32)
+        note = f"{mode} converted to 8-bit luminance: values / 255"
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    arr /= 255.0
+    return arr, note
 
 
 def _minmax(arr: np.ndarray) -> np.ndarray:
@@ -186,49 +232,93 @@ def _pil_problem(e: Exception) -> str:
     return "the image data are corrupt or use an encoding this reader does not support"
 
 
-def _read_dicom(path: Path) -> tuple[np.ndarray, str]:
+def _read_dicom(path: Path, budget: int) -> tuple[np.ndarray, str]:
     try:
-        ds = pydicom.dcmread(path)
+        ds = image_limits.read_dicom_checked(path, budget)
+    except ImageRefusedError:
+        raise
     except Exception as e:  # pydicom raises several unrelated types for bad files
-        raise ImageReadError(path, f"not a readable DICOM file ({_dicom_problem(e)})") from None
+        raise ImageReadError(path, f"not a readable DICOM file: {_dicom_problem(e)}") from None
     if "PixelData" not in ds:
         raise ImageReadError(path, "DICOM file has no pixel data")
     try:
         pixels = ds.pixel_array
     except Exception as e:
-        raise ImageReadError(
-            path,
-            f"cannot decode DICOM pixel data ({_dicom_problem(e)}); compressed transfer "
-            "syntaxes need e.g. `pip install pylibjpeg pylibjpeg-libjpeg`",
-        ) from None
+        raise ImageReadError(path, _pixel_problem(ds, e)) from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     bits = _bits_stored(ds, pixels)
-    if pixels.ndim == 3 and photometric in ("RGB", "YBR_FULL", "YBR_FULL_422"):
+    if pixels.ndim == 3 and pixels.shape[-1] == 3 and int(ds.get("SamplesPerPixel", 1)) == 3:
+        # pydicom hands colour over as RGB whatever the file's colour space (YBR_FULL,
+        # YBR_FULL_422, the YBR_RCT / YBR_ICT of JPEG 2000).
         luma = pixels.astype(np.float32) @ np.asarray([0.299, 0.587, 0.114], np.float32)
         top = float(2**bits - 1)
         note = f"DICOM {photometric} converted to luminance, {bits} bits: values / {top:g}"
         return np.clip(luma / top, 0.0, 1.0).astype(np.float32), note
     if pixels.ndim != 2:
         raise ImageReadError(
-            path,
-            f"multi-frame or unsupported DICOM pixel layout {pixels.shape}; expected one frame",
+            path, f"unsupported DICOM pixel layout {pixels.shape}; expected one grey frame"
         )
     values = apply_modality_lut(pixels, ds)
     values = apply_voi_lut(values, ds)  # window centre/width or VOI LUT sequence, if any
     lo, hi, how = _dicom_output_range(ds, bits)
-    arr = (np.asarray(values, np.float64) - lo) / (hi - lo)
-    arr = np.clip(arr, 0.0, 1.0).astype(np.float32)
+    arr = np.array(values, np.float64)  # a copy: `values` may be the dataset's own array
+    arr -= lo
+    arr /= hi - lo
+    np.clip(arr, 0.0, 1.0, out=arr)
+    arr = arr.astype(np.float32)
     note = f"DICOM {photometric}, {bits} bits stored, {how}"
     if photometric == "MONOCHROME1":
-        arr = 1.0 - arr  # MONOCHROME1: low values are bright
+        np.subtract(1.0, arr, out=arr)  # MONOCHROME1: low values are bright
         note += ", inverted (MONOCHROME1)"
     return arr, note
 
 
+def _one_line(text: str, limit: int = 240) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _dicom_problem(e: Exception) -> str:
-    """pydicom's message without file paths (it may quote the file it read)."""
-    text = str(e).replace(" Use force=True to force reading.", "")
-    return text.split(" '/", 1)[0].split(' "/', 1)[0] or "unreadable data"
+    """pydicom's message in one line, without file paths (it may quote the file it read)
+    and without its advice to pass `force=True`, which no option here offers."""
+    text = str(e)
+    if "File Meta Information" in text or "'DICM' prefix" in text:
+        return (
+            "no DICOM file header (the 128-byte preamble and 'DICM'); export the image from "
+            "the PACS as a DICOM file (Part 10) or as PNG"
+        )
+    text = text.replace(" Use force=True to force reading.", "")
+    return _one_line(text.split(" '/", 1)[0].split(' "/', 1)[0]) or "unreadable data"
+
+
+# Transfer syntaxes -> the decoder plugin (a dependency of the project) that reads them.
+_PLUGINS = (
+    ("1.2.840.10008.1.2.4.9", "openjpeg", "pylibjpeg-openjpeg", "JPEG 2000"),
+    ("1.2.840.10008.1.2.4.20", "openjpeg", "pylibjpeg-openjpeg", "High-Throughput JPEG 2000"),
+    ("1.2.840.10008.1.2.4.8", "libjpeg", "pylibjpeg-libjpeg", "JPEG-LS"),
+    ("1.2.840.10008.1.2.4.", "libjpeg", "pylibjpeg-libjpeg", "JPEG"),
+    ("1.2.840.10008.1.2.5", "rle", "pylibjpeg-rle", "RLE"),
+)
+
+
+def _pixel_problem(ds: pydicom.Dataset, e: Exception) -> str:
+    """Why `ds.pixel_array` failed, in one line: the plugin to install when the transfer
+    syntax's decoder is missing, else the decoder's first complaint."""
+    uid = str(getattr(ds.get("file_meta"), "TransferSyntaxUID", "") or "")
+    for prefix, module, package, name in _PLUGINS:
+        if uid.startswith(prefix):
+            if importlib.util.find_spec(module) is None:
+                return (
+                    f"cannot decode {name} compressed DICOM pixel data: the {package} "
+                    "decoder is missing (`pip install -e .` installs it)"
+                )
+            first = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
+            detail = first[0] if first else str(e)
+            return _one_line(
+                f"cannot decode the {name} compressed pixel data, damaged or of a variant the "
+                f"decoder does not support ({_dicom_problem(Exception(detail))})"
+            )
+    return f"cannot decode DICOM pixel data ({_dicom_problem(e)})"
 
 
 def _bits_stored(ds: pydicom.Dataset, pixels: np.ndarray) -> int:
