@@ -26,6 +26,7 @@ LAYERS = (
     "export",  # deployment artifacts (StableHLO, SavedModel) + manifests
     "evaluation",  # evaluation of runs: reports, plots, example maps
     "benchmarking",  # timing helpers, the paper's Table 8
+    "reproduce",  # the papers' tables: grids of runs launched (local, SLURM, k8s) and gathered
     "webapp",  # the demo and annotation web app (FastAPI), its static page
     "quickstart",
     "cli",  # one module per script
