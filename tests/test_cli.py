@@ -15,6 +15,7 @@ COMMANDS = (
     "compare_localization",
     "quickstart",
     "serve",
+    "reproduce",
 )
 
 
