@@ -253,6 +253,7 @@ class AnnotationStore:
                 "chosen": chosen,
                 "annotator": annotator,
                 "adjudicate": bool(adjudicate),
+                "votes_needed": self.votes,
                 "mask_file": mask_file,
                 "mask_area_percent": None if mask is None else 100.0 * float(np.mean(mask)),
                 **dict(fields or {}),
