@@ -16,6 +16,8 @@ COMMANDS = (
     "quickstart",
     "serve",
     "reproduce",
+    "annotation_stage",
+    "annotation_report",
 )
 
 
