@@ -27,6 +27,7 @@ LAYERS = (
     "evaluation",  # evaluation of runs: reports, plots, example maps
     "benchmarking",  # timing helpers, the paper's Table 8
     "reproduce",  # the papers' tables: grids of runs launched (local, SLURM, k8s) and gathered
+    "annotation",  # collaborative annotation: stages, candidate store, decisions, report
     "webapp",  # the demo and annotation web app (FastAPI), its static page
     "quickstart",
     "cli",  # one module per script
