@@ -23,6 +23,7 @@ from PIL import Image, PngImagePlugin
 from qatacov_jax.cli import infer as infer_cli
 from qatacov_jax.cli import train as train_cli
 from qatacov_jax.data import imageio
+from qatacov_jax.data.image_limits import MIN_RADIOGRAPH_SIDE
 from qatacov_jax.evaluation.reports import check_outputs_free
 from qatacov_jax.inference import files as infer
 from qatacov_jax.inference.reports import REPORT_JSON, write_reports
@@ -199,19 +200,19 @@ def _dicom_without_pixels(path: Path) -> None:
 
 
 def test_bad_and_extreme_inputs_are_reported_per_file(tmp_path):
-    """Per-file errors, the rest processed: a DICOM without pixel data fails alone; a 1x1,
-    an RGBA and a 12-bit-in-16-bit PNG are processed at their own size and the report says
-    how each one's intensities were read. (An 8000x8000 X-ray is read at full size below;
-    writing its 8000x8000 colour map costs two minutes on the CI machine, so it is not
-    pushed through the writers here.)"""
+    """Per-file errors, the rest processed: a DICOM without pixel data and a 1x1 image
+    (too small for a radiograph: no decision) fail alone; an RGBA and a 12-bit-in-16-bit
+    PNG are processed at their own size and the report says how each one's intensities were
+    read. (An 8000x8000 X-ray is read at full size below; writing its 8000x8000 colour map
+    costs two minutes on the CI machine, so it is not pushed through the writers here.)"""
     src = tmp_path / "in"
     src.mkdir()
     _dicom_without_pixels(src / "nopixels.dcm")
     Image.fromarray(np.full((1, 1), 200, np.uint8)).save(src / "one.png")
-    rgba = np.zeros((12, 10, 4), np.uint8)
+    rgba = np.zeros((48, 40, 4), np.uint8)
     rgba[..., 1], rgba[..., 3] = 255, 128
     Image.fromarray(rgba, "RGBA").save(src / "rgba.png")
-    _png16(src / "deep12.png", np.full((6, 6), 4000), 12)
+    _png16(src / "deep12.png", np.full((36, 36), 4000), 12)
     items, errors = infer.collect_inputs([src])
     assert not errors
 
@@ -219,27 +220,32 @@ def test_bad_and_extreme_inputs_are_reported_per_file(tmp_path):
         return [{"infection": np.full(img.shape, 0.25, np.float32)} for img in images]
 
     out = tmp_path / "out"
-    rows = infer.run_inference(items, predict_batch, out, batch_size=2)
+    rows = infer.run_inference(
+        items, predict_batch, out, batch_size=2, min_side=MIN_RADIOGRAPH_SIDE
+    )
     by = {Path(r["file"]).name: r for r in rows}
     assert by["nopixels.dcm"]["status"] == "error"
     assert "no pixel data" in by["nopixels.dcm"]["error"]
-    for name, shape in (("one.png", (1, 1)), ("rgba.png", (12, 10))):
+    assert by["one.png"]["status"] == "error" and "too small" in by["one.png"]["error"]
+    for name, shape in (("rgba.png", (48, 40)), ("deep12.png", (36, 36))):
         assert by[name]["status"] == "ok", by[name]
         assert (by[name]["height"], by[name]["width"]) == shape
     assert "RGBA" in by["rgba.png"]["intensity"]
     assert "sBIT 12" in by["deep12.png"]["intensity"]
     write_reports(rows, out, {"checkpoint": "fake"})
     report = json.loads((out / REPORT_JSON).read_text())
-    assert {Path(r["file"]).name: r.get("intensity") for r in report["images"]}["one.png"]
+    assert {Path(r["file"]).name: r.get("intensity") for r in report["images"]}["rgba.png"]
 
 
 def test_8000_by_8000_xray_is_read_and_resized(tmp_path):
+    """Read at full size where the pixel budget allows it (`--max-megapixels 64`; the
+    default budget refuses it from the header: tests/test_hostile_inputs.py)."""
     from qatacov_jax.data.resize import resize_image
 
     Image.fromarray(np.full((8000, 8000), 90, np.uint8)).save(
         tmp_path / "huge.png", compress_level=1
     )
-    img = imageio.read_xray(tmp_path / "huge.png")
+    img, _ = imageio.read_xray_with_info(tmp_path / "huge.png", max_pixels=64_000_000)
     assert img.shape == (8000, 8000) and img.dtype == np.float32
     np.testing.assert_allclose(img[::997, ::997], 90 / 255, atol=1e-6)
     small = resize_image(img, 32)  # what the predictor feeds the model
@@ -325,3 +331,14 @@ def test_lower_case_none_stays_a_string():
         ["--config", QUICKSTART, "--config.data.augment=none", "--workdir", "x"], "p", "d", "w"
     )
     assert fv.config.data.augment == "none"
+
+
+def test_read_only_infer_out_is_one_line(read_only_dir, tmp_path, capsys):
+    """infer.py into a read-only --out: exit 74 and one line, before the model is loaded
+    (it was a traceback and exit 1)."""
+    Image.fromarray(np.full((48, 40), 90, np.uint8)).save(tmp_path / "x.png")
+    argv = ["--checkpoint", str(tmp_path / "no_run"), str(tmp_path / "x.png")]
+    assert infer_cli.main([*argv, "--out", str(read_only_dir / "maps")]) == 74
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "read-only" in err or "permission denied" in err

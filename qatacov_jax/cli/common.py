@@ -3,17 +3,21 @@ turning the errors that already name the setting or file to fix into one line + 
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import flags
 
+from qatacov_jax.data import image_limits
 from qatacov_jax.data.features import DataError
 from qatacov_jax.inference.infection_map import DEFAULT_DISPLAY_FLOOR
+from qatacov_jax.inference.runs import CorruptRunError
+from qatacov_jax.runtime.compile_cache import enable_compilation_cache
 from qatacov_jax.runtime.console import setup_cli_logging
 from qatacov_jax.runtime.locking import DirectoryLockedError
-from qatacov_jax.runtime.storage import StorageError, quiet_storage_noise
+from qatacov_jax.runtime.storage import StorageError, describe, quiet_storage_noise, storage_errno
 from qatacov_jax.training.loop import NonFiniteLossError, TrainingInterrupted
 from qatacov_jax.training.rundir import CHECKPOINT_CHOICES, RunDirMismatchError
 from qatacov_jax.weights import WeightsError
@@ -33,8 +37,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 # Exit codes beyond 0 (done), 1 (some inputs failed) and 2 (refused): see
-# docs/reliability.md#exit-codes.
-EXIT_STORAGE = 74  # EX_IOERR: the disk filled up / went read-only while writing
+# docs/reliability.md#exit-codes and docs/troubleshooting.md.
+EXIT_CORRUPT = 65  # EX_DATAERR: a run's file (config, preprocessing, checkpoint) is damaged
+EXIT_STORAGE = 74  # EX_IOERR: an output cannot be written (full, read-only, a mount point)
 EXIT_INTERRUPTED = TrainingInterrupted.EXIT_CODE  # 75, EX_TEMPFAIL: stopped by a signal
 EXIT_KEYBOARD = 130  # a second Ctrl-C / signal outside a step boundary
 
@@ -110,6 +115,9 @@ def run_main(
             code = body()
     except HelpPrinted:
         return 0
+    except CorruptRunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CORRUPT
     except TrainingInterrupted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -125,7 +133,21 @@ def run_main(
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an output that cannot be written, whatever wrote it
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return EXIT_STORAGE
     return 0 if code is None else int(code)
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for a failed file operation: what, where, why (no traceback)."""
+    code = storage_errno(e) or e.errno
+    if code == errno.EBUSY:
+        why = "it is in use or a mount point (EBUSY); write to a folder inside it"
+    else:
+        why = describe(code) if code else (e.strerror or str(e))
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f)
+    return f"cannot write {where}: {why}" if where else f"{why}"
 
 
 def in_unit_interval(name: str, value: float) -> float:
@@ -148,6 +170,40 @@ def define_map_flags(fv: flags.FlagValues) -> None:
         "probabilities below this show the plain X-ray",
         flag_values=fv,
     )
+
+
+def define_input_flags(fv: flags.FlagValues) -> None:
+    """--max-megapixels and --compilation-cache, the settings every command that reads
+    X-rays and compiles a model shares (scripts/infer.py, evaluate.py, serve.py); applied
+    by `apply_input_flags`."""
+    flags.DEFINE_float(
+        "max-megapixels",
+        None,
+        "refuse images of more pixels than this, read from the file's header before "
+        f"decoding (default ${image_limits.MAX_MEGAPIXELS_ENV} or "
+        f"{image_limits.DEFAULT_MAX_MEGAPIXELS:g})",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "compilation-cache",
+        None,
+        "folder of JAX's persistent compilation cache, or 'off' (default "
+        "$QATACOV_COMPILATION_CACHE or ~/.cache/qatacov_jax/jax)",
+        flag_values=fv,
+    )
+
+
+def apply_input_flags(fv: flags.FlagValues) -> None:
+    """Sets the process's pixel budget and compilation cache from `define_input_flags`."""
+    mp = fv["max-megapixels"].value
+    if mp is not None and not mp > 0:
+        raise UsageError(f"--max-megapixels must be positive, got {mp}")
+    image_limits.set_max_megapixels(mp)
+    try:
+        image_limits.max_pixels()  # a bad environment value is refused now, not per image
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    enable_compilation_cache(fv["compilation-cache"].value)
 
 
 def define_which_flag(

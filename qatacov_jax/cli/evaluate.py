@@ -10,6 +10,8 @@ from absl import flags
 
 from qatacov_jax.cli.common import (
     UsageError,
+    apply_input_flags,
+    define_input_flags,
     define_which_flag,
     in_unit_interval,
     parse_command,
@@ -54,11 +56,18 @@ def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer(
         "num-maps", 8, "write infection maps of this many examples to <out>/maps", flag_values=fv
     )
-    flags.DEFINE_boolean("overwrite", False, "replace earlier evaluation outputs", flag_values=fv)
+    flags.DEFINE_boolean(
+        "overwrite",
+        False,
+        "replace earlier evaluation outputs (a killed evaluation of ours is finished without it)",
+        flag_values=fv,
+    )
+    define_input_flags(fv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (0 done, 2 refused)."""
+    """Entry point; returns the exit code (0 done, 2 refused, 65 a damaged run file, 74 the
+    output folder cannot be written)."""
 
     def body() -> int:
         fv, rest = parse_command(_define, argv, PROG, DOC)
@@ -67,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         v = lambda name: fv[name].value  # noqa: E731 - dashed flag names need item access
         if v("num-bins") < 3:
             raise UsageError(f"--num-bins must be >= 3, got {v('num-bins')}")
+        apply_input_flags(fv)
         result = evaluate(
             Path(rest[0]),
             out_dir=v("out") and Path(v("out")),

@@ -11,6 +11,8 @@ from absl import flags
 
 from qatacov_jax.cli.common import (
     UsageError,
+    apply_input_flags,
+    define_input_flags,
     define_map_flags,
     define_which_flag,
     map_settings,
@@ -20,6 +22,7 @@ from qatacov_jax.cli.common import (
 )
 from qatacov_jax.inference.files import infer_files
 from qatacov_jax.runtime.locking import run_dir_lock
+from qatacov_jax.runtime.storage import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +56,18 @@ def _define(fv: flags.FlagValues) -> None:
         flag_values=fv,
     )
     define_which_flag(fv)
-    flags.DEFINE_boolean("overwrite", False, "replace existing outputs", flag_values=fv)
+    flags.DEFINE_boolean(
+        "overwrite",
+        False,
+        "replace existing outputs (a killed run of ours is finished without it)",
+        flag_values=fv,
+    )
+    define_input_flags(fv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (0 all good, 1 some inputs failed, 2 refused)."""
+    """Entry point; returns the exit code (0 all good, 1 some inputs failed, 2 refused, 65 a
+    damaged run file, 74 --out cannot be written)."""
 
     def body() -> int:
         fv, inputs = parse_command(_define, argv, PROG, DOC)
@@ -66,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("no image files or folders given")
         threshold, lung_threshold, display_floor = map_settings(fv)
         batch_size = positive("batch-size", v("batch-size"))
+        apply_input_flags(fv)
+        check_writable(v("out"), "the --out folder")  # exit 74 in one line, before any work
         # One writer per --out folder (runtime/locking.py): a second infer.py into the same
         # folder is refused at once, naming the first.
         with run_dir_lock(v("out"), purpose="infer"):

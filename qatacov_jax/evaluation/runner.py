@@ -40,19 +40,23 @@ from qatacov_jax.data.preprocessing import Preprocessing
 from qatacov_jax.data.sources import selection_split
 from qatacov_jax.evaluation.examples import example_maps
 from qatacov_jax.evaluation.reports import check_outputs_free, write_outputs
+from qatacov_jax.inference.runs import CorruptRunError, load_run
 from qatacov_jax.metrics import (
     DEFAULT_NUM_BINS,
     DEFAULT_THRESHOLD,
     MetricAccumulator,
 )
 from qatacov_jax.models import CLASSIFIER_ARCH
-from qatacov_jax.runtime.files import json_ready
+from qatacov_jax.runtime import unfinished
+from qatacov_jax.runtime.files import OutputExistsError, json_ready
 from qatacov_jax.runtime.locking import run_dir_lock
 from qatacov_jax.runtime.sharding import make_mesh, replicate
-from qatacov_jax.training.rundir import config_fold, load_model, read_config
+from qatacov_jax.training.rundir import config_fold, read_config
 from qatacov_jax.training.steps import EVAL_KEYS, make_eval_step, pipelined
 
 log = logging.getLogger(__name__)
+
+TOOL = "scripts/evaluate.py"
 
 
 def make_stats_fn(
@@ -203,7 +207,7 @@ def evaluate_run(
     Returns:
       (accumulator, info) where info names the model, fold and split.
     """
-    model, config, prep = load_model(run_dir, which=which)
+    model, config, prep = load_run(run_dir, which=which)
     if config.model.get("arch") == CLASSIFIER_ARCH:
         raise ValueError(
             f"{run_dir} is a classifier run (the activation-map baseline); it has no infection "
@@ -276,29 +280,84 @@ def evaluate(
             "of scripts/train.py."
         )
     first = folds[0] if cv else path
-    split = kwargs.get("split") or default_split(first, read_config(first))
+    split = kwargs.get("split") or default_split(first, _config(first))
     kwargs["split"] = split
     for run in folds or [path]:  # refuse before anything is computed or written
-        check_not_selection(run, read_config(run), split, kwargs.get("which", "best"))
+        check_not_selection(run, _config(run), split, kwargs.get("which", "best"))
     if out_dir is None:
         out_dir = path / "evaluation" / str(split)
     out = Path(out_dir)
-    check_outputs_free(out, overwrite, cv_folds=[f.name for f in folds])
+    names = [f.name for f in folds]
+    settings = {"run": str(path.absolute()), "folds": names, **kwargs}
+    _claim(out, overwrite, names, settings)
     # One writer per output folder (runtime/locking.py); the run itself is only read, so
     # evaluating while it trains is allowed.
     with run_dir_lock(out, purpose="evaluate", enabled=jax.process_index() == 0):
-        check_outputs_free(out, overwrite, cv_folds=[f.name for f in folds])
+        keep = _claim(out, overwrite, names, settings)
+        journal = unfinished.begin(out, TOOL, settings, keep)  # before the first output
         if not cv:
             acc, info = evaluate_run(path, maps_dir=out / "maps", **kwargs)
-            return json_ready(write_outputs(out, acc, info))
+            result = json_ready(write_outputs(out, acc, info))
+            journal.finish()
+            return result
         results = []
         for f in folds:
-            acc, info = evaluate_run(f, maps_dir=out / f.name / "maps", **kwargs)
-            write_outputs(out / f.name, acc, info)
+            done = _finished_fold(out / f.name) if f.name in keep else None
+            if done is None:
+                acc, info = evaluate_run(f, maps_dir=out / f.name / "maps", **kwargs)
+                write_outputs(out / f.name, acc, info)
+                journal.record(f.name)
+            else:
+                log.info("%s: kept from the unfinished evaluation in %s", f.name, out)
+                acc, info = done
             results.append((acc, info))
         total = results[0][0]
         for acc, _ in results[1:]:
             total = total.merge(acc)
         info = {**results[0][1], "fold": "all", "run_dir": str(path)}
-        info["folds"] = [f.name for f in folds]
-        return json_ready(write_outputs(out, total, info, per_fold=results))
+        info["folds"] = names
+        result = json_ready(write_outputs(out, total, info, per_fold=results))
+        journal.finish()
+        return result
+
+
+def _config(run_dir: Path) -> Any:
+    """`read_config`, a damaged config.json named in one line (`CorruptRunError`)."""
+    try:
+        return read_config(run_dir)
+    except ValueError as e:
+        raise CorruptRunError(
+            f"{Path(run_dir) / 'config.json'} is not valid JSON (truncated or edited?): {e}"
+        ) from None
+
+
+def _claim(
+    out: Path, overwrite: bool, folds: list[str], settings: dict[str, Any]
+) -> dict[str, Any]:
+    """May `out` be written? Returns the folds of an unfinished evaluation of ours (its
+    marker, `runtime.unfinished`) with the same settings that stay valid.
+
+    Without a marker: `check_outputs_free` (earlier results need `overwrite`, and must be
+    ours). With one: `overwrite` starts over; the same settings keep finished folds; other
+    settings are refused. Temporary files of killed writes are removed.
+    """
+    earlier = unfinished.load(out, TOOL)
+    if earlier is None:
+        check_outputs_free(out, overwrite, cv_folds=folds)
+        return {}
+    if not overwrite and not unfinished.same_settings(earlier.settings, settings):
+        raise OutputExistsError(
+            f"{out} holds an unfinished evaluation with other settings; rerun it with the "
+            "same options to finish it, or pass --overwrite to start over."
+        )
+    unfinished.remove_temporaries_under(out)
+    return {} if overwrite else {k: v for k, v in earlier.done.items() if k in folds}
+
+
+def _finished_fold(fold_out: Path) -> tuple[MetricAccumulator, dict[str, Any]] | None:
+    """A fold's accumulator and info from the metrics.json an unfinished run wrote."""
+    try:
+        metrics = json.loads((fold_out / "metrics.json").read_text())
+        return MetricAccumulator.from_dict(metrics["state"]), dict(metrics["info"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

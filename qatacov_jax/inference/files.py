@@ -16,13 +16,14 @@ directories (`inference.runs`).
 Failure policy: a file that cannot be read is reported (console and report, status "error")
 and the others are still processed; the exit code is non-zero if anything failed. Existing
 outputs are never overwritten without `--overwrite`: the run refuses up front, naming the
-file, before any work is done.
+file, before any work is done. A run that was killed can be rerun as it was: its marker
+(`runtime.unfinished`) tells its own unfinished output, the images it finished are kept
+and the others redone (`--overwrite` redoes all).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,15 +33,23 @@ from typing import Any
 
 import numpy as np
 
-from qatacov_jax.data import imageio
+from qatacov_jax.data import image_limits, imageio
 from qatacov_jax.inference.decision import image_report
 from qatacov_jax.inference.infection_map import DEFAULT_DISPLAY_FLOOR, infection_map
+from qatacov_jax.inference.outputs import (  # noqa: F401 - check_no_overwrite: tests, docs
+    TOOL,
+    check_no_overwrite,
+    output_paths,
+    resume_point,
+)
 from qatacov_jax.inference.predictor import Predictor
 from qatacov_jax.inference.reports import REPORT_CSV, REPORT_JSON, run_settings, write_reports
 from qatacov_jax.inference.runs import load_models
 from qatacov_jax.inference.severity import DEFAULT_SCALE, SeverityScale
-from qatacov_jax.runtime.files import OutputExistsError, save_png
+from qatacov_jax.runtime import unfinished
+from qatacov_jax.runtime.files import save_png
 from qatacov_jax.runtime.sharding import make_mesh
+from qatacov_jax.runtime.storage import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -110,51 +119,6 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[InputItem], list[
     return items, errors
 
 
-def output_paths(key: str, out_dir: Path, with_lung: bool) -> dict[str, Path]:
-    paths = {"map": out_dir / f"{key}_map.png", "mask": out_dir / f"{key}_mask.png"}
-    if with_lung:
-        paths["lung_mask"] = out_dir / f"{key}_lung_mask.png"
-    return paths
-
-
-def check_no_overwrite(
-    items: Sequence[InputItem], out_dir: Path, with_lung: bool, overwrite: bool
-) -> None:
-    """Raises OutputExistsError naming the first existing output, unless `overwrite` is set
-    and `out_dir` is recognisably an earlier output of ours (its report.json): an output
-    name that collides with an unrelated file is never replaced."""
-    candidates = [out_dir / REPORT_CSV, out_dir / REPORT_JSON]
-    for item in items:
-        candidates.extend(output_paths(item.key, out_dir, with_lung).values())
-    existing = [p for p in candidates if p.exists()]
-    if not existing:
-        return
-    more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-    if not overwrite:
-        raise OutputExistsError(
-            f"{existing[0]} already exists{more}; refusing to overwrite earlier results. "
-            "Choose another --out folder or pass --overwrite."
-        )
-    if not _is_our_output(out_dir):
-        raise OutputExistsError(
-            f"{existing[0]} already exists{more} and {out_dir} is not an earlier output of "
-            f"scripts/infer.py (no {REPORT_JSON} of ours in it); refusing to replace it even "
-            "with --overwrite. Choose another --out folder."
-        )
-
-
-def _is_our_output(out_dir: Path) -> bool:
-    try:
-        report = json.loads((out_dir / REPORT_JSON).read_text())
-    except (OSError, ValueError):
-        return False
-    return (
-        isinstance(report, dict)
-        and isinstance(report.get("images"), list)
-        and ("checkpoint" in report)
-    )
-
-
 @dataclasses.dataclass(frozen=True)
 class _Read:
     """One input after decoding: the (H, W) image in [0, 1] and how its intensities were
@@ -183,9 +147,10 @@ class _WriteSettings:
 _Slot = dict[str, Any] | Future
 
 
-def _read(item: InputItem) -> _Read:
+def _read(item: InputItem, min_side: int | None = None) -> _Read:
     try:
-        img, note = imageio.read_xray_with_info(item.path)
+        # The pixel budget applies to every file (from the header, before decoding).
+        img, note = imageio.read_xray_with_info(item.path, min_side=min_side)
     except imageio.ImageReadError as e:
         return _Read(item, error=e.reason)
     except Exception as e:  # noqa: BLE001 - one odd file must not end the run
@@ -197,13 +162,16 @@ def _error_row(path: Path, error: str) -> dict[str, Any]:
     return {"file": str(path), "status": "error", "error": error}
 
 
-def _read_chunks(items: Sequence[InputItem], batch_size: int) -> Iterator[list[_Read]]:
+def _read_chunks(
+    items: Sequence[InputItem], batch_size: int, min_side: int | None = None
+) -> Iterator[list[_Read]]:
     """`items` decoded in chunks of `batch_size`; decoding (PNG/DICOM) runs in threads, one
     chunk ahead of the devices."""
     with ThreadPoolExecutor(max_workers=4) as pool:
 
         def submit(start: int) -> list[Future]:
-            return [pool.submit(_read, it) for it in items[start : start + batch_size]]
+            chunk = items[start : start + batch_size]
+            return [pool.submit(_read, it, min_side) for it in chunk]
 
         pending = submit(0)
         for start in range(0, len(items), batch_size):
@@ -257,12 +225,18 @@ def run_inference(
     display_floor: float = DEFAULT_DISPLAY_FLOOR,
     scale: SeverityScale = DEFAULT_SCALE,
     with_lung: bool = False,
+    on_row: Callable[[InputItem, dict[str, Any]], None] | None = None,
+    min_side: int | None = None,
 ) -> list[dict[str, Any]]:
     """Reads, predicts and writes per-image outputs; returns one report row per item.
 
     Args:
       predict_batch: list of (H, W) images in [0, 1] -> per image a dict with "infection"
         (and "lung" when with_lung) (H, W) probability maps (`inference.Predictor`).
+      on_row: called with each item and its row once the item's outputs are written (the
+        journal of `runtime.unfinished`), in input order.
+      min_side: images with a shorter side get an error row, not a decision
+        (`infer_files`: `image_limits.MIN_RADIOGRAPH_SIDE`).
     """
     settings = _WriteSettings(out_dir, threshold, lung_threshold, display_floor, scale, with_lung)
     rows: list[dict[str, Any]] = []
@@ -272,15 +246,23 @@ def run_inference(
     # most two chunks of outputs are in memory.
     writers = ThreadPoolExecutor(max_workers=4)
     previous: list[_Slot] = []
+
+    def collect(slots: list[_Slot]) -> None:
+        for slot in slots:  # one by one: rows before a failed write still reach on_row
+            row = _rows([slot])[0]
+            if on_row is not None:
+                on_row(items[len(rows)], row)
+            rows.append(row)
+
     try:
-        for chunk in _read_chunks(items, batch_size):
+        for chunk in _read_chunks(items, batch_size, min_side):
             current = _process_chunk(chunk, predict_batch, writers, settings)
-            rows.extend(_rows(previous))
+            collect(previous)
             previous = current
             done += len(chunk)
             rate = done / max(time.time() - t0, 1e-9)
             log.info("processed %d/%d images (%.1f images/s)", done, total, rate)
-        rows.extend(_rows(previous))
+        collect(previous)
     finally:
         writers.shutdown()  # waits for the outputs already submitted
     return rows
@@ -344,13 +326,17 @@ def infer_files(
     Raises:
       FileExistsError: an output exists and `overwrite` is False (checked before any work).
       FileNotFoundError, ValueError: a model cannot be loaded or the batch size does not fit.
+      StorageError: `out_dir` cannot be written (read-only, full).
     """
     out_dir = Path(out_dir)
     items, input_errors = collect_inputs(inputs)
     for e in input_errors:
         log.error("%s: %s", e.path, e.reason)
     with_lung = lung_checkpoint is not None
-    check_no_overwrite(items, out_dir, with_lung, overwrite)
+    meta = run_settings(checkpoint, lung_checkpoint, threshold, lung_threshold, display_floor)
+    settings = {**meta, "which": which}
+    kept = resume_point(items, out_dir, with_lung, overwrite, settings)
+    check_writable(out_dir, "the --out folder")
 
     mesh = make_mesh()
     batch_size = batch_size or 8 * mesh.devices.size
@@ -361,11 +347,24 @@ def infer_files(
     predictor = Predictor(
         loaded.models, loaded.preprocessing, loaded.sizes, mesh, batch_size=batch_size
     )
-    log.info(
-        "%d images to process on %d device(s), batch %d", len(items), mesh.devices.size, batch_size
+    # The marker before the first output: a killed run is then known as ours.
+    names = [REPORT_CSV, REPORT_JSON]
+    unfinished.remove_temporaries(
+        [out_dir / n for n in names]
+        + [p for it in items for p in output_paths(it.key, out_dir, with_lung).values()]
     )
-    rows = run_inference(
-        items,
+    journal = unfinished.begin(out_dir, TOOL, settings, kept)
+    todo = [it for it in items if it.key not in kept]
+    log.info(
+        "%d images to process on %d device(s), batch %d", len(todo), mesh.devices.size, batch_size
+    )
+
+    def on_row(item: InputItem, row: dict[str, Any]) -> None:
+        if row.get("status") == "ok":
+            journal.record(item.key, row)
+
+    new = run_inference(
+        todo,
         predictor.predict_batch,
         out_dir,
         batch_size=batch_size,
@@ -373,10 +372,14 @@ def infer_files(
         lung_threshold=lung_threshold,
         display_floor=display_floor,
         with_lung=with_lung,
+        on_row=on_row,
+        min_side=image_limits.MIN_RADIOGRAPH_SIDE,  # no decision for what is no radiograph
     )
+    by_key = {**kept, **{it.key: row for it, row in zip(todo, new, strict=True)}}
+    rows = [by_key[it.key] for it in items]
     rows += [_error_row(e.path, e.reason) for e in input_errors]
-    meta = run_settings(checkpoint, lung_checkpoint, threshold, lung_threshold, display_floor)
     write_reports(rows, out_dir, meta)
+    journal.finish()
     ok = sum(r["status"] == "ok" for r in rows)
     log.info("wrote %d image result(s) and %s to %s", ok, REPORT_CSV, out_dir)
     return rows

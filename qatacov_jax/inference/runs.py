@@ -6,11 +6,72 @@ consumer loads a run, and sizes its inputs, the same way.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from qatacov_jax.runtime.storage import StorageError
 from qatacov_jax.training.rundir import load_model
+
+
+class CorruptRunError(ValueError):
+    """A run directory's file cannot be read: truncated or invalid JSON, a damaged checkpoint.
+    The message names the run and the file; the CLIs end with it and exit code 65
+    (EX_DATAERR, docs/troubleshooting.md)."""
+
+
+def _run_file_problem(run_dir: Path, e: BaseException) -> str:
+    """Which file of a run failed to load and how, in one line."""
+    if isinstance(e, json.JSONDecodeError):
+        # Only config.json and preprocessing.json are JSON we read before the checkpoint.
+        for name in ("config.json", "preprocessing.json"):
+            try:
+                json.loads((run_dir / name).read_text())
+            except (OSError, ValueError):
+                return f"{run_dir / name} is not valid JSON (truncated or edited?): {e}"
+        return f"a checkpoint's metadata under {run_dir / 'checkpoints'} is not valid JSON ({e})"
+    text = " ".join(str(e).split())[:300] or type(e).__name__
+    return f"the checkpoint under {run_dir / 'checkpoints'} cannot be read ({text})"
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[None]:
+    """Orbax logs (through absl) its read-only notices on every restore and an ERROR per
+    damaged metadata file before raising; the raised error is reported instead, once."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def load_run(run_dir: str | Path, *, which: str = "best") -> tuple[Any, Any, Any]:
+    """`training.rundir.load_model` with its failures in one line: FileNotFoundError and a
+    configuration's ValueError as they were, `CorruptRunError` for an unreadable file.
+
+    Returns:
+      (model in eval mode, config, preprocessing).
+    """
+    run_dir = Path(run_dir)
+    try:
+        with _quiet_orbax():
+            return load_model(run_dir, which=which)
+    except (FileNotFoundError, StorageError):
+        raise
+    except json.JSONDecodeError as e:
+        raise CorruptRunError(_run_file_problem(run_dir, e)) from None
+    except ValueError as e:
+        if "checkpoint" in str(e).lower() or "tensorstore" in str(e).lower():
+            raise CorruptRunError(_run_file_problem(run_dir, e)) from None
+        raise
+    except Exception as e:  # noqa: BLE001 - orbax / tensorstore raise many types for bad files
+        raise CorruptRunError(_run_file_problem(run_dir, e)) from None
 
 
 def _input_size(config: Any, run_dir: Path) -> Any:
@@ -43,16 +104,22 @@ def load_models(runs: dict[str, str | Path], *, which: str = "best") -> LoadedMo
     """Loads each run directory's model (`training.rundir.load_model`) and its input size.
 
     Raises:
-      FileNotFoundError, ValueError: a run cannot be loaded; the message names its role.
+      FileNotFoundError, ValueError, CorruptRunError: a run cannot be loaded; the message
+        names its role.
     """
     loaded = LoadedModels({}, {}, {}, {}, {})
     for name, run_dir in runs.items():
         run_dir = Path(run_dir)
         try:
-            model, config, prep = load_model(run_dir, which=which)
+            model, config, prep = load_run(run_dir, which=which)
             size = _input_size(config, run_dir)
         except (FileNotFoundError, ValueError) as e:
-            raise type(e)(f"cannot load the {name} model from {run_dir}: {e}") from None
+            # Not type(e)(...): a subclass's constructor may want other arguments
+            # (JSONDecodeError's three).
+            cls = next(
+                c for c in (CorruptRunError, FileNotFoundError, ValueError) if isinstance(e, c)
+            )
+            raise cls(f"cannot load the {name} model from {run_dir}: {e}") from None
         loaded.models[name], loaded.configs[name] = model, config
         loaded.preprocessing[name], loaded.sizes[name] = prep, size
         loaded.runs[name] = run_dir

@@ -1,0 +1,494 @@
+"""Hospital files and hostile uploads: decompression bombs refused from their header (with
+a memory bound), compressed DICOM decoded or refused in one line, non-radiographs refused,
+killed batch jobs rerun, damaged run files in one line, and the server's exposure (hosts,
+headers, token, streamed uploads).
+
+Cheap throughout: bombs are written without decoding them, models are the tiny one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from data_fakes import write_dicom_pixels
+from PIL import Image
+
+from qatacov_jax.data import image_limits, imageio
+from qatacov_jax.data.imageio import ImageReadError, read_xray_with_info
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    from train_utils import write_tiny_run
+
+    return write_tiny_run(tmp_path_factory.mktemp("runs") / "tiny")
+
+
+# ------------------------------------------------------------------ bombs
+
+
+def png_bomb(path: Path, side: int) -> Path:
+    """A valid grey PNG of side x side zeros, written row by row (never held in memory):
+    a few hundred KB on disk, side**2 bytes decoded."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    z = zlib.compressobj(9)
+    row = b"\0" * (side + 1)  # filter byte + samples
+    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    ihdr = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def dicom_dataset(rows: int, cols: int, *, modality: str = "DX", frames: int = 1):
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Modality = modality
+    ds.Rows, ds.Columns = rows, cols
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    return ds
+
+
+def deflated_dicom_bomb(path: Path, side: int, trailing: int = 0) -> Path:
+    """A deflated DICOM of side x side zeros (+ `trailing` bytes of padding the header does
+    not declare): tens of KB on disk."""
+    ds = dicom_dataset(side, side)
+    ds.PixelData = bytes(side * side)
+    if trailing:
+        ds.add_new(0xFFFCFFFC, "OB", bytes(trailing))  # Data Set Trailing Padding
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def rle_dicom_claiming(path: Path, side: int) -> Path:
+    """An RLE DICOM whose header declares side x side pixels over a few bytes of data (what
+    a 244 KB file of 16000 x 16000 does): only the header must be read."""
+    from pydicom.encaps import encapsulate
+
+    ds = dicom_dataset(side, side)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.RLELossless
+    ds.PixelData = encapsulate([b"\0" * 64])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bombs")
+    return {
+        "png_9000": png_bomb(d / "png_9000.png", 9000),
+        "dicom_deflated_7000": deflated_dicom_bomb(d / "deflated.dcm", 7000),
+        "dicom_rle_16000": rle_dicom_claiming(d / "rle16000.dcm", 16000),
+        "dicom_deflated_lying": deflated_dicom_bomb(d / "lying.dcm", 64, trailing=48 << 20),
+    }
+
+
+def test_bombs_are_small_files_refused_from_their_header(bombs):
+    for name, path in bombs.items():
+        assert path.stat().st_size < 400_000, (name, path.stat().st_size)
+        with pytest.raises(ImageReadError) as e:
+            read_xray_with_info(path)
+        assert e.value.refused, (name, e.value.reason)
+        assert "\n" not in e.value.reason
+        if name != "dicom_deflated_lying":
+            assert "--max-megapixels" in e.value.reason and "million" in e.value.reason
+    assert "more data than its header declares" in str(
+        pytest.raises(ImageReadError, read_xray_with_info, bombs["dicom_deflated_lying"]).value
+    )
+
+
+def test_bomb_refusals_keep_memory_flat(bombs):
+    """Reading every bomb (in a fresh process, so its peak RSS is its own) raises the peak
+    by less than 100 MB; decoding any of them would take gigabytes."""
+    script = textwrap.dedent(
+        """
+        import json, resource, sys
+        from qatacov_jax.data import imageio
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        refused = 0
+        for p in sys.argv[1:]:
+            try:
+                imageio.read_xray_with_info(p)
+            except imageio.ImageReadError as e:
+                refused += e.refused
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({"growth_kb": after - before, "refused": refused}))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, *map(str, bombs.values())],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["refused"] == len(bombs)
+    assert got["growth_kb"] < 100 * 1024, got
+
+
+def test_pixel_budget_is_one_setting(tmp_path, monkeypatch):
+    path = png_bomb(tmp_path / "b.png", 3000)  # 9 million pixels
+    try:
+        image_limits.set_max_megapixels(8)
+        with pytest.raises(ImageReadError, match="over the limit of 8 million"):
+            read_xray_with_info(path)
+        image_limits.set_max_megapixels(None)
+        monkeypatch.setenv(image_limits.MAX_MEGAPIXELS_ENV, "5")
+        assert image_limits.max_pixels() == 5_000_000
+        with pytest.raises(ImageReadError, match="limit of 5 million"):
+            read_xray_with_info(path)
+        monkeypatch.setenv(image_limits.MAX_MEGAPIXELS_ENV, "10")
+        assert read_xray_with_info(path)[0].shape == (3000, 3000)
+        monkeypatch.setenv(image_limits.MAX_MEGAPIXELS_ENV, "lots")
+        with pytest.raises(ValueError, match="not a positive number"):
+            image_limits.max_pixels()
+    finally:
+        image_limits.set_max_megapixels(None)
+
+
+def test_infer_cli_refuses_a_bomb_in_its_report(tmp_path, tiny_run, capsys):
+    from qatacov_jax.cli import infer as infer_cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    png_bomb(src / "bomb.png", 9000)
+    Image.fromarray(np.full((48, 40), 90, np.uint8)).save(src / "ok.png")
+    out = tmp_path / "out"
+    code = infer_cli.main(["--checkpoint", str(tiny_run), str(src), "--out", str(out)])
+    assert code == 1
+    rows = {
+        Path(r["file"]).name: r for r in json.loads((out / "report.json").read_text())["images"]
+    }
+    assert rows["ok.png"]["status"] == "ok"
+    assert "--max-megapixels" in rows["bomb.png"]["error"]
+    assert (
+        infer_cli.main(
+            [
+                "--checkpoint",
+                str(tiny_run),
+                str(src),
+                "--out",
+                str(tmp_path / "o2"),
+                "--max-megapixels",
+                "0",
+            ]
+        )
+        == 2
+    )
+    assert "--max-megapixels must be positive" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ DICOM variety
+
+
+# The files of pydicom's wheel (never `get_testdata_files`, which tries to download more).
+PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
+
+
+def _testdata() -> list[Path]:
+    return sorted(f for f in PYDICOM_FILES.glob("*.dcm") if f.is_file())
+
+
+def test_pydicom_test_files_ship_offline():
+    files = _testdata()
+    assert len(files) > 50
+    assert {"JPGExtended.dcm", "CT_small.dcm", "no_meta.dcm"} <= {f.name for f in files}
+
+
+def test_every_pydicom_test_file_gives_a_map_or_one_line():
+    """pydicom's own test files: each is read to a map, or refused with one line that names
+    no path and no exception class (CT, MR, US... as not radiographs)."""
+    for f in _testdata():
+        try:
+            img, note = read_xray_with_info(f)
+        except ImageReadError as e:
+            reason = e.reason
+            assert reason and "\n" not in reason and len(reason) < 300, (f.name, reason)
+            assert "/" not in reason.replace("N/A", "") or "pydicom" not in reason, reason
+            assert "force=True" not in reason and "Error:" not in reason, (f.name, reason)
+        else:
+            assert img.ndim == 2 and img.dtype == np.float32 and note, f.name
+
+
+def _as_radiograph(name: str, tmp_path: Path) -> Path:
+    """pydicom's test file `name` with Modality DX (the decoders are the point)."""
+    ds = pydicom.dcmread(PYDICOM_FILES / name)
+    ds.Modality = "DX"
+    ds.save_as(tmp_path / name)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize(
+    "name, syntax",
+    [
+        ("JPGExtended.dcm", "12-bit JPEG Extended"),
+        ("SC_rgb_jpeg_gdcm.dcm", "JPEG Lossless"),
+        ("MR_small_jpeg_ls_lossless.dcm", "JPEG-LS"),
+        ("MR_small_jp2klossless.dcm", "JPEG 2000"),
+        ("GDCMJ2K_TextGBR.dcm", "colour JPEG 2000 (YBR_RCT)"),
+        ("MR_small_RLE.dcm", "RLE"),
+        ("image_dfl.dcm", "deflated"),
+    ],
+)
+def test_compressed_dicom_decodes(name, syntax, tmp_path):
+    img, note = read_xray_with_info(_as_radiograph(name, tmp_path))
+    assert img.ndim == 2 and 0.0 <= img.min() < img.max() <= 1.0, syntax
+    assert "DICOM" in note
+
+
+def test_missing_decoder_names_its_package(monkeypatch):
+    import importlib.util
+
+    ds = pydicom.dcmread(PYDICOM_FILES / "MR_small_jp2klossless.dcm")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda m, *a: None if m == "openjpeg" else real(m, *a)
+    )
+    reason = imageio._pixel_problem(ds, RuntimeError("no decoder"))
+    assert "pylibjpeg-openjpeg" in reason and "libjpeg " not in reason
+    assert "JPEG 2000" in reason
+
+
+def test_non_radiographs_and_tiny_images_are_refused(tmp_path):
+    ct = PYDICOM_FILES / "CT_small.dcm"
+    with pytest.raises(ImageReadError, match="Modality is CT, not a radiograph") as e:
+        read_xray_with_info(ct)
+    assert e.value.refused
+    with pytest.raises(ImageReadError, match="no DICOM file header") as e:
+        read_xray_with_info(PYDICOM_FILES / "no_meta.dcm")
+    assert "force" not in e.value.reason
+    ds = dicom_dataset(64, 64, frames=3)
+    ds.PixelData = bytes(64 * 64 * 3)
+    ds.save_as(tmp_path / "multi.dcm", enforce_file_format=True)
+    with pytest.raises(ImageReadError, match="multi-frame DICOM \\(3 frames\\)"):
+        read_xray_with_info(tmp_path / "multi.dcm")
+    Image.fromarray(np.full((3, 3), 90, np.uint8)).save(tmp_path / "tiny.png")
+    assert read_xray_with_info(tmp_path / "tiny.png")[0].shape == (3, 3)  # the data reader
+    with pytest.raises(ImageReadError, match="3 x 3 pixels, too small"):
+        read_xray_with_info(tmp_path / "tiny.png", min_side=image_limits.MIN_RADIOGRAPH_SIDE)
+    write_dicom_pixels(tmp_path / "dx.dcm", np.full((40, 40), 100), "MONOCHROME2")
+    ds = pydicom.dcmread(tmp_path / "dx.dcm")
+    del ds.Modality  # converters drop it: accepted
+    ds.save_as(tmp_path / "nomod.dcm")
+    assert read_xray_with_info(tmp_path / "nomod.dcm")[0].shape == (40, 40)
+
+
+def test_dicom_mapping_unchanged_by_the_checks(tmp_path):
+    """The header checks read the file first; the intensity mapping is the one of
+    tests/test_data_imageio.py (12 bits stored, no window: values / 4095)."""
+    x = np.arange(40 * 36).reshape(40, 36) % 4096
+    write_dicom_pixels(tmp_path / "x.dcm", x, "MONOCHROME1")
+    img, note = read_xray_with_info(tmp_path / "x.dcm")
+    np.testing.assert_allclose(img, 1.0 - x / 4095, atol=1e-6)
+    assert note.endswith("values / 4095, inverted (MONOCHROME1)")
+
+
+# ------------------------------------------------------------------ killed batch jobs
+
+
+def _xrays(folder: Path, n: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for k in range(n):
+        Image.fromarray((rng.random((48, 40)) * 255).astype(np.uint8)).save(folder / f"x{k}.png")
+    return folder
+
+
+def test_killed_infer_run_is_finished_by_a_rerun(tmp_path, tiny_run, monkeypatch):
+    """A run killed after 3 of 6 images (the kill is a BaseException out of the 4th write,
+    leaving that write's temporary file) is finished by the same command: the 3 are kept,
+    the rest done, temporaries removed; with other settings it is refused unless
+    --overwrite, which redoes everything."""
+    from qatacov_jax.inference import files
+    from qatacov_jax.runtime import unfinished
+
+    src, out = _xrays(tmp_path / "in", 6), tmp_path / "out"
+    real_save, saved = files.save_png, []
+
+    class Killed(BaseException):
+        pass
+
+    def dying_save(path, array, **kw):
+        if Path(path).name.startswith("x3_"):  # x0..x2 written; x3 dies mid-write
+            unfinished.temporary_of(Path(path)).write_bytes(b"half a png")
+            raise Killed
+        saved.append(path)
+        return real_save(path, array, **kw)
+
+    monkeypatch.setattr(files, "save_png", dying_save)
+    with pytest.raises(Killed):
+        files.infer_files(tiny_run, [src], out)
+    assert (out / unfinished.MARKER).exists() and not (out / "report.json").exists()
+    assert list(out.rglob(".*.tmp.png"))
+    monkeypatch.setattr(files, "save_png", real_save)
+
+    with pytest.raises(FileExistsError, match="unfinished run .* other settings .*threshold"):
+        files.infer_files(tiny_run, [src], out, threshold=0.7)
+    predicted = []
+    real_run = files.run_inference
+    monkeypatch.setattr(
+        files,
+        "run_inference",
+        lambda items, *a, **k: predicted.extend(items) or real_run(items, *a, **k),
+    )
+    rows = files.infer_files(tiny_run, [src], out)
+    assert len(predicted) < 6 and all(r["status"] == "ok" for r in rows) and len(rows) == 6
+    assert not list(out.rglob(".*.tmp.*")) and not (out / unfinished.MARKER).exists()
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(Path(r["file"]).name for r in report["images"]) == [f"x{k}.png" for k in range(6)]
+    with pytest.raises(FileExistsError, match="already exists"):  # finished: ours, complete
+        files.infer_files(tiny_run, [src], out)
+    predicted.clear()
+    files.infer_files(tiny_run, [src], out, overwrite=True)
+    assert len(predicted) == 6
+
+
+def test_partial_output_without_journal_is_ours_with_overwrite(tmp_path, tiny_run):
+    """Killed before its first report: the marker alone makes --overwrite accept the folder
+    (the old refusal said 'not an earlier output'), and a plain rerun finishes it."""
+    from qatacov_jax.inference import files
+    from qatacov_jax.runtime import unfinished
+
+    src, out = _xrays(tmp_path / "in", 2), tmp_path / "out"
+    settings = {"checkpoint": "elsewhere"}
+    unfinished.begin(out, files.TOOL, settings, {})
+    (out / "x0_map.png").write_bytes(b"a complete map of the killed run")
+    with pytest.raises(FileExistsError, match="other settings"):
+        files.infer_files(tiny_run, [src], out)
+    rows = files.infer_files(tiny_run, [src], out, overwrite=True)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+
+
+def test_killed_evaluation_keeps_finished_folds(tmp_path, tiny_run, monkeypatch):
+    import shutil
+
+    from qatacov_jax.evaluation import runner
+    from qatacov_jax.runtime import unfinished
+
+    cv = tmp_path / "cv"
+    for k in (0, 1):
+        shutil.copytree(tiny_run, cv / f"fold_{k}")
+    out = tmp_path / "eval"
+    real_write, calls = runner.write_outputs, []
+
+    class Killed(BaseException):
+        pass
+
+    def dying_write(path, *a, **k):
+        calls.append(path.name)
+        if path.name == "fold_1":
+            (path / "maps").mkdir(parents=True, exist_ok=True)
+            (path / ".metrics.tmp.json").write_text("{")
+            raise Killed
+        return real_write(path, *a, **k)
+
+    monkeypatch.setattr(runner, "write_outputs", dying_write)
+    with pytest.raises(Killed):
+        runner.evaluate(cv, out_dir=out, split="test", num_maps=0)
+    assert (out / unfinished.MARKER).exists()
+    monkeypatch.setattr(runner, "write_outputs", real_write)
+    with pytest.raises(FileExistsError, match="other settings"):
+        runner.evaluate(cv, out_dir=out, split="test", num_maps=0, threshold=0.3)
+    evaluated = []
+    real_eval = runner.evaluate_run
+    monkeypatch.setattr(
+        runner, "evaluate_run", lambda run, **k: evaluated.append(run.name) or real_eval(run, **k)
+    )
+    result = runner.evaluate(cv, out_dir=out, split="test", num_maps=0)
+    assert evaluated == ["fold_1"]  # fold_0 kept from its metrics.json
+    assert result["info"]["folds"] == ["fold_0", "fold_1"]
+    assert not list(out.rglob(".*.tmp.*")) and not (out / unfinished.MARKER).exists()
+    f0 = json.loads((out / "fold_0" / "metrics.json").read_text())
+    assert result["num_images"] == 2 * f0["num_images"]
+
+
+# ------------------------------------------------------------------ damaged run files
+
+
+def _damaged_runs(tiny_run: Path, base: Path) -> dict[str, Path]:
+    import shutil
+
+    runs = {}
+    cfg = shutil.copytree(tiny_run, base / "cfg")
+    (cfg / "config.json").write_text((cfg / "config.json").read_text()[:100])
+    runs["config"] = cfg
+    ck = shutil.copytree(tiny_run, base / "ckpt")
+    for f in (ck / "checkpoints" / "best").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(f.read_bytes()[:10])
+    runs["checkpoint"] = ck
+    return runs
+
+
+@pytest.mark.parametrize("command", ["infer", "export", "evaluate"])
+def test_damaged_run_files_are_one_line_and_exit_65(command, tmp_path, tiny_run, capfd):
+    """A truncated config.json or checkpoint: one line naming the file, exit 65, and none of
+    the 'Event loop is closed' tracebacks orbax prints on its way down (captured at the
+    file descriptors, where those threads write)."""
+    import importlib
+
+    main = importlib.import_module(f"qatacov_jax.cli.{command}").main
+    src = _xrays(tmp_path / "in", 1)
+    for what, run in _damaged_runs(tiny_run, tmp_path).items():
+        out = str(tmp_path / f"out_{what}")
+        argv = {
+            "infer": ["--checkpoint", str(run), str(src), "--out", out],
+            "export": [str(run), "--format", "stablehlo", "--out", out],
+            "evaluate": [str(run), "--split", "test", "--out", out],
+        }[command]
+        code = main([*argv, "--compilation-cache=off"] if command != "export" else argv)
+        err = [ln for ln in capfd.readouterr().err.splitlines() if not _noise(ln)]
+        assert code == 65, (what, code, err)
+        assert len(err) == 1 and err[0].startswith("error: "), (what, err)
+        name = "config.json" if what == "config" else "checkpoint"
+        assert name in err[0] and str(run) in err[0], err[0]
+
+
+def _noise(line: str) -> bool:
+    """Start-up notices of TensorFlow/XLA (not ours) and log lines of the run."""
+    return (
+        not line.strip()
+        or line.startswith(("WARNING: All log messages", "I0000", "W0000", "INFO ", "WARNING "))
+        or "oneDNN" in line
+    )
+
+
+def test_unwritable_out_is_one_line_and_exit_74(tmp_path, tiny_run, capsys):
+    from qatacov_jax.cli import infer as infer_cli
+
+    src = _xrays(tmp_path / "in", 1)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the folder should go")
+    code = infer_cli.main(["--checkpoint", str(tiny_run), str(src), "--out", str(blocker / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 74 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert str(blocker) in err
