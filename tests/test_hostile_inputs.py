@@ -492,3 +492,73 @@ def test_unwritable_out_is_one_line_and_exit_74(tmp_path, tiny_run, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 74 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert str(blocker) in err
+
+
+# ------------------------------------------------------------------ the server
+
+
+@pytest.fixture(scope="module")
+def web_engine(tiny_run):
+    from qatacov_jax.webapp.engine import load_engine
+
+    eng = load_engine(tiny_run, annotate=True, batch_size=1)
+    yield eng
+    eng.close()
+
+
+def _app(engine, session=None, **settings):
+    from qatacov_jax.webapp.app import Settings, create_app
+
+    return create_app(engine, Settings(**settings), session)
+
+
+def test_foreign_host_names_are_refused_and_headers_are_set(web_engine):
+    from fastapi.testclient import TestClient
+
+    from qatacov_jax.webapp.guards import allowed_hosts
+
+    hosts = allowed_hosts("127.0.0.1")
+    c = TestClient(_app(web_engine, allowed_hosts=hosts), base_url="http://127.0.0.1:8000")
+    page = c.get("/")
+    assert page.status_code == 200
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["referrer-policy"] == "no-referrer"
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "http" not in csp
+    assert c.get("/api/config").headers["cache-control"] == "no-store"
+    for evil in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example"):
+        r = c.get("/api/config", headers={"host": evil})
+        assert r.status_code == 400 and "not served here" in r.json()["error"], evil
+    assert c.get("/", headers={"host": "localhost:8000"}).status_code == 200
+    assert c.get("/", headers={"host": "[::1]:8000"}).status_code == 200
+    assert "xray.hospital.example" in allowed_hosts("0.0.0.0", ("xray.hospital.example",))
+    assert "0.0.0.0" not in allowed_hosts("0.0.0.0")
+    assert "10.1.2.3" in allowed_hosts("10.1.2.3")
+
+
+def test_decision_bodies_of_wrong_types_are_json_422(web_engine, tmp_path):
+    """The strict DecisionRequest: a string for a boolean, a nested list for a mask,
+    negative or non-numeric seconds and control characters in a name are JSON 422s naming
+    the field; nothing is saved."""
+    from fastapi.testclient import TestClient
+
+    from qatacov_jax.webapp.annotation import PROVENANCE, AnnotationSession, LiveCandidates
+
+    imgs, out = _xrays(tmp_path / "xrays", 1), tmp_path / "accepted"
+    source = LiveCandidates(imgs, web_engine.candidate_names, 0.5, web_engine.candidates.predict)
+    c = TestClient(_app(web_engine, AnnotationSession(source, out)))
+    key = c.get("/api/annotate").json()["next"]
+    who = {"annotator": "A", "revision": 0}
+    for bad, field in [
+        ({"no_infection": "false", **who}, "no_infection"),
+        ({"mask": [[0]], **who}, "mask"),
+        ({"no_infection": True, "seconds": -5, **who}, "seconds"),
+        ({"no_infection": True, "revision": -1, "annotator": "A"}, "revision"),
+        ({"no_infection": True, "revision": 0, "annotator": "A\x1b[31m"}, "annotator"),
+        ({"no_infection": True, "revision": 0, "annotator": "A\nB"}, "annotator"),
+    ]:
+        r = c.post(f"/api/annotate/{key}", json=bad)
+        assert r.status_code == 422, (bad, r.status_code, r.text)
+        assert field in r.json()["error"], (bad, r.text)
+    assert not (out / PROVENANCE).exists()

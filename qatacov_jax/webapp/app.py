@@ -33,6 +33,7 @@ from starlette.middleware.base import RequestResponseEndpoint
 from qatacov_jax.webapp.annotation import CONSENSUS, AnnotationSession
 from qatacov_jax.webapp.deps import TOKEN_ERROR, ApiError, Settings, require_token, token_accepted
 from qatacov_jax.webapp.engine import Engine
+from qatacov_jax.webapp.guards import RequestGuard
 from qatacov_jax.webapp.routes import annotation, demo
 from qatacov_jax.webapp.routes.demo import STATIC
 from qatacov_jax.webapp.schemas import ErrorResponse
@@ -56,6 +57,9 @@ def create_app(
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.middleware("http")(guard_uploads)
+    # Outermost: the Host check, the streamed body limit and the security headers hold for
+    # every request, whatever the routes do (guards.py).
+    app.add_middleware(RequestGuard)
     app.include_router(demo.page)
     api = demo.router if engine is not None else annotation.review_router
     for router, prefix, tag in (

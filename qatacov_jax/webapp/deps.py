@@ -38,6 +38,10 @@ class Settings:
     token: str | None = None
     blind: bool = False  # annotation: hide model names, shuffle candidates per image
     which: str = "best"  # the checkpoint of each run that was loaded (--which), for labels
+    # Host names answered (guards.RequestGuard); None answers any (tests' clients). The
+    # server sets them: loopback names, --host and --allowed-host (guards.allowed_hosts).
+    allowed_hosts: tuple[str, ...] | None = None
+    body_timeout_s: float = 30.0  # a request body that stalls this long is answered 408
 
     @property
     def max_upload_bytes(self) -> int:

@@ -240,17 +240,26 @@ class AnnotationItem(BaseModel):
     progress: Progress
 
 
+# Names and labels that end up in provenance files and on annotators' screens.
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
+
+
 class DecisionRequest(BaseModel):
     """A decision on one image (docs/annotation.md#post-apiannotatekey-a-decision)."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    annotator: str = Field(description="who decides: their latest decision is their vote")
+    annotator: str = Field(
+        description="who decides: their latest decision is their vote (no control characters)",
+        pattern=NO_CONTROL_CHARACTERS,
+    )
     outcome: str | None = Field(None, description=OUTCOME_HELP)
     candidate: str | None = Field(None, description="the candidate's name as shown")
     mask: str | None = Field(None, description=f"the final mask, {PNG_URL}")
-    revision: int | None = Field(None, description="the image's revision when loaded")
-    seconds: float | None = Field(None, description="time spent on the image")
+    revision: int | None = Field(None, ge=0, description="the image's revision when loaded")
+    seconds: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="time spent on the image"
+    )
     note: str | None = Field(None, max_length=1000)
     adjudicate: bool = Field(False, description="settle the image whatever the votes")
     source: str | None = Field(None, description="legacy name of `candidate`")
