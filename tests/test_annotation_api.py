@@ -259,3 +259,29 @@ def test_order_and_command_line(tmp_path, capsys):
     assert "--review" in capsys.readouterr().err
     assert serve_cli.main(["--review", str(tmp_path / "nope"), "--annotations", "o"]) == 2
     assert "manifest.json" in capsys.readouterr().err
+
+
+def test_drawing_without_a_model(tmp_path):
+    """`serve.py --annotate XRAYS` alone: no candidates, the doctors draw (Stage I's first
+    masks)."""
+    from fastapi.testclient import TestClient
+    from webapp_fixtures import write_xray
+
+    from qatacov_jax.webapp.annotation import AnnotationSession, LiveCandidates
+    from qatacov_jax.webapp.app import Settings, create_app
+
+    write_xray(tmp_path / "first" / "x.png", 40, 48)
+    session = AnnotationSession(LiveCandidates(tmp_path / "first", (), 0.5), tmp_path / "manual")
+    c = TestClient(create_app(None, Settings(), session))
+    item = c.get("/api/annotate/first__x").json()
+    assert item["candidates"] == [] and item["disagreement"] is None
+    drawn = np.zeros((40, 48), bool)
+    drawn[10:30, 5:20] = True
+    body = {"annotator": "md", "outcome": "draw", "mask": mask_url(drawn)}
+    assert c.post("/api/annotate/first__x", json=body).status_code == 200
+    assert (
+        c.post("/api/annotate/first__x", json={"annotator": "md", "outcome": "pick"}).status_code
+        == 422
+    )
+    assert layout.read_masks(tmp_path / "manual", "infection")["first__x"].image is not None
+    assert c.post("/api/predict", files={"file": ("x.png", b"1")}).status_code == 404

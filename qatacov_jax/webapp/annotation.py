@@ -7,7 +7,8 @@ Two sources of candidates (docs/annotation.md):
   wrote (`annotation.candidates.CandidateStore`); no model is loaded. In Stage I each
   image's candidates come from the fold models that never saw it.
 * `LiveCandidates` (`--annotate XRAYS --candidates RUN ...`): the loaded models predict an
-  image when it is opened (the last few are cached).
+  image when it is opened (the last few are cached); without a model (`--annotate` alone)
+  there are no candidates and masks are drawn.
 
 `--reference MASKS` adds the doctors' own mask of an image as the candidate `manual`. Shown
 blind, every candidate is "candidate A", "candidate B"... in an order shuffled per image;
@@ -206,6 +207,8 @@ class LiveCandidates:
 
     def load(self, key: str) -> Candidates:
         img = self.xray(key)
+        if not self.models:  # drawing without a model
+            return Candidates(img, {}, None)
         assert self.predict is not None, "LiveCandidates.predict is set before serving"
         probs = self.predict(img)
         probs = {k: probs[k] for k in self.models}

@@ -347,4 +347,6 @@ async def review_config(session: StoreDep, settings: SettingsDep) -> dict[str, A
 
 @review_router.post("/predict", responses={404: {"model": ErrorResponse}})
 async def no_model() -> None:
-    raise ApiError(404, "no model is loaded: this server reviews a candidate store (--review)")
+    raise ApiError(
+        404, "no model is loaded on this annotation server (--review or --annotate alone)"
+    )
