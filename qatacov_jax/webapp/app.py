@@ -119,8 +119,8 @@ def check_host(host: str, token: str | None) -> None:
     """A non-loopback binding needs a token (anyone on the network could use the server)."""
     if host not in LOOPBACK and not token:
         raise ValueError(
-            f"--host {host} makes the server reachable from other machines; give it a secret "
-            "with --token-file FILE (or $QATACOV_TOKEN); clients then open /?token=SECRET."
+            f"--host {host} makes the server reachable from other machines; give --token "
+            "SECRET too (clients then open /?token=SECRET)."
         )
 
 
