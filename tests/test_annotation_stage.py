@@ -130,3 +130,18 @@ def test_train_on_all_holds_nothing_out(tmp_path):
     cfg.data.train_on_all = False  # qatacov19/v1 has no test split: a fold is needed
     with pytest.raises(ValueError, match="fold"):
         data.num_examples(cfg.data, fold=None, split="train")
+
+
+def test_lung_masks_are_read_as_covid_qu_ex(tmp_path):
+    """`--target lung`: the accepted lung masks train as `covid_qu_ex/lung` (train split)."""
+    masks = write_synthetic_masks(tmp_path / "lung", 6, target="lung")
+    spec = StageSpec(masks, "lung", tmp_path / "w", {"t": _config(0)}, folds=2)
+    cfg = stage_config(_config(0), spec, tmp_path / "tfds")
+    assert (cfg.data.dataset, cfg.data.target, cfg.data.num_folds) == (
+        "covid_qu_ex/lung",
+        "lung",
+        2,
+    )
+    held_out = [stage_mod._ids(cfg, k, "eval") for k in (0, 1)]
+    assert sorted(held_out[0] + held_out[1]) == [f"covid_{i}" for i in range(6)]
+    assert set(stage_mod._ids(cfg, 0, "train")) == set(held_out[1])
