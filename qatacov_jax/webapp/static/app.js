@@ -1,12 +1,11 @@
-// qatacov-jax web app: the demo (upload -> infection map, decision, severity) and the
-// annotation editor. Plain browser JavaScript, no libraries, nothing loaded from elsewhere.
+// qatacov-jax web app: what the demo (demo.js) and the annotation page (annotate.js) share:
+// the API client, errors, image decoding, the confirmation dialog, tabs, the viewer's
+// toolbar and the keyboard shortcuts. Plain browser JavaScript, nothing loaded from elsewhere.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get("token");
-let config = null;
-
-// ------------------------------------------------------------------ helpers
+const App = { config: null, tab: "demo", keys: {} };
 
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
@@ -15,7 +14,7 @@ async function api(path, options = {}) {
   let body = null;
   try { body = await res.json(); } catch (e) { body = null; }
   if (!res.ok) {
-    const err = new Error((body && body.error) || `${res.status} ${res.statusText}`);
+    const err = new Error((body && body.error) || `the server answered ${res.status} ${res.statusText}`);
     err.status = res.status;
     throw err;
   }
@@ -40,338 +39,159 @@ function loadImage(src) {
 function pixels(img) {
   const c = document.createElement("canvas");
   c.width = img.naturalWidth; c.height = img.naturalHeight;
-  const ctx = c.getContext("2d");
+  const ctx = c.getContext("2d", { willReadFrequently: true });
   ctx.drawImage(img, 0, 0);
   return ctx.getImageData(0, 0, c.width, c.height).data;
 }
 
-const fmt = (x, digits = 1) => (x === null || x === undefined || Number.isNaN(x)) ? "n/a" : x.toFixed(digits);
-
-// ------------------------------------------------------------------ demo
-
-const demo = { report: null, prob: null, lung: null, width: 0, height: 0 };
-
-// The severity grade exactly as inference/severity.py: the first bound >= the percentage.
-function grade(pct) {
-  const s = config.severity_scale;
-  if (pct === null || Number.isNaN(pct)) return [-1, "unknown"];
-  let g = s.bounds.findIndex((b) => pct <= b);
-  if (g < 0) g = s.bounds.length;
-  return [g, s.names[g]];
+/** A PNG data URL -> Float32Array of its values in [0, 1]: 16-bit fixed point in red (high)
+ *  + green (low) when `fixed16` (images.encode_probability), else the red channel / 255. */
+async function decodeValues(src, fixed16) {
+  const img = await loadImage(src);
+  const px = pixels(img), n = img.naturalWidth * img.naturalHeight;
+  const out = new Float32Array(n);
+  if (fixed16) for (let i = 0; i < n; i++) out[i] = (px[4 * i] * 256 + px[4 * i + 1]) / 65535;
+  else for (let i = 0; i < n; i++) out[i] = px[4 * i] / 255;
+  return { values: out, w: img.naturalWidth, h: img.naturalHeight };
 }
 
-// Re-thresholds in the browser: mask, decision, areas and severity from the probabilities.
-function applyThreshold() {
-  if (!demo.prob) return;
-  const t = parseFloat($("threshold").value);
-  $("threshold-value").textContent = t.toFixed(2);
-  const n = demo.width * demo.height;
-  const canvas = $("mask");
-  const ctx = canvas.getContext("2d");
-  const out = ctx.createImageData(demo.width, demo.height);
-  let infected = 0, inLung = 0, lungArea = 0;
-  for (let i = 0; i < n; i++) {
-    const on = demo.prob[i] >= t;
-    const v = on ? 255 : 0;
-    out.data[4 * i] = v; out.data[4 * i + 1] = v; out.data[4 * i + 2] = v; out.data[4 * i + 3] = 255;
-    if (on) infected++;
-    if (demo.lung) {
-      if (demo.lung[i]) { lungArea++; if (on) inLung++; }
-    }
-  }
-  ctx.putImageData(out, 0, 0);
-  const r = demo.report;
-  const covid = r.max_probability >= t;
-  const fields = {
-    threshold: t,
-    covid19: covid,
-    infected_percent_of_image: 100 * infected / n,
-  };
-  const decision = $("decision");
-  decision.textContent = covid ? "COVID-19 detected" : "No COVID-19 detected";
-  decision.className = covid ? "positive" : "negative";
-  $("max-prob").textContent = r.max_probability.toFixed(3);
-  $("pct-image").textContent = fmt(fields.infected_percent_of_image) + " %";
-  if (demo.lung) {
-    const pct = lungArea ? 100 * inLung / lungArea : NaN;
-    const [g, name] = grade(pct);
-    fields.infected_percent_of_lung = Number.isNaN(pct) ? null : pct;
-    fields.severity_grade = g;
-    fields.severity = name;
-    $("pct-lung").textContent = fmt(pct) + " %";
-    $("severity").textContent = `${name} (grade ${g})`;
-  }
-  demo.current = fields;
-  document.body.dataset.threshold = t.toFixed(2);
+/** A 0/255 mask PNG data URL -> Uint8Array of 0/1. */
+async function decodeMask(src) {
+  const img = await loadImage(src);
+  const px = pixels(img), n = img.naturalWidth * img.naturalHeight;
+  const out = new Uint8Array(n);
+  for (let i = 0; i < n; i++) out[i] = px[4 * i] > 0 ? 1 : 0;
+  return out;
 }
 
-function reportJson() {
-  const r = Object.assign({}, demo.report);
-  for (const k of ["map", "mask", "lung_mask", "xray", "probability"]) delete r[k];
-  Object.assign(r, demo.current);
-  return JSON.stringify(r, null, 2);
-}
-
-async function predict(file) {
-  showError("");
-  if (!file) return;
-  if (file.size > config.max_upload_mb * 1048576) {
-    showError(`${file.name} is over the ${config.max_upload_mb} MB upload limit`);
-    return;
-  }
-  document.body.dataset.demo = "busy";
-  $("busy").hidden = false;
-  try {
-    const form = new FormData();
-    form.append("file", file);
-    const r = await api("/api/predict", { method: "POST", body: form });
-    const [prob, lung] = await Promise.all([
-      loadImage(r.probability), r.lung_mask ? loadImage(r.lung_mask) : null,
-    ]);
-    demo.report = r;
-    demo.width = r.width; demo.height = r.height;
-    const rgb = pixels(prob);
-    demo.prob = new Float32Array(r.width * r.height);
-    for (let i = 0; i < demo.prob.length; i++) demo.prob[i] = (rgb[4 * i] * 256 + rgb[4 * i + 1]) / 65535;
-    demo.lung = null;
-    if (lung) {
-      const l = pixels(lung);
-      demo.lung = new Uint8Array(r.width * r.height);
-      for (let i = 0; i < demo.lung.length; i++) demo.lung[i] = l[4 * i] > 0 ? 1 : 0;
-    }
-    $("xray").src = r.xray;
-    $("map").src = r.map;
-    await Promise.all([$("xray").decode(), $("map").decode()]);
-    $("mask").width = r.width; $("mask").height = r.height;
-    $("threshold").value = r.threshold;
-    $("dl-map").href = r.map;
-    $("file-name").textContent = r.file + ` (${r.width} x ${r.height})`;
-    for (const el of document.querySelectorAll(".lung")) el.hidden = !demo.lung;
-    $("result").hidden = false;
-    applyThreshold();
-    document.body.dataset.demo = "ready";
-  } catch (e) {
-    showError(e.message);
-    document.body.dataset.demo = "error";
-  } finally {
-    $("busy").hidden = true;
-  }
-}
-
-function setupDemo() {
-  $("file").addEventListener("change", (e) => predict(e.target.files[0]));
-  const drop = $("drop");
-  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
-  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  drop.addEventListener("drop", (e) => {
-    e.preventDefault(); drop.classList.remove("over");
-    predict(e.dataTransfer.files[0]);
-  });
-  $("threshold").addEventListener("input", applyThreshold);
-  $("dl-mask").addEventListener("click", (e) => { e.currentTarget.href = $("mask").toDataURL("image/png"); });
-  $("dl-report").addEventListener("click", (e) => {
-    e.currentTarget.href = URL.createObjectURL(new Blob([reportJson()], { type: "application/json" }));
-  });
-}
-
-// ------------------------------------------------------------------ annotation
-
-const ann = { item: null, chosen: "manual", started: 0, drawing: false, last: null };
-
-function setChosen(name) {
-  ann.chosen = name;
-  $("chosen").textContent = name === "manual" ? "nothing picked (drawing by hand)" : name;
-  for (const card of document.querySelectorAll(".card")) card.classList.toggle("chosen", card.dataset.name === name);
-}
-
-// A 0/255 mask PNG -> opaque red where set, transparent elsewhere, on the editing canvas.
-async function paintMask(src) {
-  const c = $("ed-mask"), ctx = c.getContext("2d");
-  ctx.clearRect(0, 0, c.width, c.height);
-  if (!src) return;
-  const px = pixels(await loadImage(src));
-  const out = ctx.createImageData(c.width, c.height);
-  for (let i = 0; i < c.width * c.height; i++) {
-    if (px[4 * i] > 0) { out.data[4 * i] = 255; out.data[4 * i + 3] = 255; }
-  }
-  ctx.putImageData(out, 0, 0);
-}
-
-function renderCandidates(item) {
-  const box = $("candidates");
-  box.replaceChildren();
-  const cards = item.candidates.map((c) => ({
-    name: c.name, img: c.overlay, pickable: true,
-    text: `area ${fmt(c.area_percent)} % · Dice with models ${fmt(c.dice_with_models, 2)}`,
-    mask: c.mask,
-  }));
-  cards.push({ name: "disagreement", img: item.disagreement, pickable: false,
-               text: `models disagree on ${fmt(item.disagreement_percent)} % of pixels` });
-  for (const c of cards) {
-    const card = document.createElement("div");
-    card.className = "card"; card.dataset.name = c.name;
-    const img = document.createElement("img"); img.src = c.img; img.alt = c.name;
-    const h = document.createElement("h3"); h.textContent = c.name;
-    const p = document.createElement("p"); p.textContent = c.text;
-    card.append(img, h, p);
-    if (c.pickable) {
-      const b = document.createElement("button");
-      b.type = "button"; b.textContent = "Use this"; b.className = "pick";
-      b.addEventListener("click", async () => { await paintMask(c.mask); setChosen(c.name); });
-      card.append(b);
-    }
-    box.append(card);
-  }
-}
-
-function showProgress(p) {
-  $("progress").textContent = `${p.done} of ${p.total} X-rays annotated, ${p.pending} to go`;
-}
-
-async function loadItem(key) {
-  document.body.dataset.annotate = "busy";
-  const item = await api("/api/annotate/" + encodeURIComponent(key));
-  ann.item = item;
-  $("ann-image").textContent = `${item.image} (${item.width} x ${item.height}), revision ${item.revision}` +
-    (item.last ? `, last saved by ${item.last.annotator || "someone"}` : "");
-  showProgress(item.progress);
-  renderCandidates(item);
-  for (const id of ["ed-bg", "ed-mask"]) { $(id).width = item.width; $(id).height = item.height; }
-  $("ed-bg").getContext("2d").drawImage(await loadImage(item.xray), 0, 0);
-  await paintMask(null);
-  setChosen("manual");
-  ann.started = performance.now();
-  $("ann-status").textContent = "Pick a candidate, correct it with brush and eraser, or draw by hand.";
-  document.body.dataset.annotate = "ready";
-}
-
-async function loadNext() {
-  showError("");
-  try {
-    const p = await api("/api/annotate");
-    showProgress(p);
-    if (!p.next) {
-      $("ann-status").textContent = "All X-rays are annotated.";
-      document.body.dataset.annotate = "done";
-      return;
-    }
-    await loadItem(p.next);
-  } catch (e) {
-    showError(e.message);
-    document.body.dataset.annotate = "error";
-  }
-}
-
-function canvasPoint(e) {
-  const c = $("ed-mask"), r = c.getBoundingClientRect();
-  return [(e.clientX - r.left) * c.width / r.width, (e.clientY - r.top) * c.height / r.height];
-}
-
-function stroke(from, to) {
-  const c = $("ed-mask"), ctx = c.getContext("2d");
-  const eraser = document.querySelector("input[name=tool]:checked").value === "eraser";
-  const scale = c.width / c.getBoundingClientRect().width;
-  ctx.globalCompositeOperation = eraser ? "destination-out" : "source-over";
-  ctx.strokeStyle = ctx.fillStyle = "rgb(255,0,0)";
-  ctx.lineWidth = parseFloat($("brush-size").value) * scale;
-  ctx.lineCap = ctx.lineJoin = "round";
-  ctx.beginPath(); ctx.moveTo(from[0], from[1]); ctx.lineTo(to[0], to[1]); ctx.stroke();
-  ctx.globalCompositeOperation = "source-over";
-}
-
-// The edited mask as a black/white PNG at the X-ray's resolution (painted = alpha >= 128).
-function maskPng() {
-  const c = $("ed-mask");
-  const src = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
-  const out = document.createElement("canvas");
-  out.width = c.width; out.height = c.height;
-  const ctx = out.getContext("2d");
-  const img = ctx.createImageData(c.width, c.height);
-  for (let i = 0; i < c.width * c.height; i++) {
-    const v = src[4 * i + 3] >= 128 ? 255 : 0;
+/** A 0/1 mask -> 0/255 greyscale PNG data URL of w x h. */
+function maskPng(mask, w, h) {
+  const c = document.createElement("canvas");
+  c.width = w; c.height = h;
+  const ctx = c.getContext("2d");
+  const img = ctx.createImageData(w, h);
+  for (let i = 0; i < w * h; i++) {
+    const v = mask[i] ? 255 : 0;
     img.data[4 * i] = img.data[4 * i + 1] = img.data[4 * i + 2] = v; img.data[4 * i + 3] = 255;
   }
   ctx.putImageData(img, 0, 0);
-  return out.toDataURL("image/png");
+  return c.toDataURL("image/png");
 }
 
-async function save(noInfection) {
-  if (!ann.item) return;
-  showError("");
-  const annotator = $("annotator").value.trim();
-  localStorage.setItem("annotator", annotator);
-  const body = {
-    revision: ann.item.revision, source: ann.chosen, annotator,
-    seconds: (performance.now() - ann.started) / 1000,
+const fmt = (x, digits = 1) => (x === null || x === undefined || Number.isNaN(x)) ? "n/a" : x.toFixed(digits);
+
+/** A modal question; resolves true for OK. `okText` names the action ("Discard edits"). */
+function ask(text, okText = "OK", cancelText = "Cancel") {
+  const dlg = $("ask");
+  $("ask-text").textContent = text;
+  $("ask-ok").textContent = okText;
+  $("ask-cancel").textContent = cancelText;
+  document.body.dataset.asking = "1";
+  return new Promise((resolve) => {
+    dlg.addEventListener("close", () => {
+      delete document.body.dataset.asking;
+      resolve(dlg.returnValue === "ok");
+    }, { once: true });
+    dlg.returnValue = "cancel";
+    dlg.showModal();
+    $("ask-ok").focus();
+  });
+}
+
+/** Wires a `.viewer-tools` toolbar inside `root` to `viewer`; `zoomLabel` shows the zoom. */
+function wireViewerTools(root, viewer, zoomLabel) {
+  const windowSelect = root.querySelector("[data-view=window]");
+  root.querySelectorAll("button[data-view]").forEach((b) => b.addEventListener("click", () => {
+    const v = b.dataset.view;
+    if (v === "zoom-in") viewer.zoomBy(1.25);
+    else if (v === "zoom-out") viewer.zoomBy(0.8);
+    else if (v === "fit") viewer.fit();
+    else if (v === "actual") viewer.actualSize();
+    else if (v === "wl-tool") {
+      const on = b.getAttribute("aria-pressed") !== "true";
+      b.setAttribute("aria-pressed", String(on));
+      viewer.tool = on ? "window" : (viewer.onPaint ? viewer.paintTool || "brush" : "pan");
+    }
+  }));
+  windowSelect.addEventListener("change", () => {
+    const v = windowSelect.value;
+    if (v === "auto") viewer.autoWindow();
+    else if (QViewer.WINDOWS[v]) viewer.preset(v);
+  });
+  const before = viewer.onChange;
+  viewer.onChange = (vw) => {
+    if (before) before(vw);
+    zoomLabel.textContent = vw.grey ? `${Math.round(vw.scale * 100 / (window.devicePixelRatio || 1))} %` : "";
+    const p = Object.entries(QViewer.WINDOWS).find(([, q]) => Math.abs(q.c - vw.window.c) < 1e-3 && Math.abs(q.w - vw.window.w) < 1e-3);
+    if (p) { if (windowSelect.value !== "auto") windowSelect.value = p[0]; }
+    else if (windowSelect.value !== "auto" || vw._drag) windowSelect.value = "custom";
   };
-  if (noInfection) body.no_infection = true; else body.mask = maskPng();
-  document.body.dataset.annotate = "saving";
-  try {
-    const r = await api("/api/annotate/" + encodeURIComponent(ann.item.key), {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-    });
-    $("ann-status").textContent = `Saved ${r.saved.key} (revision ${r.saved.revision}).`;
-    document.body.dataset.saved = r.saved.key;
-    await loadNext();
-  } catch (e) {
-    showError(e.status === 409 ? "Not saved: " + e.message + " (Reload shows theirs; your drawing stays until then)" : e.message);
-    document.body.dataset.annotate = "error";
+}
+
+// ---------------------------------------------------------------- keyboard
+
+function typing(e) {
+  const t = e.target;
+  return t && (t.isContentEditable || t.tagName === "TEXTAREA" || t.tagName === "SELECT" ||
+    (t.tagName === "INPUT" && !["radio", "checkbox", "range", "button", "submit"].includes(t.type)));
+}
+
+// One dispatcher: shortcuts of the visible tab; never while typing in a text field (the
+// browser's own undo belongs to the field) and never under an open dialog.
+document.addEventListener("keydown", (e) => {
+  if (typing(e) || document.querySelector("dialog[open]") || e.altKey || e.metaKey) return;
+  if (e.key === "?") { e.preventDefault(); $("help").showModal(); return; }
+  const handler = App.keys[App.tab];
+  if (handler && handler(e)) e.preventDefault();
+});
+
+/** Shortcuts every viewer has; returns true when `e` was one. */
+function viewerKeys(e, viewer) {
+  if (e.ctrlKey) return false;
+  switch (e.key) {
+    case "+": case "=": viewer.zoomBy(1.25); return true;
+    case "-": case "_": viewer.zoomBy(0.8); return true;
+    case "f": case "F": viewer.fit(); return true;
+    case "a": case "A": viewer.actualSize(); return true;
+    default: return false;
   }
 }
 
-function setupAnnotate() {
-  $("annotator").value = localStorage.getItem("annotator") || "";
-  const c = $("ed-mask");
-  c.addEventListener("pointerdown", (e) => {
-    ann.drawing = true; ann.last = canvasPoint(e); c.setPointerCapture(e.pointerId);
-    stroke(ann.last, ann.last);
-  });
-  c.addEventListener("pointermove", (e) => {
-    if (!ann.drawing) return;
-    const p = canvasPoint(e); stroke(ann.last, p); ann.last = p;
-  });
-  const end = () => { ann.drawing = false; };
-  c.addEventListener("pointerup", end);
-  c.addEventListener("pointercancel", end);
-  $("clear").addEventListener("click", async () => { await paintMask(null); setChosen("manual"); });
-  $("no-infection").addEventListener("click", () => save(true));
-  $("save").addEventListener("click", () => save(false));
-  $("next").addEventListener("click", loadNext);
-  $("reload").addEventListener("click", async () => {
-    if (!ann.item) return loadNext();
-    showError("");
-    try {
-      await loadItem(ann.item.key);
-      // A saved mask (someone else's, after a conflict) is loaded for correction.
-      if (ann.item.mask) await paintMask(ann.item.mask);
-    } catch (e) { showError(e.message); }
-  });
-}
+// ---------------------------------------------------------------- tabs and start
 
 function showTab(name) {
-  for (const t of document.querySelectorAll(".tab")) t.classList.toggle("active", t.dataset.tab === name);
+  App.tab = name;
+  for (const t of document.querySelectorAll(".tab")) {
+    const on = t.dataset.tab === name;
+    t.classList.toggle("active", on);
+    t.setAttribute("aria-pressed", String(on));
+  }
   $("demo").hidden = name !== "demo";
   $("annotate").hidden = name !== "annotate";
-  if (name === "annotate" && !ann.item) loadNext();
+  document.body.dataset.tab = name;
+  if (name === "annotate" && window.Annotate) Annotate.shown();
 }
 
 async function start() {
-  setupDemo();
-  setupAnnotate();
   for (const t of document.querySelectorAll(".tab")) t.addEventListener("click", () => showTab(t.dataset.tab));
+  $("help-button").addEventListener("click", () => $("help").showModal());
   try {
-    config = await api("/api/config");
+    App.config = await api("/api/config");
   } catch (e) {
-    showError(e.message);
+    showError("The server's settings could not be loaded: " + e.message);
     return;
   }
-  const run = config.checkpoint.split(/[\\/]/).filter(Boolean).slice(-2).join("/");
-  $("model").textContent = "model: " + run + (config.lung ? " + lung model" : "");
-  $("model").title = config.checkpoint;
-  $("threshold").value = config.threshold;
-  $("tab-annotate").hidden = !config.annotate;
+  const cfg = App.config;
+  const info = (cfg.models || {}).infection;
+  $("model").textContent = info ? info.label : (cfg.review ? "annotation review (no model loaded)" : "");
+  $("model").title = cfg.checkpoint || "";
+  const demoOn = !cfg.review;
+  $("tab-demo").hidden = !demoOn;
+  $("tab-annotate").hidden = !cfg.annotate;
+  if (window.Demo && demoOn) Demo.configure(cfg);
+  if (window.Annotate && cfg.annotate) Annotate.configure(cfg);
   document.body.dataset.config = "ready";
-  if (config.annotate && location.hash === "#annotate") showTab("annotate");
+  if (cfg.annotate && (location.hash === "#annotate" || !demoOn)) showTab("annotate");
 }
 
-start();
+window.addEventListener("DOMContentLoaded", start);
