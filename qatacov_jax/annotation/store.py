@@ -101,6 +101,9 @@ class AnnotationStore:
         self._lock = threading.RLock()
         self._records: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
         self._accepted: dict[str, dict[str, Any]] = {}
+        # Resolutions by key, dropped when the key gets a decision: progress asks for every
+        # image's state on each request (tens of thousands in paper 2's Stage III).
+        self._status: dict[str, dec.Resolution] = {}
         self._load()
         self._check_sources()
         if target == "lung":
@@ -159,7 +162,9 @@ class AnnotationStore:
 
     def status(self, key: str) -> dec.Resolution:
         with self._lock:
-            return dec.resolve(self._records.get(key, []), self.votes)
+            if key not in self._status:
+                self._status[key] = dec.resolve(self._records.get(key, []), self.votes)
+            return self._status[key]
 
     def accepted_mask(self, key: str) -> np.ndarray | None:
         """(H, W) bool of the accepted mask of `key`, or None when it has none."""
@@ -261,6 +266,7 @@ class AnnotationStore:
             }
             self._append(rec)
             self._records[key].append(rec)
+            self._status.pop(key, None)
             self._apply(key, xray)
             return dict(rec)
 
