@@ -306,6 +306,8 @@ def test_conv_kernels_runs_end_to_end_and_reports_both_tables(tmp_path, monkeypa
         ("compare_keras", ["--pause", "-1"], "--pause", "must be 0 or more seconds"),
         ("conv_kernels", ["--rounds", "0"], "--rounds", "must be a positive integer"),
         ("conv_kernels", ["--batch-size", "0"], "--batch-size", "must be a positive integer"),
+        ("annotation_sim", ["--folds", "1"], "--folds", "must be at least 2"),
+        ("annotation_sim", ["--size", "30"], "--size", "must be a multiple of 4"),
     ],
 )
 def test_bad_option_is_refused_naming_it(script, argv, option, message, capsys):
