@@ -562,3 +562,137 @@ def test_decision_bodies_of_wrong_types_are_json_422(web_engine, tmp_path):
         assert r.status_code == 422, (bad, r.status_code, r.text)
         assert field in r.json()["error"], (bad, r.text)
     assert not (out / PROVENANCE).exists()
+
+
+@pytest.fixture(scope="module")
+def live_server(web_engine):
+    """The app on uvicorn as scripts/serve.py runs it (guards.uvicorn_config), on a free
+    loopback port, with 1 s head and keep-alive timeouts and a 1 MB upload limit."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from qatacov_jax.webapp.guards import allowed_hosts, uvicorn_config
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = _app(web_engine, max_upload_mb=1.0, allowed_hosts=allowed_hosts("127.0.0.1"))
+    config = uvicorn_config(
+        app, host="127.0.0.1", port=port, header_timeout_s=1.0, keep_alive_s=1.0
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    yield port
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _connect(port: int):
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return s
+
+
+def test_chunked_upload_is_refused_while_it_streams(live_server):
+    """No Content-Length: the 413 comes once the limit is passed, while the client is still
+    sending (it stops at the answer, far short of the 16 MB it meant to send)."""
+    import select
+
+    s = _connect(live_server)
+    head = (
+        "POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+        "Content-Type: multipart/form-data; boundary=BOUNDARY\r\n\r\n"
+    )
+    part = (
+        b'--BOUNDARY\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n"
+    )
+    s.sendall(head.encode() + b"%x\r\n%s\r\n" % (len(part), part))
+    sent, chunk, answer = 0, b"\0" * 65536, b""
+    try:
+        while sent < 16 << 20:
+            if select.select([s], [], [], 0.01)[0]:
+                answer = s.recv(65536)
+                break
+            s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += len(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    if not answer:
+        answer = s.recv(65536)
+    s.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"--max-upload-mb" in answer
+    assert sent < 8 << 20, sent
+
+
+def test_slow_request_heads_are_cut_off(live_server):
+    import time
+
+    s = _connect(live_server)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and then nothing more
+    t0 = time.time()
+    assert s.recv(1024) == b""  # closed by the server
+    assert time.time() - t0 < 5
+    s.close()
+    s = _connect(live_server)  # a whole request is still answered
+    s.sendall(b"GET /api/config HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert s.recv(64).startswith(b"HTTP/1.1 200")
+    s.close()
+
+
+def test_access_log_never_shows_the_token(live_server):
+    import logging
+    import urllib.request
+
+    lines = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    handler = Keep()
+    logging.getLogger("uvicorn.access").addHandler(handler)
+    try:
+        url = f"http://127.0.0.1:{live_server}/?token=hunter2-secret&x=1"
+        assert urllib.request.urlopen(url, timeout=10).status == 200
+    finally:
+        logging.getLogger("uvicorn.access").removeHandler(handler)
+    assert lines and any("token=***" in ln for ln in lines), lines
+    assert not any("hunter2" in ln for ln in lines), lines
+
+
+def test_serve_reads_its_token_from_a_file_or_the_environment(
+    tiny_run, tmp_path, monkeypatch, capsys
+):
+    import uvicorn
+
+    from qatacov_jax.cli import serve as serve_cli
+
+    started = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: started.append(self.config))
+    secret = tmp_path / "token"
+    secret.write_text("file-secret-123\n")
+    argv = ["--checkpoint", str(tiny_run), "--compilation-cache", "off"]
+    assert serve_cli.main([*argv, "--host", "0.0.0.0", "--token-file", str(secret)]) == 0
+    app = started[-1].app
+    assert app.state.settings.token == "file-secret-123"
+    err = capsys.readouterr().err
+    assert "file-secret-123" not in err and "?token=<the token>" in err
+    monkeypatch.setenv(serve_cli.TOKEN_ENV, "env-secret-456")
+    assert serve_cli.main([*argv, "--host", "0.0.0.0", "--allowed-host", "xr.example"]) == 0
+    settings = started[-1].app.state.settings
+    assert settings.token == "env-secret-456" and "xr.example" in settings.allowed_hosts
+    assert "env-secret-456" not in capsys.readouterr().err
+    assert serve_cli.main([*argv, "--token", "a", "--token-file", str(secret)]) == 2
+    assert serve_cli.main([*argv, "--token-file", str(tmp_path / "none")]) == 2
+    assert serve_cli.main([*argv, "--header-timeout", "0"]) == 2

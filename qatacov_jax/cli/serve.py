@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from absl import flags
 
 from qatacov_jax.cli.common import (
     UsageError,
+    apply_input_flags,
+    define_input_flags,
     define_map_flags,
     define_which_flag,
     map_settings,
@@ -25,6 +29,7 @@ from qatacov_jax.runtime.locking import run_dir_lock
 log = logging.getLogger(__name__)
 
 PROG = "scripts/serve.py"
+TOKEN_ENV = "QATACOV_TOKEN"
 DOC = """The web app: upload a chest X-ray, see its infection map, COVID-19 decision and
 severity; or review candidate masks and save accepted ones as a dataset
 (docs/annotation.md).
@@ -34,7 +39,6 @@ severity; or review candidate masks and save accepted ones as a dataset
         [--reference MASKS_DIR] [--blind] [--votes 2] [--order disagreement]
     python scripts/serve.py --checkpoint RUN --annotate XRAYS_DIR --annotations OUT_DIR \\
         [--candidates RUN_A --candidates RUN_B]
-    python scripts/serve.py --annotate XRAYS_DIR --annotations OUT_DIR   # draw, no model
 
 --review loads no model (the candidates are the masks scripts/annotation_stage.py wrote)
 and starts in seconds. Then open http://127.0.0.1:8000/ (with --token T:
@@ -103,8 +107,35 @@ def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("port", 8000, "port to listen on", flag_values=fv)
     flags.DEFINE_float("max-upload-mb", 32.0, "largest accepted upload (MB)", flag_values=fv)
     flags.DEFINE_string(
-        "token", None, "secret clients must send (required off 127.0.0.1)", flag_values=fv
+        "token",
+        None,
+        "secret clients must send (required off 127.0.0.1); visible in `ps`: prefer "
+        f"--token-file or ${TOKEN_ENV}",
+        flag_values=fv,
     )
+    flags.DEFINE_string(
+        "token-file", None, "file holding the secret (read once; never logged)", flag_values=fv
+    )
+    flags.DEFINE_multi_string(
+        "allowed-host",
+        [],
+        "a Host name clients may use besides the loopback names and --host (repeat; for a "
+        "server on 0.0.0.0, the names and addresses clients type)",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "header-timeout", 10.0, "seconds a client has to send a request's head", flag_values=fv
+    )
+    flags.DEFINE_float(
+        "body-timeout", 30.0, "seconds an upload may stall before a 408", flag_values=fv
+    )
+    flags.DEFINE_float(
+        "keep-alive", 5.0, "seconds an idle keep-alive connection stays open", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "max-connections", 64, "open connections served at once (503 beyond)", flag_values=fv
+    )
+    define_input_flags(fv)
     define_map_flags(fv)
     flags.DEFINE_integer(
         "batch-size", 8, "most concurrent requests grouped into one device call", flag_values=fv
@@ -128,15 +159,12 @@ def _check(v: Callable[[str], Any], rest: list[str]) -> None:
         if v("annotations") is None:
             raise UsageError("--review CANDIDATES needs --annotations OUT_DIR")
     else:
-        if v("checkpoint") is None and v("annotate") is None:
-            raise UsageError(
-                "--checkpoint RUN is required (or --review CANDIDATES, or --annotate XRAYS to "
-                "draw masks without a model)"
-            )
+        if v("checkpoint") is None:
+            raise UsageError("--checkpoint RUN is required (or --review CANDIDATES)")
         if (v("annotate") is None) != (v("annotations") is None):
             raise UsageError("--annotate IMAGES_DIR and --annotations OUT_DIR go together")
-        if v("candidates") and (v("annotate") is None or v("checkpoint") is None):
-            raise UsageError("--candidates needs --annotate and --checkpoint")
+        if v("candidates") and v("annotate") is None:
+            raise UsageError("--candidates only applies to annotation mode; add --annotate")
         if v("order") in ("disagreement", "entropy"):
             raise UsageError(f"--order {v('order')} needs a candidate store (--review)")
     annotating = v("annotations") is not None
@@ -161,9 +189,43 @@ def _source(v: Callable[[str], Any], threshold: float) -> Any:
     if v("review") is not None:
         return StoredCandidates(v("review"))
     if v("annotate") is not None:
-        runs = v("candidates") or ([v("checkpoint")] if v("checkpoint") else [])
-        return LiveCandidates(v("annotate"), candidate_names(runs), threshold)
+        names = candidate_names(v("candidates") or [v("checkpoint")])
+        return LiveCandidates(v("annotate"), names, threshold)
     return None
+
+
+def _token(v: Callable[[str], Any]) -> str | None:
+    """The server's secret: --token-file, else $QATACOV_TOKEN, else --token (which every
+    user of the machine can read in `ps`: warned about)."""
+    if v("token") and v("token-file"):
+        raise UsageError("give --token or --token-file, not both")
+    if v("token-file"):
+        try:
+            secret = Path(v("token-file")).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--token-file {v('token-file')}: cannot read it ({e})") from None
+        if not secret:
+            raise UsageError(f"--token-file {v('token-file')} is empty")
+        return secret
+    if v("token"):
+        log.warning(
+            "--token shows the secret to every user of this machine (ps); prefer "
+            "--token-file FILE or $%s",
+            TOKEN_ENV,
+        )
+        return v("token")
+    return os.environ.get(TOKEN_ENV, "").strip() or None
+
+
+def _timeouts(v: Callable[[str], Any]) -> dict[str, float]:
+    for name in ("header-timeout", "body-timeout", "keep-alive", "max-connections"):
+        if not v(name) > 0:
+            raise UsageError(f"--{name} must be positive, got {v(name)}")
+    return {
+        "header_timeout_s": v("header-timeout"),
+        "keep_alive_s": v("keep-alive"),
+        "max_connections": v("max-connections"),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -177,18 +239,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from qatacov_jax.webapp.app import Settings, check_host, create_app
         from qatacov_jax.webapp.engine import load_engine
+        from qatacov_jax.webapp.guards import allowed_hosts, uvicorn_config
 
+        token, timeouts = _token(v), _timeouts(v)
         try:
-            check_host(v("host"), v("token"))
+            check_host(v("host"), token)
         except ValueError as e:
             raise UsageError(str(e)) from None
+        apply_input_flags(fv)  # pixel budget of uploads; compilation cache before loading
         threshold, lung_threshold, display_floor = map_settings(fv)
         settings = Settings(
             threshold=threshold,
             lung_threshold=lung_threshold,
             display_floor=display_floor,
             max_upload_mb=v("max-upload-mb"),
-            token=v("token"),
+            token=token,
+            allowed_hosts=allowed_hosts(v("host"), tuple(v("allowed-host"))),
+            body_timeout_s=v("body-timeout"),
             blind=v("blind"),
             which=v("which"),
         )
@@ -210,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     seed=v("seed"),
                     reference=v("reference"),
                 )
-            if v("checkpoint") is not None:
+            if v("review") is None:
                 engine = load_engine(
                     v("checkpoint"),
                     lung_checkpoint=v("lung-checkpoint"),
@@ -223,9 +290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if session is not None:
                     session.source.predict = engine.candidates.predict
             app = create_app(engine, settings, session)
+            config = uvicorn_config(app, host=v("host"), port=v("port"), **timeouts)
             where = f"http://{v('host')}:{v('port')}/"
-            log.info("serving on %s", where + (f"?token={v('token')}" if v("token") else ""))
-            uvicorn.run(app, host=v("host"), port=v("port"), log_level="info")
+            # Never the secret itself: logs are read by more people than the token is for.
+            log.info("serving on %s%s", where, "?token=<the token>" if token else "")
+            uvicorn.Server(config).run()
         except KeyboardInterrupt:
             pass  # uvicorn re-raises Ctrl-C after its graceful shutdown: a normal stop
         finally:

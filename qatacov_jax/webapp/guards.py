@@ -236,11 +236,14 @@ def uvicorn_config(
         host=host,
         port=port,
         log_level=log_level,
+        # No logging configuration of its own: uvicorn's dictConfig closes every handler
+        # already installed; its loggers propagate to the command's console logging.
+        log_config=None,
         http=slow_client_protocol(header_timeout_s),
         timeout_keep_alive=int(max(1, keep_alive_s)),
         h11_max_incomplete_event_size=64 * 1024,
         limit_concurrency=max_connections,
         server_header=False,
     )
-    redact_tokens()  # after Config, which (re)configures uvicorn's loggers
+    redact_tokens()
     return config
