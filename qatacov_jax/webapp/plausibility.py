@@ -59,8 +59,7 @@ def input_warnings(img: np.ndarray, colour_fraction: float = 0.0) -> list[str]:
     out = []
     if colour_fraction > MAX_COLOUR_FRACTION:
         out.append(
-            f"{100 * colour_fraction:.0f} % of the pixels are in colour; chest X-rays are "
-            "greyscale"
+            f"{100 * colour_fraction:.0f} % of the pixels are in colour; chest X-rays are greyscale"
         )
     corr = neighbour_correlation(img)
     if corr < MIN_NEIGHBOUR_CORRELATION:
