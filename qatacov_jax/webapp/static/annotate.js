@@ -151,9 +151,11 @@ const Annotate = (() => {
     const mine = item.mine;
     const from = mine && mine.candidate && ["pick", "accept", "correct", "reject"].includes(mine.outcome) &&
       st.cands.find((c) => c.name === mine.candidate);
-    let mask = from ? from.bits : null;
+    // Paper 2's lung review with one candidate: it is what is accepted or rejected.
+    const only = !mine && lungMode() && st.cands.length === 1 ? st.cands[0] : null;
+    let mask = from ? from.bits : only ? only.bits : null;
     if (item.mask && mine && ["correct", "reject", "draw"].includes(mine.outcome)) mask = await decodeMask(item.mask);
-    st.edit.reset(item.width, item.height, mask, from ? from.name : null);
+    st.edit.reset(item.width, item.height, mask, from ? from.name : only ? only.name : null);
     repaint();
     renderCandidates();
     $("ann-image-name").textContent = item.image;
