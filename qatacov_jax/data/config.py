@@ -9,8 +9,8 @@ def default_config() -> ml_collections.ConfigDict:
     """Defaults for `config.data` (the synthetic set, paper-faithful pipeline settings).
 
     Fields:
-      dataset: `synthetic_cxr` | `qatacov19/v1` | `qatacov19/v2` | `qatacov19/group2` | `covid_qu_ex/infection` |
-        `covid_qu_ex/lung`.
+      dataset: `synthetic_cxr` | `qatacov19/v1` | `qatacov19/v2` | `qatacov19/group2` |
+        `covid_qu_ex/infection` | `covid_qu_ex/lung`.
       data_dir: TFDS data directory holding prepared datasets. None = TFDS's default
         (`$TFDS_DATA_DIR`, else `~/tensorflow_datasets`).
       manual_dir: folder holding the unpacked download (`QaTa-COV19/`, or
@@ -25,6 +25,12 @@ def default_config() -> ml_collections.ConfigDict:
         log it and count it).
       image_size: model input side; images are resized bilinear, masks nearest.
       target: `infection` (the infection mask) or `lung` (the lung mask).
+      protocol: which images train, validate and test (`data.protocols`,
+        docs/method.md#protocols): `folds` (K folds cut from the train split, paper 1;
+        fold=None: the dataset's own splits), `official` (the shipped Train / Val / Test,
+        fold=None) or `paper2` (COVID-QU-Ex: test = the shipped Test, the doctor-verified
+        20%; K folds over Train + Val, each round's held-out fold validating; every fold's
+        model tested on Test).
       num_folds: K of the stratified K-fold CV used when a fold number is given.
       fold_seed: seed of the fold assignment (and of the fold=None validation hold-out).
       val_fraction: with fold=None on a dataset without a predefined validation split,
@@ -64,6 +70,7 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.bad_data = "fail"
     cfg.image_size = 224
     cfg.target = "infection"
+    cfg.protocol = "folds"
     cfg.num_folds = 5
     cfg.fold_seed = 0
     cfg.val_fraction = 0.2

@@ -2,13 +2,14 @@
 
 Datasets are addressed by name (`synthetic_cxr`, `qatacov19/v1`, `qatacov19/v2`,
 `covid_qu_ex/infection`, `covid_qu_ex/lung`). Preparing never touches the network: TFDS's
-GCS access is off, and the real datasets read only the user's manual directory.
+GCS access is off, and the real datasets read only the user's manual directory. Which
+records of which split train, validate and test a run is `select`, by the dataset's spec and
+`config.data.protocol` (`data.protocols`: `folds`, `official`, `paper2`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 from pathlib import Path
@@ -19,9 +20,15 @@ import numpy as np
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
-from qatacov_jax.data import splits
+from qatacov_jax.data import protocols, splits
 from qatacov_jax.data.covid_qu_ex import CovidQuEx, covid_qu_ex_config
 from qatacov_jax.data.qatacov19 import Qatacov19, group2_sources, qatacov19_config
+from qatacov_jax.data.records import (  # noqa: F401  (re-exported: pipeline, training.splits)
+    binary_labels,
+    categories,
+    class_labels,
+    record_ids,
+)
 from qatacov_jax.data.synthetic_cxr import SyntheticCxr, synthetic_config
 
 # Never fetch prepared datasets or metadata from Google's bucket: data comes from the user.
@@ -211,65 +218,28 @@ def data_source(builder: tfds.core.DatasetBuilder, split: str, *, keep: tuple[st
     return builder.as_data_source(split, decoders=skip or None)
 
 
-@functools.lru_cache(maxsize=32)
-def _labels_cached(builder_dir: str, split: str, positive: str) -> np.ndarray:
-    builder = tfds.builder_from_directory(builder_dir)
-    names = builder.info.features["label"].names
-    skip = {
-        k: tfds.decode.SkipDecoding()
-        for k in ("image", "mask", "lung_mask")
-        if k in builder.info.features
-    }
-    source = builder.as_data_source(split, decoders=skip)
-    pos = names.index(positive)
-    return np.asarray([int(source[i]["label"]) == pos for i in range(len(source))], np.int32)
-
-
-@functools.lru_cache(maxsize=32)
-def _categories_cached(builder_dir: str, split: str) -> tuple[np.ndarray, tuple[str, ...]]:
-    builder = tfds.builder_from_directory(builder_dir)
-    skip = {
-        k: tfds.decode.SkipDecoding()
-        for k in ("image", "mask", "lung_mask")
-        if k in builder.info.features
-    }
-    source = builder.as_data_source(split, decoders=skip)
-    names = tuple(builder.info.features["category"].names)
-    return np.asarray([int(source[i]["category"]) for i in range(len(source))], np.int32), names
-
-
-def categories(
-    builder: tfds.core.DatasetBuilder, split: str
-) -> tuple[np.ndarray, tuple[str, ...]] | None:
-    """((N,) int32 category of each record of `split`, category names), or None for a
-    dataset whose examples carry no `category` (all but `qatacov19/group2`)."""
-    if "category" not in builder.info.features:
-        return None
-    return _categories_cached(str(builder.data_dir), split)
-
-
-def binary_labels(builder: tfds.core.DatasetBuilder, split: str, positive: str) -> np.ndarray:
-    """(N,) int32: 1 where the record of `split` is COVID-19, in record order."""
-    return _labels_cached(str(builder.data_dir), split, positive)
-
-
 def select(
     data_cfg: Any, builder: tfds.core.DatasetBuilder, *, fold: int | None, split: str
 ) -> tuple[str, np.ndarray]:
     """Which records of which TFDS split make up (`fold`, `split`).
 
     Args:
-      fold: CV round k in [0, num_folds) — folds are cut from the train split — or None for
-        the dataset's predefined splits (a stratified `val_fraction` hold-out of train serves
-        as `eval` where the dataset has no validation split).
-      split: `train`, `eval` (held-out fold / validation), `validation` (the stratified
-        `config.data.validation_fraction` of the training part, which `train` then leaves
-        out; docs/method.md#model-selection) or `test`.
+      fold: CV round k in [0, num_folds) — folds are cut from the train split (from Train +
+        Val under protocol `paper2`) — or None for the dataset's predefined splits (a
+        stratified `val_fraction` hold-out of train serves as `eval` where the dataset has
+        no validation split).
+      split: `train`, `eval` (held-out fold / validation; the test split under `paper2`),
+        `validation` (the stratified `config.data.validation_fraction` of the training
+        part, which `train` then leaves out; the held-out fold under `paper2`;
+        docs/method.md#model-selection) or `test`. `config.data.protocol` decides
+        (`data.protocols`).
 
     Returns:
       (TFDS split name, sorted record indices into it).
     """
     s = spec(data_cfg)
+    if protocols.check(data_cfg, s, fold) == "paper2":
+        return protocols.paper2_select(data_cfg, builder, s, fold, split)
     if fold is None and train_on_all(data_cfg):
         return _all_of_train(builder, s, split)
     if split == "test":
@@ -370,8 +340,11 @@ def selection_split(data_cfg: Any, fold: int | None) -> str | None:
     fold=None it is `eval` (the dataset's own validation split or the `val_fraction`
     hold-out of train, never its test split); in a CV round without a validation fraction
     nothing selects: `checkpoints/best` is the final model, as paper 1 evaluates it (also
-    with fold=None and `val_fraction` 0, as paper 1's Group-II).
+    with fold=None and `val_fraction` 0, as paper 1's Group-II). Under protocol `paper2` it
+    is `validation`, the held-out fold of Train + Val.
     """
+    if protocols.protocol(data_cfg) == "paper2":
+        return "validation"  # the held-out fold of Train + Val
     if fold is None and train_on_all(data_cfg):
         return None
     if validation_fraction(data_cfg) > 0.0:
@@ -384,5 +357,15 @@ def selection_split(data_cfg: Any, fold: int | None) -> str | None:
 
 def final_split(data_cfg: Any, fold: int | None) -> str:
     """The split a run is finally evaluated on: the held-out fold of a CV round (`eval`),
-    else the dataset's predefined test split."""
+    else the dataset's predefined test split (also for every round of protocol `paper2`)."""
+    if protocols.protocol(data_cfg) == "paper2":
+        return "test"
     return "eval" if fold is not None else "test"
+
+
+def test_split(data_cfg: Any, fold: int | None, eval_split: str) -> str:
+    """The split of a run's one final evaluation: `config.eval_split`, unless that split
+    picks the checkpoint (its metrics would be optimistic), then `final_split`."""
+    if eval_split == selection_split(data_cfg, fold):
+        return final_split(data_cfg, fold)
+    return eval_split

@@ -29,10 +29,12 @@ from jax.sharding import Mesh
 
 from qatacov_jax import data
 from qatacov_jax.data.preprocessing import Preprocessing
-from qatacov_jax.data.sources import final_split, selection_split
+from qatacov_jax.data.sources import selection_split
+from qatacov_jax.data.sources import test_split as final_test_split
 from qatacov_jax.metrics import MetricAccumulator
 from qatacov_jax.runtime import locking, sharding, storage
 from qatacov_jax.training import faults, rundir
+from qatacov_jax.training import splits as run_splits
 from qatacov_jax.training.checkpoint import CheckpointStore
 from qatacov_jax.training.distributed import maybe_initialize_distributed
 from qatacov_jax.training.factory import build_model, count_trainable
@@ -106,6 +108,9 @@ def _train_locked(
     schedule = Schedule.from_config(config)
     model, preprocessing = build_model(config, seed=int(config.seed))
     rundir.check_or_write_config(workdir, config)
+    # The images of each split, recorded before the first step; a resumed run must still
+    # select the same ones.
+    run_splits.write_or_check(workdir, config, schedule.fold)
     # Without a selection split, `best` is ranked by epoch: the newest epoch's model.
     store = CheckpointStore(
         workdir,
@@ -191,9 +196,7 @@ def _train(
     selection = selection_split(config.data, schedule.fold)
     # The final evaluation never reports the split that chose the model: with fold=None
     # the default eval_split ('eval', the validation split) gives way to 'test'.
-    test_split = config.eval_split
-    if test_split == selection:
-        test_split = final_split(config.data, schedule.fold)
+    test_split = final_test_split(config.data, schedule.fold, config.eval_split)
     run = _Run(
         config=config,
         workdir=workdir,

@@ -4,6 +4,8 @@ Layout of a run directory (`--workdir`):
 
     config.json           the configuration the run was started with (never rewritten)
     preprocessing.json    the input preprocessing the model was trained with
+    splits.json           the ids of its training, validation and test images, their
+                          classes, the dataset version and a checksum (`training.splits`)
     checkpoints/latest/   periodic checkpoints for resuming: model + optimizer state, the
                           data iterator's position and the loop's bookkeeping (a few kept)
     checkpoints/best/     the model state with the best validation metric so far (one kept)
@@ -60,6 +62,12 @@ RESUMABLE_FIELDS = (
     "data.prefetch",
     "data.worker_buffer_size",
 )
+
+
+# Fields added to the configs after runs were made, with the value that means what their
+# absence meant: a stored config without the field equals one holding this value, so runs
+# started before the field existed still resume.
+LATER_DEFAULTS = {"data.protocol": "folds"}
 
 
 class RunDirMismatchError(ValueError):
@@ -164,6 +172,9 @@ def _resumable(key: str) -> bool:
 def config_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Human-readable differences between two config dicts, ignoring `RESUMABLE_FIELDS`."""
     a, b = _flatten(stored), _flatten(current)
+    for key, value in LATER_DEFAULTS.items():
+        for flat in (a, b):
+            flat.setdefault(key, value)
     diffs = []
     for key in sorted(set(a) | set(b)):
         if _resumable(key):
