@@ -170,3 +170,29 @@ def test_splits_json_is_written_before_training_and_checked_on_resume(download, 
     assert record["predicted"] == ["x"] and run_splits.read(workdir)["checksum"] == seen["checksum"]
     with pytest.raises(ValueError, match="part of the splits record"):
         run_splits.add_fields(workdir, train=[])
+
+
+def test_cross_validation_tests_every_fold_on_test_and_pools_with_n_test(download, tmp_path):
+    from qatacov_jax.training.cross_validation import cross_validate
+
+    config = _run_config(download, tmp_path / "tfds")
+    config.data.num_folds = 2
+    config.checkpoint_every_steps = 0
+    summary = cross_validate(config, tmp_path / "cv")
+    test = _folder(download, "infection", "Test")
+    for fold in (0, 1):
+        record = run_splits.read(tmp_path / "cv" / f"fold_{fold}")
+        assert set(record["test"]) == test and record["fold"] == fold
+        assert summary["per_fold"][str(fold)]["num_examples"] == len(test)
+    pooled = summary["pooled"]
+    assert pooled["shared_test"] == {
+        "folds": 2,
+        "test_images": len(test),
+        "note": pooled["shared_test"]["note"],
+    }
+    assert pooled["num_images"] == 2 * len(test)  # both folds' predictions are counted
+    sens = pooled["detection"]["metrics"]["sensitivity"]
+    assert sens["n"] == PER_CLASS  # the Test folder's COVID-19 images, not twice as many
+    from qatacov_jax.metrics.confusion import confidence_radius
+
+    assert sens["ci95"] == pytest.approx(confidence_radius(sens["value"], PER_CLASS))

@@ -3,7 +3,8 @@
     WORKDIR/config.json        the CV configuration (its `fold` field is irrelevant)
     WORKDIR/fold_0 .. fold_K-1 ordinary run directories (resumable one by one)
     WORKDIR/results.json       per-fold held-out metrics, their mean and std, and pooled
-                               metrics from the summed confusion counts
+                               metrics from the summed confusion counts (protocol `paper2`:
+                               every fold tested on the same Test; CIs with N = its images)
 
 Folds that already finished are not retrained (their results.json is read back), so an
 interrupted CV resumes at the fold it stopped in.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from qatacov_jax.metrics import MetricAccumulator, fold_average
+from qatacov_jax.data import sources
+from qatacov_jax.metrics import Z_95, MetricAccumulator, fold_average
 from qatacov_jax.runtime import locking, storage
 from qatacov_jax.training import rundir
 from qatacov_jax.training.loop import train_and_evaluate
@@ -77,19 +80,24 @@ def cross_validate(
             done = _fold_done(run_dir, fold_config)
             per_fold[fold] = done if done is not None else train_and_evaluate(fold_config, run_dir)
 
-        summary = summarize(per_fold)
+        shared = sources.final_split(config.data, 0) == "test"  # paper2: one Test for all
+        summary = summarize(per_fold, shared_test=shared)
         summary["config"] = rundir.config_to_dict(cv_config)
         rundir.write_json(workdir / rundir.RESULTS_FILE, summary)
     return summary
 
 
-def summarize(per_fold: dict[int, dict[str, Any]]) -> dict[str, Any]:
+def summarize(per_fold: dict[int, dict[str, Any]], *, shared_test: bool = False) -> dict[str, Any]:
     """Fold averages and pooled results of the folds' final validations.
 
     Each fold's `results.json` holds the counts and histograms of its final validation
     (`final_state`, a `MetricAccumulator`); the summary averages their summaries with
     `metrics.fold_average` (as `scripts/evaluate.py` does for a CV run) and pools them by
     merging the accumulators (summed confusion matrices, CIs over all held-out samples).
+
+    With `shared_test` (protocol `paper2`: every fold's model is tested on the same Test
+    images) the pooled counts sum K predictions of each test image, so their CIs use N =
+    the test images (paper 2's "N is the number of test samples"), not K times as many.
 
     Returns:
       `folds`, `per_fold` (each fold's flat final metrics), `mean` / `std` (flat keys such
@@ -114,5 +122,23 @@ def summarize(per_fold: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "per_fold": {str(f): r["final"] for f, r in done.items()},
         "mean": mean,
         "std": std,
-        "pooled": pooled.summary(),
+        "pooled": _shared_test_summary(pooled, len(accs)) if shared_test else pooled.summary(),
     }
+
+
+def _shared_test_summary(pooled: MetricAccumulator, k: int) -> dict[str, Any]:
+    """The pooled summary of K models tested on the same N images, CIs with N = the test
+    images: z sqrt(m (1 - m) / N) = (z sqrt(K)) sqrt(m (1 - m) / (K N)), the radius the
+    summed counts give with z scaled by sqrt(K)."""
+    summary = pooled.summary(Z_95 * math.sqrt(k))
+    for level in ("pixel", "detection"):
+        for entry in summary[level]["metrics"].values():
+            if "n" in entry:
+                entry["n"] = int(round(entry["n"] / k))
+    summary["shared_test"] = {
+        "folds": k,
+        "test_images": int(round(pooled.num_images / k)),
+        "note": "every fold's model on the same test images: counts summed over the folds, "
+        "confidence intervals with N = the test images",
+    }
+    return summary
