@@ -43,7 +43,6 @@ def main() -> None:
         config.distributed.coordinator_address = f"localhost:{port}"
         config.distributed.num_processes = int(num_processes)
         config.distributed.process_id = int(process_id)
-    train_utils.use_tiny_model()
     results = train.train_and_evaluate(config, workdir)
     import jax
 

@@ -35,8 +35,6 @@ from qatacov_jax.runtime import xla_flags  # noqa: E402
 
 xla_flags.apply_defaults()
 
-import train_utils  # noqa: E402
-
 from qatacov_jax.cli import train as train_cli  # noqa: E402
 from qatacov_jax.training import checkpoint  # noqa: E402
 
@@ -58,7 +56,6 @@ def write_config(data_dir: str, directory: Path) -> Path:
 
 def main() -> int:
     fault, at, data_dir, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    train_utils.use_tiny_model()
 
     def on_step(step: int) -> None:
         if step != at:

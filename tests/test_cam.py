@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 from numerics import assert_within, gamma, mean_bound
-from train_utils import TinyEncoder
 
 from qatacov_jax.inference import cam
 from qatacov_jax.models import EncoderClassifier
+from qatacov_jax.models.tiny import TinyEncoder
 from qatacov_jax.runtime import sharding
 
 

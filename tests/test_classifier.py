@@ -12,7 +12,6 @@ import train_utils
 from flax import nnx
 
 from qatacov_jax import models
-from qatacov_jax.data.preprocessing import Preprocessing
 from qatacov_jax.metrics import MetricAccumulator, batch_statistics
 from qatacov_jax.runtime import sharding
 from qatacov_jax.training import loop, optim, rundir
@@ -26,8 +25,9 @@ from qatacov_jax.training.steps import make_train_step
 
 
 def tiny_classifier(seed: int = 0) -> models.EncoderClassifier:
-    rngs = nnx.Rngs(seed)
-    return models.EncoderClassifier(train_utils.TinyEncoder(rngs=rngs), rngs=rngs)
+    """The tiny encoder as a classifier, as `build_model` makes it of `tiny_config` with
+    `model.arch = "classifier"` and `seed`."""
+    return models.create_classifier(train_utils.TINY, rngs=nnx.Rngs(seed))
 
 
 @pytest.mark.parametrize("encoder", ["densenet121", "inceptionv3", "resnet50"])
@@ -117,17 +117,10 @@ def test_classifier_train_step_one_device_equals_eight():
     assert losses[1][-1] < losses[1][0]
 
 
-def _build_tiny_classifier(config, *, seed: int, load_weights: bool = True):
-    assert config.model.arch == models.CLASSIFIER_ARCH
-    return tiny_classifier(seed), Preprocessing.from_mode("unit")
-
-
-def test_classifier_run_directory(tmp_path, monkeypatch):
+def test_classifier_run_directory(tmp_path):
     """`train_and_evaluate` trains a classifier like a segmenter (checkpoints, results,
     resume-ready run directory); validation reports detection metrics and no pixel ones,
     and `load_model` gives the classifier back."""
-    for module in (loop, rundir):
-        monkeypatch.setattr(module, "build_model", _build_tiny_classifier)
     from configs import default
 
     config = train_utils.tiny_config(str(tmp_path / "tfds"))

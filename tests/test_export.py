@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 from _trained_run import trained_run
-from train_utils import tiny_config, tiny_model, use_tiny_model, write_tiny_run
+from train_utils import tiny_config, write_tiny_run
 
 from qatacov_jax.cli import export as export_cli
 from qatacov_jax.data.preprocessing import Preprocessing
@@ -39,7 +39,6 @@ from qatacov_jax.inference.runs import load_models
 from qatacov_jax.runtime import files, locking
 from qatacov_jax.runtime.sharding import make_mesh
 from qatacov_jax.training import rundir
-from qatacov_jax.training.factory import compute_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT = ROOT / "tests" / "export_client.py"
@@ -64,17 +63,6 @@ def tiny_runs(tmp_path_factory) -> dict[str, Path]:
         "infection": _write_tiny_run(base / "infection", image_size=32, seed=1),
         "lung": _write_tiny_run(base / "lung", image_size=64, seed=2),
     }
-
-
-@pytest.fixture
-def tiny(monkeypatch):
-    """Run directories load as the tiny model; with `--dtype` the tiny model in that dtype."""
-    use_tiny_model(monkeypatch.setattr)
-
-    def build(config, *, seed, load_weights=True):
-        return tiny_model(seed, dtype=compute_dtype(config)), Preprocessing.from_mode("torch")
-
-    monkeypatch.setattr(serving, "build_model", build)
 
 
 def _images(n: int, size: int, seed: int) -> np.ndarray:
@@ -113,7 +101,7 @@ def _assert_f32_parity(got: np.ndarray, want: np.ndarray) -> None:
     )  # COVID-19 decisions
 
 
-def test_stablehlo_reloads_and_matches_the_jax_path(tiny, tiny_runs, tmp_path):
+def test_stablehlo_reloads_and_matches_the_jax_path(tiny_runs, tmp_path):
     out = tmp_path / "hlo"
     manifest = export_run(tiny_runs["infection"], out, fmt="stablehlo", lung_run=tiny_runs["lung"])
     loaded = load_models(tiny_runs)
@@ -145,7 +133,7 @@ def test_stablehlo_reloads_and_matches_the_jax_path(tiny, tiny_runs, tmp_path):
     assert saved["compute_dtype"] == "float32" and saved["platforms"] == ["cpu"]
 
 
-def test_savedmodel_serves_without_jax_float32_and_bfloat16(tiny, tiny_runs, tmp_path):
+def test_savedmodel_serves_without_jax_float32_and_bfloat16(tiny_runs, tmp_path):
     f32, bf16 = tmp_path / "f32", tmp_path / "bf16"
     export_run(tiny_runs["infection"], f32, fmt="savedmodel", lung_run=tiny_runs["lung"])
     export_run(
@@ -266,7 +254,7 @@ def test_onnx_message_says_what_was_found():
     assert "--format savedmodel" in ONNX_UNAVAILABLE
 
 
-def test_output_directory_rules(tiny, tiny_runs, tmp_path, capsys):
+def test_output_directory_rules(tiny_runs, tmp_path, capsys):
     run = tiny_runs["infection"]
     # An existing directory that is not ours: refused, with or without --overwrite.
     foreign = tmp_path / "foreign"
@@ -293,7 +281,7 @@ def test_output_directory_rules(tiny, tiny_runs, tmp_path, capsys):
     assert _leftovers(tmp_path) == []
 
 
-def test_a_failed_export_leaves_nothing_behind(tiny, tiny_runs, tmp_path, monkeypatch):
+def test_a_failed_export_leaves_nothing_behind(tiny_runs, tmp_path, monkeypatch):
     def half_write(serving_model, directory, platforms):
         (directory / STABLEHLO_FILE).write_bytes(b"half")
         raise RuntimeError("disk full")
@@ -306,7 +294,6 @@ def test_a_failed_export_leaves_nothing_behind(tiny, tiny_runs, tmp_path, monkey
 
     # The same failure while replacing an earlier export keeps the earlier one intact.
     monkeypatch.undo()
-    use_tiny_model(monkeypatch.setattr)
     export_run(tiny_runs["infection"], out, fmt="stablehlo")
     before = (out / "manifest.json").read_bytes()
     monkeypatch.setitem(artifact.WRITERS, "stablehlo", half_write)

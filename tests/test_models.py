@@ -154,6 +154,32 @@ def test_unknown_names_raise_listing_valid_ones():
         create_model("unet", "resnet", rngs=nnx.Rngs(0))
 
 
+def test_whole_models_are_registered_apart_from_the_paper_grid():
+    """`MODELS` (the tiny test model): selected by arch = encoder = its name, built on its own
+    encoder only, outside `ENCODERS` x `ARCHS`; each name is registered once."""
+    from qatacov_jax.models import MODELS, encoder_preprocessing, register_model
+    from qatacov_jax.models.tiny import TinyEncoder, TinySegmenter
+
+    assert set(MODELS) == {"tiny"} and "tiny" not in ENCODERS and "tiny" not in ARCHS
+    model = create_model("tiny", "tiny", rngs=nnx.Rngs(0))
+    assert isinstance(model, TinySegmenter) and isinstance(model.encoder, TinyEncoder)
+    assert model(jnp.ones((2, 8, 12, 3))).shape == (2, 8, 12, 1)
+    assert tuple(count_params(model)) == (3233, 64)
+    # Frozen: the encoder's conv kernels (216 + 1152) stop training, its BatchNorms do not.
+    frozen = create_model(
+        "tiny", create_encoder("tiny", rngs=nnx.Rngs(0)), frozen=True, rngs=nnx.Rngs(0)
+    )
+    assert tuple(count_params(frozen)) == (3233 - 1368, 64 + 1368)
+    assert encoder_preprocessing("tiny").mode == "unit"
+    with pytest.raises(ValueError, match="its own encoder"):
+        create_model("tiny", "resnet50", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="encoder of model 'tiny' only"):
+        create_model("unet", "tiny", rngs=nnx.Rngs(0))
+    for taken in ("tiny", "unet", "resnet50", "classifier"):
+        with pytest.raises(ValueError, match="taken"):
+            register_model(taken, MODELS["tiny"])
+
+
 @pytest.mark.parametrize(
     "shape,message",
     [

@@ -50,16 +50,13 @@ def _train(config, workdir, poison: set[int] | None = None) -> tuple[dict, list[
         return out
 
     with pytest.MonkeyPatch.context() as patch:
-        train_utils.use_tiny_model(patch.setattr)
         patch.setattr(pipeline.LoadExample, "map", poisoned_map)
         results = loop.train_and_evaluate(config, workdir)
     return results, loaded
 
 
 def _best_params(run_dir):
-    with pytest.MonkeyPatch.context() as patch:
-        train_utils.use_tiny_model(patch.setattr)
-        model, _, _ = rundir.load_model(run_dir, which="best")
+    model, _, _ = rundir.load_model(run_dir, which="best")
     return jax.device_get(nnx.state(model).to_pure_dict())
 
 

@@ -39,16 +39,9 @@ def data_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def reference(data_dir, tmp_path_factory) -> dict:
     """results.json of one uninterrupted 2-epoch tiny run (8 steps)."""
-    with pytest.MonkeyPatch.context() as patch:
-        train_utils.use_tiny_model(patch.setattr)
-        workdir = tmp_path_factory.mktemp("reference")
-        train.train_and_evaluate(train_utils.tiny_config(data_dir), workdir)
+    workdir = tmp_path_factory.mktemp("reference")
+    train.train_and_evaluate(train_utils.tiny_config(data_dir), workdir)
     return _results(workdir)
-
-
-@pytest.fixture(autouse=True)
-def builds_tiny_model(monkeypatch):
-    train_utils.use_tiny_model(monkeypatch.setattr)
 
 
 def _results(workdir: Path) -> dict:

@@ -15,11 +15,6 @@ from qatacov_jax.training import loop as train
 from qatacov_jax.training import rundir
 
 
-@pytest.fixture(autouse=True)
-def builds_tiny_model(monkeypatch):
-    train_utils.use_tiny_model(monkeypatch.setattr)
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("tfds"))
@@ -28,10 +23,8 @@ def data_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def uninterrupted(data_dir, tmp_path_factory):
     """One uninterrupted 2-epoch run (8 steps; checkpoints at 3, 4, 6, 8)."""
-    with pytest.MonkeyPatch.context() as patch:  # module scope: no `monkeypatch` fixture
-        train_utils.use_tiny_model(patch.setattr)
-        workdir = tmp_path_factory.mktemp("run")
-        results = train.train_and_evaluate(train_utils.tiny_config(data_dir), workdir)
+    workdir = tmp_path_factory.mktemp("run")
+    results = train.train_and_evaluate(train_utils.tiny_config(data_dir), workdir)
     return workdir, results
 
 
@@ -57,7 +50,7 @@ def test_run_directory_layout_and_results(uninterrupted):
     cfg = train_utils.tiny_config(str(workdir))  # data_dir is irrelevant for the count below
     cfg.data.data_dir = on_disk["config"]["data"]["data_dir"]
     assert final["num_examples"] == data.num_examples(cfg.data, fold=0, split="eval")
-    assert on_disk["config"]["model"]["arch"] == "unet"
+    assert on_disk["config"]["model"]["arch"] == train_utils.TINY
     # No validation fraction in a CV round: nothing selects, `best` is the final model, and
     # the held-out fold was evaluated once, after training (docs/method.md#model-selection).
     assert results["best"]["step"] == 8 and results["selection"]["split"] is None
@@ -70,7 +63,7 @@ def test_run_directory_layout_and_results(uninterrupted):
 def test_load_model_best_and_latest(uninterrupted):
     workdir, results = uninterrupted
     model, config, preprocessing = rundir.load_model(workdir, which="latest")
-    assert config.model.arch == "unet" and preprocessing.mode == "unit"
+    assert config.model.arch == train_utils.TINY and preprocessing.mode == "unit"
     assert model.dec_bn.use_running_average  # eval mode
     out = model(np.zeros((1, 32, 32, 3), np.float32))
     assert out.shape == (1, 32, 32, 1)

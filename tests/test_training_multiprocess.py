@@ -41,7 +41,6 @@ def _params(run_dir: Path) -> dict:
 def test_two_processes_match_one_process(tmp_path, monkeypatch):
     data_dir = str(tmp_path / "tfds")
     # Reference: 1 process, 4 of the session's 8 simulated devices, the same global batch.
-    train_utils.use_tiny_model(monkeypatch.setattr)
     ref = train.train_and_evaluate(
         train_utils.tiny_config(data_dir, num_devices=4), tmp_path / "one"
     )

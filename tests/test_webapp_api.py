@@ -20,7 +20,6 @@ import pytest
 from data_fakes import write_dicom
 from fastapi.testclient import TestClient
 from PIL import Image
-from train_utils import use_tiny_model
 from webapp_fixtures import write_tiny_run, write_xray
 
 from qatacov_jax import data
@@ -44,13 +43,11 @@ JSON_TYPE = {"content-type": "application/json"}
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("webapp_runs")
-    with pytest.MonkeyPatch.context() as mp:
-        use_tiny_model(mp.setattr)
-        yield {
-            "infection": write_tiny_run(base / "infection", seed=1),
-            "lung": write_tiny_run(base / "lung", image_size=16, seed=2),
-            "cand_b": write_tiny_run(base / "cand_b", seed=3),
-        }
+    return {
+        "infection": write_tiny_run(base / "infection", seed=1),
+        "lung": write_tiny_run(base / "lung", image_size=16, seed=2),
+        "cand_b": write_tiny_run(base / "cand_b", seed=3),
+    }
 
 
 @pytest.fixture(scope="module")

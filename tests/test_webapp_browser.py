@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from train_utils import use_tiny_model
 from webapp_fixtures import write_tiny_run, write_xray
 
 from qatacov_jax.data import synthetic
@@ -53,11 +52,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# scripts/serve.py's main in a subprocess, its run directories loading as the tiny model.
+# scripts/serve.py's main in a subprocess (the run directories' configs select the tiny model).
 SERVE = """import sys
-sys.path.insert(0, sys.argv.pop(1))
-import train_utils
-train_utils.use_tiny_model()
 from qatacov_jax.cli.serve import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -73,11 +69,9 @@ def server(tmp_path_factory):
     for i in range(2):  # synthetic COVID-19 CXRs the models never saw
         ex = synthetic.generate(SAMPLE_SEED, i, SIZE, positive_fraction=1.0)
         write_xray(xrays / f"case_{i}.png", ex.image)
-    with pytest.MonkeyPatch.context() as mp:
-        use_tiny_model(mp.setattr)
-        a = write_tiny_run(base / "unet_stage1", seed=1)
-        b = write_tiny_run(base / "unetpp_stage1", seed=3)
-        lung = write_tiny_run(base / "lung", image_size=16, seed=2)
+    a = write_tiny_run(base / "unet_stage1", seed=1)
+    b = write_tiny_run(base / "unetpp_stage1", seed=3)
+    lung = write_tiny_run(base / "lung", image_size=16, seed=2)
     argv = ["--checkpoint", a, "--lung-checkpoint", lung, "--candidates", a, "--candidates", b]
     port = _free_port()
     # --batch-size 2: two compiled bucket sizes per model instead of four (test start-up).
@@ -85,7 +79,7 @@ def server(tmp_path_factory):
     argv += ["--batch-size", 2]
     log = open(base / "server.log", "w")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE, str(ROOT / "tests"), *map(str, argv)],
+        [sys.executable, "-c", SERVE, *map(str, argv)],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=ROOT,

@@ -1,23 +1,17 @@
-"""The test suite's one tiny segmentation model, and tiny training configs.
+"""The test suite's tiny model and tiny training configs.
 
-`TinySegmenter` is the stand-in for a real model wherever a test exercises the machinery
-around a model (training steps and loop, evaluation, inference) rather than the model itself.
-It keeps the contract of the real ones (an `encoder` submodule whose weights
-`qatacov_jax.models.freeze` turns into `FrozenParam` except BatchNorm scale/offset,
-BatchNorm everywhere, `(B, H, W, 3)` -> float32 logits `(B, H, W, 1)` for H, W multiples of
-4), so that machinery is exercised exactly as with U-Net DenseNet-121 but compiles in a
-second instead of a minute on CPU. `use_tiny_model` makes training and run-directory
-loading build it from a config.
+The tiny model (`qatacov_jax.models.tiny`, registered as `tiny`) stands in for a real model
+wherever a test exercises the machinery around a model (training steps and loop,
+evaluation, inference, export, the web app) rather than the model itself. `tiny_config`
+selects it (`model.arch = model.encoder = "tiny"`), so training builds it and run
+directories load as it from their config, in this process or a subprocess alike.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import jax
 import ml_collections
 from flax import nnx
 
@@ -27,83 +21,19 @@ if str(ROOT) not in sys.path:
 
 from qatacov_jax import models  # noqa: E402
 from qatacov_jax.data.preprocessing import Preprocessing  # noqa: E402
-from qatacov_jax.training import factory  # noqa: E402
-
-
-class TinyEncoder(nnx.Module):
-    """Two strided conv-BN-ReLU stages: (B, H, W, 3) -> [(B, H/2, W/2, 8), (B, H/4, W/4, 16)]."""
-
-    def __init__(self, *, rngs: nnx.Rngs, dtype=None):
-        self.conv1 = nnx.Conv(3, 8, (3, 3), strides=2, use_bias=False, rngs=rngs, dtype=dtype)
-        self.bn1 = nnx.BatchNorm(8, momentum=0.9, rngs=rngs, dtype=dtype)
-        self.conv2 = nnx.Conv(8, 16, (3, 3), strides=2, use_bias=False, rngs=rngs, dtype=dtype)
-        self.bn2 = nnx.BatchNorm(16, momentum=0.9, rngs=rngs, dtype=dtype)
-        self.out_channels = (8, 16)
-
-    def __call__(self, x: jax.Array) -> list[jax.Array]:
-        f1 = nnx.relu(self.bn1(self.conv1(x)))
-        f2 = nnx.relu(self.bn2(self.conv2(f1)))
-        return [f1, f2]
-
-
-class TinySegmenter(nnx.Module):
-    """Encoder + one upsampling decoder block with a skip + 3x3 logit head."""
-
-    def __init__(self, *, frozen: bool = False, rngs: nnx.Rngs, dtype=None):
-        self.encoder = TinyEncoder(rngs=rngs, dtype=dtype)
-        if frozen:
-            models.freeze(self.encoder)
-        self.dec_conv = nnx.Conv(24, 8, (3, 3), use_bias=False, rngs=rngs, dtype=dtype)
-        self.dec_bn = nnx.BatchNorm(8, momentum=0.9, rngs=rngs, dtype=dtype)
-        self.head = nnx.Conv(8, 1, (3, 3), rngs=rngs, dtype=dtype)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        f1, f2 = self.encoder(x)
-        up = jax.image.resize(f2, f1.shape[:-1] + (f2.shape[-1],), "nearest")
-        y = nnx.relu(self.dec_bn(self.dec_conv(jax.numpy.concatenate([up, f1], -1))))
-        y = jax.image.resize(y, x.shape[:-1] + (y.shape[-1],), "bilinear")
-        return self.head(y).astype(jax.numpy.float32)
+from qatacov_jax.models.tiny import NAME as TINY  # noqa: E402
+from qatacov_jax.models.tiny import TinySegmenter  # noqa: E402
 
 
 def tiny_model(seed: int = 0, *, frozen: bool = False, dtype=None) -> TinySegmenter:
-    """A `TinySegmenter` initialised from `seed`, in training mode (as `create_model`'s)."""
-    return TinySegmenter(frozen=frozen, rngs=nnx.Rngs(seed), dtype=dtype)
-
-
-def build_tiny_model(config: ml_collections.ConfigDict, *, seed: int, load_weights: bool = True):
-    """Drop-in for `qatacov_jax.training.factory.build_model` (see `use_tiny_model`)."""
-    return tiny_model(seed, frozen=bool(config.model.frozen)), Preprocessing.from_mode("unit")
-
-
-def use_tiny_model(setattr_: Callable[[Any, str, Any], None] = setattr) -> list[str]:
-    """Makes every `qatacov_jax` module that builds models from a config build the tiny one.
-
-    `factory.build_model` is imported by name into its users (the training loop, run
-    directory loading, ...), so each of them is patched. Pass `monkeypatch.setattr` (or a
-    `pytest.MonkeyPatch.context()`'s) so the change is undone after the test; the default,
-    plain `setattr`, is for subprocess scripts. Returns the patched modules' names.
-    """
-    import importlib
-    import pkgutil
-
-    import qatacov_jax.training
-
-    for info in pkgutil.iter_modules(qatacov_jax.training.__path__, "qatacov_jax.training."):
-        importlib.import_module(info.name)  # a user imported later would get the real one
-    real = factory.build_model
-    users = sorted(
-        name
-        for name, module in list(sys.modules.items())
-        if name.startswith("qatacov_jax") and getattr(module, "build_model", None) is real
-    )
-    assert {"qatacov_jax.training.loop", "qatacov_jax.training.rundir"} <= set(users), users
-    for name in users:
-        setattr_(sys.modules[name], "build_model", build_tiny_model)
-    return users
+    """The tiny model initialised from `seed`, in training mode (as `create_model`'s), as
+    `training.factory.build_model` builds it from `tiny_config` with `seed`."""
+    return models.create_model(TINY, TINY, frozen=frozen, rngs=nnx.Rngs(seed), dtype=dtype)
 
 
 def tiny_config(data_dir: str, *, num_devices: int | None = 1) -> ml_collections.ConfigDict:
-    """A 32x32 synthetic run: 48 training images (balanced to more), batch 8, 2 epochs."""
+    """A 32x32 synthetic run of the tiny model: 48 training images (balanced to more),
+    batch 8, 2 epochs."""
     from configs import default
 
     config = default.get_config()
@@ -114,6 +44,8 @@ def tiny_config(data_dir: str, *, num_devices: int | None = 1) -> ml_collections
     config.data.synthetic.num_train = 48
     config.data.synthetic.num_test = 8
     config.data.num_threads = 1
+    config.model.arch = TINY
+    config.model.encoder = TINY
     config.model.preprocessing = "unit"
     config.batch_size = 8
     config.num_epochs = 2

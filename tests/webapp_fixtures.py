@@ -1,8 +1,8 @@
 """Shared by the web app tests: tiny run directories and X-ray files.
 
 The run directories are genuine (config, preprocessing, a 'best' checkpoint written by the
-project's `CheckpointStore`) but hold the untrained `TinySegmenter` (tests/train_utils.py),
-so loading and compiling take a second; `use_tiny_model` makes them load as that model.
+project's `CheckpointStore`) but hold the untrained tiny model (`qatacov_jax.models.tiny`,
+selected by their config), so loading and compiling take a second.
 BatchNorm statistics and the head are randomised so the probabilities spread over [0, 1]
 and masks, decisions and thresholds have something to show.
 """

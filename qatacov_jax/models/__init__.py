@@ -7,6 +7,9 @@ Public API:
   create_classifier(encoder, *, frozen=False, rngs, dtype=None) -> EncoderClassifier (logits)
   ENCODERS, ARCHS                                      -> paper-1 registries (name -> constructor)
   SMP_ENCODERS, SMP_ARCHS, FAMILIES                    -> the smp family's registries (paper 2)
+  MODELS, register_model(name, ModelSpec)              -> whole models outside the paper's grid,
+                                                          selected by arch = encoder = name;
+                                                          `tiny` (`models.tiny`) for tests
   foreground_probability(logits)                       -> (B, H, W, 1) probability of a model's
                                                           output (sigmoid, or softmax class 1)
   CLASSIFIER_ARCH                                      -> `config.model.arch` of classifiers
@@ -25,9 +28,11 @@ from qatacov_jax.models.registry import (
     ENCODER_SPECS,
     ENCODERS,
     FAMILIES,
+    MODELS,
     PAPER1,
     SMP,
     EncoderSpec,
+    ModelSpec,
     ParamCount,
     count_params,
     create_classifier,
@@ -36,6 +41,7 @@ from qatacov_jax.models.registry import (
     encoder_preprocessing,
     family_archs,
     family_encoders,
+    register_model,
 )
 from qatacov_jax.models.segmentation import SegmentationModel
 from qatacov_jax.models.smp import (
@@ -54,6 +60,8 @@ __all__ = [
     "ENCODER_SPECS",
     "EncoderClassifier",
     "FAMILIES",
+    "MODELS",
+    "ModelSpec",
     "PAPER1",
     "SMP",
     "SMP_ARCHS",
@@ -75,4 +83,5 @@ __all__ = [
     "create_model",
     "encoder_preprocessing",
     "freeze",
+    "register_model",
 ]

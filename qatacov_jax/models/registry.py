@@ -30,6 +30,7 @@ from qatacov_jax.models.smp import (
     SmpSegmentationModel,
     create_smp_model,
 )
+from qatacov_jax.models.tiny import TinyEncoder, TinySegmenter
 from qatacov_jax.models.unet import UNetDecoder
 
 
@@ -71,32 +72,69 @@ SMP = "smp"
 FAMILIES = (PAPER1, SMP)
 
 
+class ModelSpec(NamedTuple):
+    """A whole paper-1-family model on an encoder of its own, outside the paper's grid."""
+
+    encoder: EncoderSpec  # registered under the model's name too
+    build: Callable[..., nnx.Module]  # (encoder, *, rngs, dtype) -> model; (B,H,W,3) -> logits
+
+
+# name -> a model selected by `config.model.arch` = `config.model.encoder` = name. Kept apart
+# from `ENCODER_SPECS` x `ARCHS`, every pair of which is a model of the paper. `tiny` is the
+# fast model of the tests and smoke runs (`models/tiny.py`).
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, spec: ModelSpec) -> None:
+    """Makes `create_model(name, name)` (and `create_encoder(name)`) build `spec`, and so
+    a config with `model.arch = model.encoder = name` (training, run directories)."""
+    if name in {*ENCODER_SPECS, *ARCHS, CLASSIFIER_ARCH, *MODELS}:
+        raise ValueError(f"Model name {name!r} is taken.")
+    MODELS[name] = spec
+
+
+register_model("tiny", ModelSpec(EncoderSpec("tiny", TinyEncoder, "unit"), TinySegmenter))
+
+
 def _lookup(table: dict[str, Any], name: str, what: str) -> Any:
     if name not in table:
         raise ValueError(f"Unknown {what} {name!r}; valid names: {sorted(table)}.")
     return table[name]
 
 
+def _encoder_spec(name: str) -> EncoderSpec:
+    """The paper's encoders and those of `MODELS`."""
+    specs = {**ENCODER_SPECS, **{n: m.encoder for n, m in MODELS.items()}}
+    return _lookup(specs, name, "encoder")
+
+
 def encoder_preprocessing(name: str, family: str = "paper1") -> Preprocessing:
     """The preprocessing the encoder's original pretrained weights were trained with."""
     if family == "smp":
         return Preprocessing.from_mode(_lookup(SMP_PREPROCESSING, name, "smp encoder"))
-    return Preprocessing.from_mode(_lookup(ENCODER_SPECS, name, "encoder").preprocessing)
+    return Preprocessing.from_mode(_encoder_spec(name).preprocessing)
 
 
 def create_encoder(name: str, *, rngs: nnx.Rngs, dtype: Any = None) -> nnx.Module:
     """Builds an encoder with random (Keras-style) initial weights.
 
     Args:
-      name: one of `ENCODERS` (`densenet121`, `chexnet`, `inceptionv3`, `resnet50`).
+      name: one of `ENCODERS` (`densenet121`, `chexnet`, `inceptionv3`, `resnet50`) or of
+        `MODELS` (`tiny`: its encoder).
       rngs: NNX RNG streams for the initialisers.
       dtype: compute dtype (e.g. `jnp.bfloat16`); parameters are always float32.
 
     Returns:
-      The encoder module. `encoder.out_channels` is a 5-tuple; calling it on `(B, H, W, 3)`
-      returns 5 features, finest first, with strides 2, 4, 8, 16, 32.
+      The encoder module. For `ENCODERS`, `encoder.out_channels` is a 5-tuple; calling it on
+      `(B, H, W, 3)` returns 5 features, finest first, with strides 2, 4, 8, 16, 32.
     """
-    return _lookup(ENCODERS, name, "encoder")(rngs=rngs, dtype=dtype)
+    return _encoder_spec(name).build(rngs=rngs, dtype=dtype)
+
+
+def _encoder_name(encoder: nnx.Module) -> str:
+    """The registry name of an encoder module's class ("" if unregistered)."""
+    builds = {**ENCODERS, **{n: m.encoder.build for n, m in MODELS.items()}}
+    return next((n for n, c in builds.items() if type(encoder) is c), "")
 
 
 def _encoder(
@@ -108,7 +146,7 @@ def _encoder(
         name = encoder
         encoder = create_encoder(encoder, rngs=rngs, dtype=dtype)
     else:
-        name = next((n for n, c in ENCODERS.items() if type(encoder) is c), "")
+        name = _encoder_name(encoder)
     if frozen:
         freeze(encoder)
     return encoder, name
@@ -124,16 +162,16 @@ def create_model(
     frozen: bool = False,
     rngs: nnx.Rngs,
     dtype: Any = None,
-) -> SegmentationModel | SmpSegmentationModel:
+) -> SegmentationModel | SmpSegmentationModel | nnx.Module:
     """Builds a segmentation model of either family.
 
     Args:
-      arch: paper1: one of `ARCHS` (`unet`, `unetpp`, `dla`, `fpn`); smp: one of `SMP_ARCHS`
-        (`unet`, `unetpp`, `fpn`).
+      arch: paper1: one of `ARCHS` (`unet`, `unetpp`, `dla`, `fpn`) or of `MODELS` (`tiny`,
+        whose encoder is its own); smp: one of `SMP_ARCHS` (`unet`, `unetpp`, `fpn`).
       encoder: paper1: an encoder module from `create_encoder` (e.g. after loading ported
         weights into it), or an encoder name, in which case a randomly initialised one is
-        built; smp: a name of `SMP_ENCODERS` (`resnet18`, `resnet50`, `densenet121`,
-        `densenet161`, `inceptionv4`).
+        built (for an arch of `MODELS`, its own name); smp: a name of `SMP_ENCODERS`
+        (`resnet18`, `resnet50`, `densenet121`, `densenet161`, `inceptionv4`).
       family: "paper1" (Keras segmentation_models graphs, Degerli et al.) or "smp"
         (segmentation_models.pytorch 0.6, Tahir et al.).
       classes: smp only: output channels (paper 2 uses 2 with a softmax); paper1 models have
@@ -148,8 +186,8 @@ def create_model(
     Returns:
       paper1: a `SegmentationModel` mapping `(B, H, W, 3)` to `(B, H, W, 1)` float32 per-pixel
       **logits** (no sigmoid). smp: an `SmpSegmentationModel` mapping `(B, H, W, 3)` to
-      `(B, H, W, classes)` logits (or `activation` of them). Both start in training mode; use
-      `model.eval()` for inference.
+      `(B, H, W, classes)` logits (or `activation` of them). `MODELS`: their model, with
+      the paper1 output. All start in training mode; use `model.eval()` for inference.
     """
     if family == SMP:
         if frozen:
@@ -169,12 +207,29 @@ def create_model(
             f"paper1 models have one output logit (sigmoid in the loss), got classes={classes}, "
             f"activation={activation!r}; use family='smp' for paper 2's 2-class softmax models."
         )
-    decoder_cls = _lookup(ARCHS, arch, "architecture")
+    if arch in MODELS:
+        return _create_registered(arch, encoder, frozen=frozen, rngs=rngs, dtype=dtype)
+    decoder_cls = _lookup({**ARCHS, **MODELS}, arch, "architecture")
+    if (name := encoder if isinstance(encoder, str) else _encoder_name(encoder)) in MODELS:
+        raise ValueError(f"Encoder {name!r} is the encoder of model {name!r} only.")
     encoder, encoder_name = _encoder(encoder, frozen=frozen, rngs=rngs, dtype=dtype)
     decoder = decoder_cls(tuple(encoder.out_channels), rngs=rngs, dtype=dtype)
     return SegmentationModel(
         encoder, decoder, rngs=rngs, dtype=dtype, arch=arch, encoder_name=encoder_name
     )
+
+
+def _create_registered(
+    arch: str, encoder: str | nnx.Module, *, frozen: bool, rngs: nnx.Rngs, dtype: Any
+) -> nnx.Module:
+    """The `MODELS` entry `arch` on its own encoder (built here from `rngs` if a name)."""
+    name = encoder if isinstance(encoder, str) else _encoder_name(encoder)
+    if name != arch:
+        raise ValueError(
+            f"Model {arch!r} is built on its own encoder: pass {arch!r}, got {name!r}."
+        )
+    encoder, _ = _encoder(encoder, frozen=frozen, rngs=rngs, dtype=dtype)
+    return MODELS[arch].build(encoder, rngs=rngs, dtype=dtype)
 
 
 def family_archs(family: str) -> dict[str, Any]:
