@@ -15,6 +15,7 @@ from absl import flags
 
 from qatacov_jax.cli.common import UsageError, parse_command, positive, run_main
 from qatacov_jax.cli.train import config_and_workdir
+from qatacov_jax.models import SMP
 from qatacov_jax.reproduce import Configuration, Table, gather, launchers, tasks
 from qatacov_jax.reproduce.tables import TABLES, get_table
 
@@ -132,8 +133,8 @@ class ConfigLoader:
         ]
         config = config_and_workdir(argv, PROG, DOC, "unused").config
         if self.weights_dir:
-            family = config.model.get("family") or "paper1"
-            stem = f"smp_{config.model.encoder}" if family == "smp" else config.model.encoder
+            smp = config.model.get("family") == SMP
+            stem = f"smp_{config.model.encoder}" if smp else config.model.encoder
             config.model.encoder_weights = str(Path(self.weights_dir).absolute() / stem)
         return config
 
@@ -163,7 +164,7 @@ def _run_one(table: Table, workdir: Path, index: int, load: ConfigLoader) -> int
     all_tasks = table.tasks()
     if not 0 <= index < len(all_tasks):
         raise UsageError(
-            f"task index {index} out of range: {table.name} has {len(all_tasks)} tasks (0-{len(all_tasks) - 1})"
+            f"task index {index} out of range: {table.name} has tasks 0-{len(all_tasks) - 1}"
         )
     task = all_tasks[index]
     log.info(
@@ -258,7 +259,7 @@ def _launch(fv: flags.FlagValues, table: Table, workdir: Path, load: ConfigLoade
             pending,
             task_command=base,
             gather_command=[*base, "--gather"],
-            project_dir=REPO,
+            cwd=Path.cwd(),
             options=options,
         )
         if dry_run and "array" in written:

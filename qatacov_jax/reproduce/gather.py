@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import logging
 import math
 import os
@@ -25,6 +26,7 @@ import ml_collections
 from flax import nnx
 
 from qatacov_jax.metrics import MetricAccumulator, confidence_radius, flat_metrics
+from qatacov_jax.models import SMP
 from qatacov_jax.reproduce import render
 from qatacov_jax.reproduce.tables import Column, Configuration, Table, Task
 from qatacov_jax.reproduce.tasks import finished_results, run_status
@@ -134,15 +136,44 @@ def cell(column: Column, summary: Mapping[str, Any] | None, paper: Any, paper_ci
 
 def parameter_counts(config: ml_collections.ConfigDict) -> tuple[int, int]:
     """(trainable, non-trainable) of a configuration's model, from shapes alone
-    (`nnx.eval_shape`: no weights are allocated or read)."""
+    (`nnx.eval_shape`: no weights are allocated or read; seconds for a big model)."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.encoder_weights = None  # counts do not depend on the weights' values
-    model = nnx.eval_shape(lambda: build_model(config, seed=0, load_weights=False)[0])
+    if config.model.get("family") == SMP:  # its own, faster abstract constructor
+        model, _ = build_model(config, seed=0, load_weights=False, abstract=True)
+    else:
+        model = nnx.eval_shape(lambda: build_model(config, seed=0, load_weights=False)[0])
     return count_trainable(model)
 
 
+class ParamsCache:
+    """`WORKDIR/tables/params.json`: counts computed from shapes, keyed by `config.model`
+    (without its weights), so regathering a table with unstarted rows costs nothing."""
+
+    def __init__(self, workdir: Path):
+        self.path = workdir / TABLES_DIR / "params.json"
+        try:
+            self.counts: dict[str, list[int]] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.counts = {}
+        self.changed = False
+
+    def get(self, config: ml_collections.ConfigDict) -> tuple[int, int]:
+        model = {k: v for k, v in config.model.to_dict().items() if k != "encoder_weights"}
+        key = json.dumps(model, sort_keys=True, default=str)
+        if key not in self.counts:
+            self.counts[key] = list(parameter_counts(config))
+            self.changed = True
+        trainable, non_trainable = self.counts[key]
+        return trainable, non_trainable
+
+    def save(self) -> None:
+        if self.changed:
+            files.write_json(self.path, self.counts, sort_keys=True)
+
+
 def _params(
-    runs: ConfigurationRuns, load: Callable[[Configuration], Any] | None
+    runs: ConfigurationRuns, load: Callable[[Configuration], Any] | None, cache: ParamsCache
 ) -> dict[str, Any] | None:
     for results in runs.finished.values():
         p = results.get("params")
@@ -150,7 +181,7 @@ def _params(
             return {**p, "source": "results.json"}
     if load is None:
         return None
-    trainable, non_trainable = parameter_counts(load(runs.configuration))
+    trainable, non_trainable = cache.get(load(runs.configuration))
     return {"trainable": trainable, "non_trainable": non_trainable, "source": "eval_shape"}
 
 
@@ -168,7 +199,9 @@ def ran_instead(c: Configuration, finished: Mapping[Any, Mapping[str, Any]]) -> 
     return None
 
 
-def row(table: Table, runs: ConfigurationRuns, load: Callable | None) -> dict[str, Any]:
+def row(
+    table: Table, runs: ConfigurationRuns, load: Callable | None, cache: ParamsCache
+) -> dict[str, Any]:
     """A configuration's row of table.json."""
     c = runs.configuration
     summary = combine(runs.finished) if runs.finished else None
@@ -183,7 +216,7 @@ def row(table: Table, runs: ConfigurationRuns, load: Callable | None) -> dict[st
             "expected": list(table.folds),
             "finished": [f for f in table.folds if f in runs.finished],
         },
-        "params": _params(runs, load),
+        "params": _params(runs, load, cache),
         "cells": {},
         "per_fold": summary["per_fold"] if summary else {},
     }
@@ -247,6 +280,7 @@ def gather(
     """
     workdir = Path(workdir).absolute()
     all_runs = collect(table, workdir)
+    cache = ParamsCache(workdir)
     for runs in all_runs:
         write_configuration_summary(workdir, runs)
     missing = [m for runs in all_runs for m in runs.missing]
@@ -261,10 +295,11 @@ def gather(
         "workdir": str(workdir),
         "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "columns": [{**dataclasses.asdict(c), "key": c.key} for c in table.columns],
-        "rows": [row(table, runs, load) for runs in all_runs],
+        "rows": [row(table, runs, load, cache) for runs in all_runs],
         "runs": {"expected": num_tasks, "finished": num_tasks - len(missing)},
         "missing": missing,
     }
+    cache.save()
     out = table_dir(workdir, table)
     files.write_json(out / "table.json", result)
     files.write_text(out / "table.md", render.markdown(result))

@@ -120,10 +120,14 @@ def slurm_files(
     *,
     task_command: Sequence[str],
     gather_command: Sequence[str],
-    project_dir: Path,
+    cwd: Path,
     options: ClusterOptions,
 ) -> dict[str, Path]:
-    """Writes array.sbatch (only when tasks are pending), gather.sbatch and submit.sh."""
+    """Writes array.sbatch (only when tasks are pending), gather.sbatch and submit.sh.
+
+    The jobs start in `cwd` (the launch's working directory), so relative paths in the
+    commands' overrides name the same files for the tasks as for the launch that checked
+    them; the script path in the commands is absolute."""
     out = table_dir(workdir, table)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -156,7 +160,7 @@ def slurm_files(
             *common,
             "",
             "set -euo pipefail",
-            f"cd {shlex.quote(str(project_dir))}",
+            f"cd {shlex.quote(str(cwd))}  # where the launch ran: relative paths mean the same",
             "exec " + _command_line(task_command, '--task-index "$SLURM_ARRAY_TASK_ID"'),
         ]
         written["array"] = files.write_text(out / "array.sbatch", "\n".join(array) + "\n")
@@ -172,7 +176,7 @@ def slurm_files(
         *common,
         "",
         "set -euo pipefail",
-        f"cd {shlex.quote(str(project_dir))}",
+        f"cd {shlex.quote(str(cwd))}",
         "exec " + _command_line(gather_command),
     ]
     written["gather"] = files.write_text(out / "gather.sbatch", "\n".join(gather) + "\n")
