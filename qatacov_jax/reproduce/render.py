@@ -133,7 +133,8 @@ def _md_confusion(result: Mapping[str, Any]) -> list[str]:
             "",
             f"Runs {folds_text(r)}; parameters {params_text(r['params'])}.",
             "",
-            "| Ground truth \\ Predicted | Control | COVID-19 | Control (paper) | COVID-19 (paper) |",
+            "| Ground truth \\ Predicted | Control | COVID-19 "
+            "| Control (paper) | COVID-19 (paper) |",
             "|---|---:|---:|---:|---:|",
             _md_row(["Control", *ours_neg, *paper_neg]),
             _md_row(["COVID-19", *ours_pos, *paper_pos]),
@@ -188,7 +189,7 @@ _TEX_ESCAPES = {
     "#": r"\#",
     "✓": r"\checkmark",
     "×": r"$\times$",
-}  # noqa: E501
+}
 
 
 def tex(text: str) -> str:
@@ -213,7 +214,7 @@ def latex(result: Mapping[str, Any]) -> str:
             "FP (paper)",
             "FN (paper)",
             "TP (paper)",
-        ]  # noqa: E501
+        ]
         body = []
         for r in result["rows"]:
             cells = [model_text(r), r["encoder"]]

@@ -158,7 +158,10 @@ _GROUP2 = Configuration(
     arch="unet",
     encoder_name="densenet121",
 )
-_CIS = "95% CI r = 1.96 sqrt(m(1-m)/N) (eq. 13): N = positives for sensitivity, negatives for specificity, all samples otherwise."  # noqa: E501
+_CIS = (
+    "95% CI r = 1.96 sqrt(m(1-m)/N) (eq. 13): N = positives for sensitivity, negatives for "
+    "specificity, all samples otherwise."
+)
 
 TABLE2 = Table(
     name="p1-table2",
