@@ -16,8 +16,9 @@ from train_utils import tiny_config
 from qatacov_jax import data
 from qatacov_jax.annotation import stage as stage_mod
 from qatacov_jax.annotation.candidates import MANIFEST, CandidateStore
-from qatacov_jax.annotation.stage import SPLITS_FILE, StageSpec, run_stage, stage_config
+from qatacov_jax.annotation.stage import StageSpec, key_of, run_stage, stage_config
 from qatacov_jax.cli import annotation_stage as stage_cli
+from qatacov_jax.training.splits import SPLITS_FILE
 
 N = 10  # accepted masks
 
@@ -31,7 +32,11 @@ def _config(seed: int):
 
 
 def _splits(workdir, run):
-    return json.loads((workdir / run / SPLITS_FILE).read_text())
+    """A run's splits.json with its id lists as image keys."""
+    record = json.loads((workdir / run / SPLITS_FILE).read_text())
+    for name in ("train", "validation", "test"):
+        record[name] = sorted(key_of(i) for i in record[name])
+    return record
 
 
 def test_stage_one_is_out_of_fold_and_resumes(tmp_path, monkeypatch):
@@ -107,7 +112,7 @@ def test_stage_two_trains_on_every_mask_through_the_command_line(tmp_path):
     splits = _splits(workdir, "runs/tinyc/all")
     assert splits["train"] == [f"covid_{i}" for i in range(6)]  # every accepted mask
     assert splits["predicted"] == ["pool__new_0", "pool__new_1", "pool__new_2"]
-    assert splits["validation"] == [] and splits["test"] == []
+    assert splits["validation"] == [] and splits["test"] == splits["train"]  # a fit
     run_config = json.loads((workdir / "runs" / "tinyc" / "all" / "config.json").read_text())
     assert run_config["seed"] == 3 and run_config["fold"] is None
     store = CandidateStore(workdir / "candidates")
@@ -142,6 +147,9 @@ def test_lung_masks_are_read_as_covid_qu_ex(tmp_path):
         "lung",
         2,
     )
-    held_out = [stage_mod._ids(cfg, k, "eval") for k in (0, 1)]
+    ids = lambda fold, split: [  # noqa: E731
+        key_of(n) for n in data.example_filenames(cfg.data, fold=fold, split=split)
+    ]
+    held_out = [ids(k, "eval") for k in (0, 1)]
     assert sorted(held_out[0] + held_out[1]) == [f"covid_{i}" for i in range(6)]
-    assert set(stage_mod._ids(cfg, 0, "train")) == set(held_out[1])
+    assert set(ids(0, "train")) == set(held_out[1])

@@ -11,8 +11,9 @@ every X-ray of the pool. Layout of the work directory:
     WORKDIR/data/<fingerprint>/       the accepted masks prepared as a TFDS dataset
     WORKDIR/runs/<model>/fold_k/      Stage I run directories (runs/<model>/ is the CV dir)
     WORKDIR/runs/<model>/all/         Stage II run directories
-    .../splits.json                   image keys the run trained, validated, was tested
-                                      on and predicted
+    .../splits.json                   the ids the run trained, validated and was tested on
+                                      (`training.splits`, written by the training loop) and
+                                      the image keys whose candidates it wrote (`predicted`)
     WORKDIR/candidates/               the candidate store (`annotation.candidates`)
     WORKDIR/summary.{json,md}         each configuration's Dice
 
@@ -32,7 +33,6 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from qatacov_jax import data
 from qatacov_jax.annotation import layout
 from qatacov_jax.annotation.candidates import RESERVED, CandidateWriter, dice, read_mask
 from qatacov_jax.data import imageio
@@ -41,14 +41,13 @@ from qatacov_jax.inference.runs import load_models
 from qatacov_jax.runtime import locking
 from qatacov_jax.runtime.files import write_json, write_text
 from qatacov_jax.runtime.sharding import make_mesh
-from qatacov_jax.training import rundir
+from qatacov_jax.training import rundir, splits
 from qatacov_jax.training.cross_validation import cross_validate
 from qatacov_jax.training.loop import train_and_evaluate
 
 log = logging.getLogger(__name__)
 
 STAGE_FILE = "stage.json"
-SPLITS_FILE = "splits.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,29 +117,17 @@ def stage_config(
     return cfg
 
 
-def _ids(cfg: ml_collections.ConfigDict, fold: int | None, split: str) -> list[str]:
-    """Image keys of a split (the builders' file names: `<key>.png`, `<class>/<key>.png`)."""
-    return [Path(n).stem for n in data.example_filenames(cfg.data, fold=fold, split=split)]
+def key_of(record_id: str) -> str:
+    """The image key of a `splits.json` id (`train/covid_3.png`, `train/COVID-19/x.png`)."""
+    return Path(record_id).stem
 
 
-def write_splits(run_dir: Path, cfg: ml_collections.ConfigDict, predicted: list[str]) -> dict:
-    """`run_dir/splits.json`: the keys a run trained on, validated on (checkpoint
-    selection), was finally evaluated on, and whose candidates it wrote."""
-    from qatacov_jax.data import sources
-
-    fold = rundir.config_fold(cfg)
-    has_val = sources.selection_split(cfg.data, fold) == "validation"
-    splits = {
-        "fold": fold,
-        "train": sorted(_ids(cfg, fold, "train")),
-        "validation": sorted(_ids(cfg, fold, "validation")) if has_val else [],
-        "test": sorted(_ids(cfg, fold, "eval")) if fold is not None else [],
-        "predicted": sorted(predicted),
-    }
-    if fold is None:
-        splits["note"] = "trained on every accepted mask; its final evaluation is a training fit"
-    write_json(run_dir / SPLITS_FILE, splits)
-    return splits
+def run_record(run_dir: Path, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The run's `splits.json` (the training loop writes it before the first step: the ids
+    it trains, validates and is tested on); written here for a run made before that."""
+    if not (run_dir / splits.SPLITS_FILE).is_file():
+        splits.write_or_check(run_dir, cfg, rundir.config_fold(cfg))
+    return splits.read(run_dir)
 
 
 def _finished(run_dir: Path, cfg: ml_collections.ConfigDict) -> dict[str, Any] | None:
@@ -260,9 +247,10 @@ def _stage_one(spec, name, cfg, writer, sources, plan, entries) -> dict[str, Any
         run_dir = cv_dir / f"fold_{fold}"
         fold_cfg = ml_collections.ConfigDict(cfg.to_dict())
         fold_cfg.fold = fold
-        held_out = [k for k in _ids(fold_cfg, fold, "eval") if k in sources]
-        write_splits(run_dir, fold_cfg, held_out)
+        # The images the fold's model was tested on, and so never trained on.
+        held_out = [k for k in map(key_of, run_record(run_dir, fold_cfg)["test"]) if k in sources]
         predict_run(writer, name, run_dir, held_out, sources, spec.batch_per_device)
+        splits.add_fields(run_dir, predicted=sorted(held_out), predicted_from="test")
         rel = run_dir.relative_to(spec.workdir).as_posix()
         for key in held_out:
             plan[key][name] = (rel, fold)
@@ -284,8 +272,9 @@ def _stage_two(spec, name, cfg, writer, sources, plan, entries) -> dict[str, Any
     run_dir = spec.workdir / "runs" / name / "all"
     results = _finished(run_dir, cfg) or train_and_evaluate(cfg, run_dir)
     keys = list(sources)
-    write_splits(run_dir, cfg, keys)
+    run_record(run_dir, cfg)
     predict_run(writer, name, run_dir, keys, sources, spec.batch_per_device)
+    splits.add_fields(run_dir, predicted=sorted(keys), predicted_from="pool")
     rel = run_dir.relative_to(spec.workdir).as_posix()
     for key in keys:
         plan[key][name] = (rel, None)
