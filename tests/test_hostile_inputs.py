@@ -183,7 +183,8 @@ def test_infer_cli_refuses_a_bomb_in_its_report(tmp_path, tiny_run, capsys):
     png_bomb(src / "bomb.png", 9000)
     Image.fromarray(np.full((48, 40), 90, np.uint8)).save(src / "ok.png")
     out = tmp_path / "out"
-    code = infer_cli.main(["--checkpoint", str(tiny_run), str(src), "--out", str(out)])
+    argv = ["--checkpoint", str(tiny_run), str(src), "--compilation-cache=off"]
+    code = infer_cli.main([*argv, "--out", str(out)])
     assert code == 1
     rows = {
         Path(r["file"]).name: r for r in json.loads((out / "report.json").read_text())["images"]
@@ -488,7 +489,8 @@ def test_unwritable_out_is_one_line_and_exit_74(tmp_path, tiny_run, capsys):
     src = _xrays(tmp_path / "in", 1)
     blocker = tmp_path / "file"
     blocker.write_text("a file where the folder should go")
-    code = infer_cli.main(["--checkpoint", str(tiny_run), str(src), "--out", str(blocker / "o")])
+    argv = ["--checkpoint", str(tiny_run), str(src), "--compilation-cache=off"]
+    code = infer_cli.main([*argv, "--out", str(blocker / "o")])
     err = capsys.readouterr().err.strip()
     assert code == 74 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert str(blocker) in err
@@ -696,3 +698,42 @@ def test_serve_reads_its_token_from_a_file_or_the_environment(
     assert serve_cli.main([*argv, "--token", "a", "--token-file", str(secret)]) == 2
     assert serve_cli.main([*argv, "--token-file", str(tmp_path / "none")]) == 2
     assert serve_cli.main([*argv, "--header-timeout", "0"]) == 2
+
+
+# ------------------------------------------------------------------ start-up
+
+
+def test_compilation_cache_location_and_off_switch(tmp_path, monkeypatch):
+    from qatacov_jax.runtime import compile_cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv(compile_cache.CACHE_ENV, raising=False)
+    assert compile_cache.resolve_cache_dir() == tmp_path / "xdg" / "qatacov_jax" / "jax"
+    assert compile_cache.resolve_cache_dir("off") is None
+    monkeypatch.setenv(compile_cache.CACHE_ENV, "off")
+    assert compile_cache.resolve_cache_dir() is None
+    assert compile_cache.resolve_cache_dir(str(tmp_path / "c")) == tmp_path / "c"
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert compile_cache.enable_compilation_cache(str(blocker / "c")) is None  # warns only
+
+
+def test_batch_queue_compiles_larger_buckets_while_idle():
+    """The server answers after its smallest bucket compiled; the others compile on the
+    worker thread between requests."""
+    import time
+
+    from qatacov_jax.webapp.engine import BatchQueue
+
+    warmed = []
+    q = BatchQueue(
+        lambda imgs: [{"n": len(imgs)} for _ in imgs],
+        4,
+        warmup=[lambda: warmed.append(2), lambda: warmed.append(4)],
+    )
+    assert q.predict(np.zeros((2, 2), np.float32), timeout=10) == {"n": 1}
+    deadline = time.time() + 10
+    while len(warmed) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    q.close()
+    assert warmed == [2, 4] and q.calls == 1

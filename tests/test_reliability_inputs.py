@@ -338,6 +338,7 @@ def test_read_only_infer_out_is_one_line(read_only_dir, tmp_path, capsys):
     (it was a traceback and exit 1)."""
     Image.fromarray(np.full((48, 40), 90, np.uint8)).save(tmp_path / "x.png")
     argv = ["--checkpoint", str(tmp_path / "no_run"), str(tmp_path / "x.png")]
+    argv.append("--compilation-cache=off")
     assert infer_cli.main([*argv, "--out", str(read_only_dir / "maps")]) == 74
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err

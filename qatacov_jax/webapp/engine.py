@@ -11,6 +11,7 @@ own call. `benchmarks/serve_load.py` measures both.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import queue
 import threading
@@ -35,7 +36,15 @@ class BatchQueue:
     JAX is called from that one thread only; request threads wait on a `Future`.
     """
 
-    def __init__(self, predict_batch: PredictBatch, batch_size: int, wait_ms: float = 2.0):
+    def __init__(
+        self,
+        predict_batch: PredictBatch,
+        batch_size: int,
+        wait_ms: float = 2.0,
+        warmup: Sequence[Callable[[], object]] = (),
+    ):
+        """`warmup`: calls (compilations of larger batch shapes) the worker makes while
+        no request waits, one at a time, so that the server answers before all are done."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self._predict = predict_batch
@@ -43,6 +52,7 @@ class BatchQueue:
         self.wait_s = max(0.0, wait_ms) / 1000.0
         self._q: queue.Queue[tuple[np.ndarray, Future] | None] = queue.Queue()
         self.calls = 0  # device calls made (tests and the benchmark read it)
+        self._warmup = list(warmup)
         self._thread = threading.Thread(target=self._run, name="predict-batches", daemon=True)
         self._thread.start()
 
@@ -61,6 +71,9 @@ class BatchQueue:
 
     def _run(self) -> None:
         while True:
+            if self._warmup and self._q.empty():
+                self._warm_one()
+                continue
             first = self._q.get()
             if first is None:
                 return
@@ -89,6 +102,12 @@ class BatchQueue:
                         fut.set_exception(e)
             if stop:
                 return
+
+    def _warm_one(self) -> None:
+        try:
+            self._warmup.pop(0)()
+        except Exception:  # noqa: BLE001 - the same shape compiles again on first use
+            log.exception("warm-up compilation failed")
 
 
 @dataclasses.dataclass
@@ -143,10 +162,14 @@ def _queue(loaded: LoadedModels, batch_size: int, wait_ms: float) -> BatchQueue:
         # Padding rows repeat the first image (a plausible input); their outputs are dropped.
         return predictor.predict_batch(imgs + [imgs[0]] * (size - len(imgs)))[: len(imgs)]
 
-    # Compile every bucket now (tiny dummy images), not on users' requests.
-    for b in buckets:
-        predict_batch([np.zeros((8, 8), np.float32)] * b)
-    return BatchQueue(predict_batch, rows, wait_ms)
+    # The smallest bucket compiles now (the server answers once it is done); the larger
+    # ones on the worker thread while it is idle: on a 2-core CPU each compilation of the
+    # quickstart model takes seconds, and a first start compiled four before answering.
+    # With the persistent compilation cache (runtime.compile_cache) a restart reads them.
+    dummy = np.zeros((8, 8), np.float32)
+    predict_batch([dummy] * buckets[0])
+    warm = [functools.partial(predict_batch, [dummy] * b) for b in buckets[1:]]
+    return BatchQueue(predict_batch, rows, wait_ms, warmup=warm)
 
 
 def candidate_names(runs: Sequence[str | Path]) -> tuple[str, ...]:
