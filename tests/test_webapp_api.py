@@ -4,7 +4,8 @@
 (same field names and values, the same infection map pixels); bad uploads get 4xx JSON
 errors naming the problem while the server keeps serving; annotation saves land in the
 QaTa-COV19 layout the TFDS builder reads, with provenance, survive a restart, and two
-annotators saving the same image get a 409 instead of a silently lost mask.
+annotators saving the same image get a 409 instead of a silently lost mask (live annotation;
+reviewing a candidate store: tests/test_annotation_api.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from qatacov_jax.webapp import images
 from qatacov_jax.webapp.annotation import (
     DATASET_DIR,
     PROVENANCE,
-    AnnotationStore,
+    AnnotationSession,
+    LiveCandidates,
     blind_labels,
     dice,
 )
@@ -225,7 +227,7 @@ def test_second_server_on_an_annotations_folder_is_refused(tmp_path, capsys):
     the lock refuses a second writer in the same process too) is refused before loading."""
     from qatacov_jax.runtime.locking import run_dir_lock
 
-    (tmp_path / "xrays").mkdir()
+    write_xray(tmp_path / "xrays" / "a.png")
     out = tmp_path / "annotations"
     argv = ["--checkpoint", str(tmp_path / "none"), "--annotate", str(tmp_path / "xrays")]
     with run_dir_lock(out, purpose="annotation server"):
@@ -296,10 +298,19 @@ def test_openapi_documents_every_route_request_and_response(client):
             "schema"
         ]
     )
-    assert save["required"] == ["revision"] and save["additionalProperties"] is False
-    assert {"revision", "source", "no_infection", "mask", "seconds", "annotator"} == set(
-        save["properties"]
-    )
+    assert save["required"] == ["annotator"] and save["additionalProperties"] is False
+    assert {
+        "annotator",
+        "outcome",
+        "candidate",
+        "mask",
+        "revision",
+        "seconds",
+        "note",
+        "adjudicate",
+        "source",
+        "no_infection",
+    } == set(save["properties"])
     assert "lung_mask" not in resolve({"$ref": "#/components/schemas/PredictResponse"})["required"]
     assert "HTTPValidationError" not in schemas  # 422s are {"error"}, as documented
 
@@ -316,8 +327,13 @@ def annotation_dirs(tmp_path):
     return imgs, tmp_path / "accepted"
 
 
-def _annotate_client(engine, imgs, out):
-    return TestClient(create_app(engine, Settings(), AnnotationStore(imgs, out)))
+def _session(engine, imgs, out, **kw):
+    source = LiveCandidates(imgs, engine.candidate_names, 0.5, engine.candidates.predict)
+    return AnnotationSession(source, out, **kw)
+
+
+def _annotate_client(engine, imgs, out, **settings):
+    return TestClient(create_app(engine, Settings(**settings), _session(engine, imgs, out)))
 
 
 def _mask_url(mask: np.ndarray) -> str:
@@ -328,7 +344,13 @@ def test_annotation_save_layout_provenance_and_restart(engine, annotation_dirs):
     imgs, out = annotation_dirs
     c = _annotate_client(engine, imgs, out)
     p = c.get("/api/annotate").json()
-    assert p == {"total": 3, "done": 0, "pending": 3, "next": "xrays__a"}
+    assert {k: p[k] for k in ("total", "done", "pending", "next")} == {
+        "total": 3,
+        "done": 0,
+        "pending": 3,
+        "next": "xrays__a",
+    }
+    assert p["settings"]["mode"] == "live" and p["settings"]["stage"] is None
     item = c.get("/api/annotate/xrays__a").json()
     names = [x["name"] for x in item["candidates"]]
     assert names == ["infection", "cand_b", "consensus"]
@@ -338,9 +360,11 @@ def test_annotation_save_layout_provenance_and_restart(engine, annotation_dirs):
     d = dice(masks["infection"], masks["cand_b"])
     assert item["candidates"][0]["dice_with_models"] == pytest.approx(d)
     assert item["revision"] == 0 and item["height"] == 48 and item["width"] == 40
+    assert item["candidates"][0]["probability"].startswith("data:image/png")
 
     final = masks["cand_b"].copy()
     final[:10, :10] = True  # the annotator's brush stroke
+    # The earlier page's body (source + mask, no outcome) is a correction of cand_b.
     body = {
         "revision": 0,
         "source": "cand_b",
@@ -350,46 +374,58 @@ def test_annotation_save_layout_provenance_and_restart(engine, annotation_dirs):
     }
     r = c.post("/api/annotate/xrays__a", json=body)
     assert r.status_code == 200, r.text
+    assert r.json()["saved"]["outcome"] == "correct" and r.json()["next"] == "xrays__c"
     root = out / DATASET_DIR
     saved = np.asarray(Image.open(root / "Ground-truths" / "mask_xrays__a.png")) > 0
     np.testing.assert_array_equal(saved, final)
     assert np.asarray(Image.open(root / "Images" / "xrays__a.png")).shape == (48, 40)
-    # "No infection" files the X-ray as a control; "sub dir/b.png" gets a safe key.
-    r = c.post("/api/annotate/xrays__sub_dir__b", json={"revision": 0, "no_infection": True})
+    # "No visible infection" keeps the X-ray a COVID-19 image with an all-black mask;
+    # "sub dir/b.png" gets a safe key.
+    body = {"revision": 0, "outcome": "no_infection", "annotator": "Dr. A"}
+    r = c.post("/api/annotate/xrays__sub_dir__b", json=body)
     assert r.status_code == 200, r.text
-    assert (out / "controls" / "xrays__sub_dir__b.png").is_file()
+    assert not (out / "controls").exists()
 
     recs = [json.loads(x) for x in (out / PROVENANCE).read_text().splitlines()]
     assert recs[0]["image"] == "a.png" and recs[0]["chosen"] == "cand_b"
     assert recs[0]["dice_chosen_vs_final"] == pytest.approx(dice(masks["cand_b"], final))
     assert recs[0]["seconds"] == 12.5 and recs[0]["annotator"] == "Dr. A"
-    assert recs[1]["decision"] == "no_infection" and recs[1]["chosen"] == "manual"
-    assert recs[1]["dice_chosen_vs_final"] is None
+    assert recs[1]["outcome"] == "no_infection" and recs[1]["chosen"] is None
+    assert recs[1]["mask_area_percent"] == 0.0
 
-    # The folder is a QaTa-COV19 dataset: the TFDS builder reads the accepted mask as a
-    # COVID-19 example and the "no infection" X-ray as a control (`manual_dir` = OUT).
+    # The folder is a QaTa-COV19 dataset: the TFDS builder reads both as COVID-19 examples.
     cfg = data.default_config()
     cfg.dataset, cfg.data_dir, cfg.manual_dir = "qatacov19/v1", str(out.parent / "tfds"), str(out)
     cfg.stored_size = 32
     source = data.prepare(cfg).as_data_source("train")
     exs = {source[i]["filename"].decode(): source[i] for i in range(len(source))}
-    assert set(exs) == {"xrays__a.png", str(out / "controls" / "xrays__sub_dir__b.png")}
-    assert (
-        exs["xrays__a.png"]["mask"].any()
-        and not exs[str(out / "controls" / "xrays__sub_dir__b.png")]["mask"].any()
-    )
+    assert set(exs) == {"xrays__a.png", "xrays__sub_dir__b.png"}
+    assert all(int(e["label"]) == 1 for e in exs.values())
+    assert exs["xrays__a.png"]["mask"].any() and not exs["xrays__sub_dir__b.png"]["mask"].any()
 
     # Restart: a new server over the same folders resumes where the first stopped.
     c2 = _annotate_client(engine, imgs, out)
-    assert c2.get("/api/annotate").json() == {
-        "total": 3,
-        "done": 2,
-        "pending": 1,
-        "next": "xrays__c",
-    }
+    p = c2.get("/api/annotate").json()
+    assert (p["total"], p["done"], p["pending"], p["next"]) == (3, 2, 1, "xrays__c")
     again = c2.get("/api/annotate/xrays__a").json()
-    assert again["revision"] == 1
+    assert again["revision"] == 1 and again["status"]["state"] == "accepted"
     np.testing.assert_array_equal(_decode(again["mask"]) > 0, final)  # shown for correction
+
+
+def test_folders_of_the_earlier_store_are_converted(engine, annotation_dirs):
+    """The earlier store filed "no infection" X-rays under controls/ (a control label); a
+    server on such a folder turns them into COVID-19 X-rays with an all-black mask."""
+    imgs, out = annotation_dirs
+    old = {"key": "xrays__c", "revision": 1, "decision": "no_infection", "chosen": "manual"}
+    out.mkdir()
+    (out / PROVENANCE).write_text(json.dumps({**old, "source": str(imgs / "c.png")}) + "\n")
+    write_xray(out / "controls" / "xrays__c.png", 32, 32, seed=3)
+    c = _annotate_client(engine, imgs, out)
+    assert not (out / "controls" / "xrays__c.png").exists()
+    mask = np.asarray(Image.open(out / DATASET_DIR / "Ground-truths" / "mask_xrays__c.png"))
+    assert mask.shape == (32, 32) and not mask.any()
+    item = c.get("/api/annotate/xrays__c").json()
+    assert item["status"]["outcome"] == "no_infection" and item["history"][0]["annotator"]
 
 
 def test_concurrent_saves_conflict_instead_of_losing_a_mask(engine, annotation_dirs):
@@ -401,7 +437,7 @@ def test_concurrent_saves_conflict_instead_of_losing_a_mask(engine, annotation_d
     results = {}
 
     def save(who, mask):
-        body = {"revision": rev, "mask": _mask_url(mask), "annotator": who}
+        body = {"revision": rev, "outcome": "draw", "mask": _mask_url(mask), "annotator": who}
         results[who] = c.post("/api/annotate/xrays__c", json=body)
 
     threads = [threading.Thread(target=save, args=w) for w in (("A", a), ("B", b))]
@@ -428,24 +464,28 @@ def test_annotation_errors(engine, annotation_dirs, client):
     c = _annotate_client(engine, imgs, out)
     assert c.get("/api/annotate/nope").status_code == 404
     assert c.get("/api/annotate/..%2F..%2Fetc").status_code == 404
+    who = {"annotator": "A"}
     r = c.post(
-        "/api/annotate/xrays__a", json={"revision": 0, "mask": _mask_url(np.ones((8, 8), bool))}
+        "/api/annotate/xrays__a",
+        json={"revision": 0, "mask": _mask_url(np.ones((8, 8), bool)), **who},
     )
     assert r.status_code == 422 and "reload" in r.json()["error"]
-    r = c.post("/api/annotate/xrays__a", json={"revision": 0, "source": "x", "mask": "y"})
+    r = c.post("/api/annotate/xrays__a", json={"revision": 0, "source": "x", "mask": "y", **who})
     assert r.status_code == 422 and "candidates" in r.json()["error"]
-    r = c.post("/api/annotate/xrays__a", json={"revision": "0"})
+    r = c.post("/api/annotate/xrays__a", json={"revision": "0", **who})
     assert r.status_code == 422 and "revision" in r.json()["error"]
-    # The body is strict (`schemas.SaveRequest`): a wrong type or an unknown field is a
-    # JSON 422 naming the field, never a 500 or a silent coercion.
+    # The body is strict (`schemas.DecisionRequest`): a wrong type or an unknown field is a
+    # JSON 422 naming the field, never a 500 or a silent coercion; a name is required.
     for bad, field in [
-        ({"revision": True, "no_infection": True}, "revision"),
-        ({"revision": 0, "mask": None}, "mask"),
-        ({"revision": 0, "mask": 7}, "mask"),
-        ({"revision": 0, "no_infection": "yes"}, "no_infection"),
-        ({"revision": 0, "no_infection": True, "seconds": "12"}, "seconds"),
+        ({"revision": 0, "no_infection": True}, "annotator"),
+        ({"revision": True, "no_infection": True, **who}, "revision"),
+        ({"revision": 0, "mask": None, **who}, "mask"),
+        ({"revision": 0, "mask": 7, **who}, "mask"),
+        ({"revision": 0, "no_infection": "yes", **who}, "no_infection"),
+        ({"revision": 0, "no_infection": True, "seconds": "12", **who}, "seconds"),
         ({"revision": 0, "no_infection": True, "annotator": 5}, "annotator"),
-        ({"revision": 0, "no_infection": True, "maks": "x"}, "maks"),
+        ({"revision": 0, "no_infection": True, "maks": "x", **who}, "maks"),
+        ({"outcome": "maybe", **who}, "outcome"),
         ([0], "request"),
     ]:
         r = c.post("/api/annotate/xrays__a", json=bad)
@@ -457,28 +497,32 @@ def test_annotation_errors(engine, annotation_dirs, client):
     assert not (out / PROVENANCE).exists()  # nothing was saved by the refused requests
     assert client.get("/api/annotate").status_code == 404  # demo-only server
     with pytest.raises(ValueError, match="outside"):
-        AnnotationStore(imgs, imgs / "out")
+        _session(engine, imgs, imgs / "out")
     # A later batch in a folder of another name adds to the dataset; the same folder name
     # somewhere else would replace accepted masks, and is refused.
-    body = {"revision": 0, "no_infection": True}
+    body = {"revision": 0, "no_infection": True, **who}
     assert c.post("/api/annotate/xrays__c", json=body).status_code == 200
     write_xray(out.parent / "batch2" / "c.png")
-    assert AnnotationStore(out.parent / "batch2", out).pending() == ["batch2__c"]
+    assert _session(engine, out.parent / "batch2", out).progress()["next"] == "batch2__c"
     write_xray(out.parent / "elsewhere" / "xrays" / "c.png")
     with pytest.raises(ValueError, match="another name"):
-        AnnotationStore(out.parent / "elsewhere" / "xrays", out)
+        _session(engine, out.parent / "elsewhere" / "xrays", out)
 
 
 def test_blind_mode_hides_model_names_but_records_them(engine, annotation_dirs):
     imgs, out = annotation_dirs
-    c = TestClient(create_app(engine, Settings(blind=True), AnnotationStore(imgs, out)))
+    c = _annotate_client(engine, imgs, out, blind=True)
     assert c.get("/api/config").json()["candidates"] == []
     item = c.get("/api/annotate/xrays__a").json()
     shown = [x["name"] for x in item["candidates"]]
-    assert shown == ["candidate A", "candidate B", "consensus"]
+    assert shown == ["candidate A", "candidate B"]  # no consensus: it would mark the models
     assert item == c.get("/api/annotate/xrays__a").json()  # the same order on reload
     real = blind_labels("xrays__a", ["infection", "cand_b"])["candidate A"]
     mask = _decode(item["candidates"][0]["mask"]) > 0
-    body = {"revision": 0, "source": "candidate A", "mask": _mask_url(mask)}
-    rec = c.post("/api/annotate/xrays__a", json=body).json()["saved"]
-    assert rec["chosen"] == real and rec["dice_chosen_vs_final"] == 1.0
+    body = {"revision": 0, "source": "candidate A", "mask": _mask_url(mask), "annotator": "A"}
+    r = c.post("/api/annotate/xrays__a", json=body)
+    assert "infection" not in r.text and "cand_b" not in r.text
+    saved = r.json()["saved"]
+    assert saved["candidate"] == "candidate A" and saved["dice_candidate_vs_final"] == 1.0
+    rec = json.loads((out / PROVENANCE).read_text())
+    assert rec["chosen"] == real and rec["shown"] == "candidate A"
