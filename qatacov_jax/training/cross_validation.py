@@ -16,16 +16,17 @@ import functools
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 
-from qatacov_jax.data import sources
+from qatacov_jax.data import protocols
 from qatacov_jax.metrics import Z_95, MetricAccumulator, fold_average
 from qatacov_jax.runtime import locking, storage
-from qatacov_jax.training import rundir
+from qatacov_jax.training import cascade, rundir
 from qatacov_jax.training.loop import train_and_evaluate
 
 
@@ -62,6 +63,7 @@ def cross_validate(
     if bad:
         raise ValueError(f"Folds {bad} out of range for config.data.num_folds={k}.")
     workdir = Path(workdir).absolute()
+    config = cascade.resolve(config)  # the cascaded scheme's lung model, recorded once
     cv_config = ml_collections.ConfigDict(config.to_dict())
     cv_config.fold = 0  # the CV directory's config is that of every fold but for `fold`
     rundir.validate_config(cv_config)  # before anything is written (docs/reliability.md)
@@ -80,14 +82,15 @@ def cross_validate(
             done = _fold_done(run_dir, fold_config)
             per_fold[fold] = done if done is not None else train_and_evaluate(fold_config, run_dir)
 
-        shared = sources.final_split(config.data, 0) == "test"  # paper2: one Test for all
-        summary = summarize(per_fold, shared_test=shared)
+        summary = summarize(per_fold)
         summary["config"] = rundir.config_to_dict(cv_config)
         rundir.write_json(workdir / rundir.RESULTS_FILE, summary)
     return summary
 
 
-def summarize(per_fold: dict[int, dict[str, Any]], *, shared_test: bool = False) -> dict[str, Any]:
+def summarize(
+    per_fold: dict[int, dict[str, Any]], *, shared_test: bool | None = None
+) -> dict[str, Any]:
     """Fold averages and pooled results of the folds' final validations.
 
     Each fold's `results.json` holds the counts and histograms of its final validation
@@ -98,6 +101,7 @@ def summarize(per_fold: dict[int, dict[str, Any]], *, shared_test: bool = False)
     With `shared_test` (protocol `paper2`: every fold's model is tested on the same Test
     images) the pooled counts sum K predictions of each test image, so their CIs use N =
     the test images (paper 2's "N is the number of test samples"), not K times as many.
+    None = read it from the folds' configurations (`_tested_on_one_split`).
 
     Returns:
       `folds`, `per_fold` (each fold's flat final metrics), `mean` / `std` (flat keys such
@@ -117,6 +121,8 @@ def summarize(per_fold: dict[int, dict[str, Any]], *, shared_test: bool = False)
         for name, stats in average[level].items():
             mean[f"{level}_{name}"], std[f"{level}_{name}"] = stats["mean"], stats["std"]
     pooled = functools.reduce(MetricAccumulator.merge, accs.values())
+    if shared_test is None:
+        shared_test = _tested_on_one_split(done.values())
     return {
         "folds": sorted(done),
         "per_fold": {str(f): r["final"] for f, r in done.items()},
@@ -124,6 +130,19 @@ def summarize(per_fold: dict[int, dict[str, Any]], *, shared_test: bool = False)
         "std": std,
         "pooled": _shared_test_summary(pooled, len(accs)) if shared_test else pooled.summary(),
     }
+
+
+def _tested_on_one_split(results: Iterable[dict[str, Any]]) -> bool:
+    """Whether every fold was finally evaluated on the dataset's one test split (protocol
+    `paper2`, whose `eval` is Test; or `eval_split='test'`), from each fold's results.json."""
+
+    def on_test(r: dict[str, Any]) -> bool:
+        split = (r.get("final") or {}).get("split")
+        data_cfg = ml_collections.ConfigDict((r.get("config") or {}).get("data") or {})
+        return split == "test" or (split == "eval" and protocols.protocol(data_cfg) == "paper2")
+
+    results = list(results)
+    return bool(results) and all(on_test(r) for r in results)
 
 
 def _shared_test_summary(pooled: MetricAccumulator, k: int) -> dict[str, Any]:

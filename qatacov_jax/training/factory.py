@@ -43,7 +43,8 @@ def build_model(
 
     `config.model.family` (default "paper1") picks the model family: "paper1" (Keras
     segmentation_models graphs) or "smp" (segmentation_models.pytorch graphs, paper 2, with
-    `config.model.classes` outputs and `config.model.activation`). For paper 1,
+    `config.model.classes` outputs, `config.model.activation` and, for FPN,
+    `config.model.decoder_merge_policy`). For paper 1,
     `config.model.arch` names a decoder (a segmentation model, `models.create_model`) or is
     `models.CLASSIFIER_ARCH` (the activation-map baseline: the encoder + GAP + a 2-class
     head, `models.create_classifier`); everything else is shared.
@@ -54,7 +55,15 @@ def build_model(
     manifest; without, the encoder is randomly initialised and `config.model.preprocessing`
     (or the encoder's standard mode) applies. `abstract=True` (only with
     `load_weights=False`) returns the model with shapes only, for a checkpoint to fill.
+
+    With `config.model.cascade.scheme = "cascaded"` (paper 2's cascaded scheme,
+    `training.cascade`) the model is the infection model behind the frozen lung model of the
+    cascade block; the preprocessing is the infection model's.
     """
+    from qatacov_jax.training import cascade  # it loads lung runs, which needs this module
+
+    if cascade.scheme(config) == "cascaded":
+        return _build_cascaded(config, seed=seed, load_weights=load_weights, abstract=abstract)
     m = config.model
     family = m.get("family") or models.PAPER1
     weights_dir = Path(m.encoder_weights) if m.get("encoder_weights") else None
@@ -74,7 +83,11 @@ def build_model(
 
     dtype = compute_dtype(config)
     if family == models.SMP:
-        smp_kw = dict(classes=int(m.get("classes") or 1), activation=m.get("activation"))
+        smp_kw = dict(
+            classes=int(m.get("classes") or 1),
+            activation=m.get("activation"),
+            decoder_merge_policy=m.get("decoder_merge_policy"),
+        )
         if abstract and not load_weights:
             return models.abstract_smp_model(
                 m.arch, m.encoder, dtype=dtype, **smp_kw
@@ -84,8 +97,8 @@ def build_model(
                 "config.model.frozen=True is paper 1's encoder freezing; the smp family "
                 "(config.model.family='smp') trains its encoder. Set it to False."
             )
-        model = models.create_model(
-            m.arch, m.encoder, family=family, rngs=nnx.Rngs(seed), dtype=dtype, **smp_kw
+        model = models.create_smp_model(
+            m.arch, m.encoder, rngs=nnx.Rngs(seed), dtype=dtype, **smp_kw
         )
         if weights_dir is not None and load_weights:
             preprocessing = load_encoder_weights(model.encoder, weights_dir)
@@ -101,6 +114,28 @@ def build_model(
         model = models.create_classifier(encoder, frozen=bool(m.frozen), rngs=rngs, dtype=dtype)
     else:
         model = models.create_model(m.arch, encoder, frozen=bool(m.frozen), rngs=rngs, dtype=dtype)
+    return model, preprocessing
+
+
+def _build_cascaded(
+    config: ml_collections.ConfigDict, *, seed: int, load_weights: bool, abstract: bool
+) -> tuple[nnx.Module, Preprocessing]:
+    """`build_model` of a cascaded config: the infection model of `config` without the
+    cascade, wrapped by `cascade.build` (shapes only with `abstract` and no weights)."""
+    from qatacov_jax.training import cascade
+
+    plain = ml_collections.ConfigDict(config.to_dict())
+    plain.model.cascade.scheme = "parallel"
+    if abstract and not load_weights:
+        made: dict[str, Preprocessing] = {}
+
+        def make() -> nnx.Module:
+            infection, made["prep"] = build_model(plain, seed=seed, load_weights=False)
+            return cascade.build(config, infection, made["prep"], load_weights=False)
+
+        return nnx.eval_shape(make), made["prep"]
+    infection, preprocessing = build_model(plain, seed=seed, load_weights=load_weights)
+    model = cascade.build(config, infection, preprocessing, load_weights=load_weights)
     return model, preprocessing
 
 

@@ -33,7 +33,7 @@ from qatacov_jax.data.sources import selection_split
 from qatacov_jax.data.sources import test_split as final_test_split
 from qatacov_jax.metrics import MetricAccumulator
 from qatacov_jax.runtime import locking, sharding, storage
-from qatacov_jax.training import faults, rundir
+from qatacov_jax.training import cascade, faults, rundir
 from qatacov_jax.training import splits as run_splits
 from qatacov_jax.training.checkpoint import CheckpointStore
 from qatacov_jax.training.distributed import maybe_initialize_distributed
@@ -85,6 +85,7 @@ def train_and_evaluate(
     """
     maybe_initialize_distributed(config)
     workdir = Path(workdir).absolute()
+    config = cascade.resolve(config)  # the cascaded scheme's lung model, recorded
     rundir.validate_config(config)
     mesh = sharding.make_mesh(config.get("num_devices"))
     sharding.check_batch_size(int(config.batch_size), mesh)

@@ -61,6 +61,9 @@ RESUMABLE_FIELDS = (
     "data.num_workers",
     "data.prefetch",
     "data.worker_buffer_size",
+    # Where the cascade's lung run lies: its model is recorded (model.cascade.lung_model)
+    # and its weights are in the run's checkpoints from the first one on.
+    "model.cascade.lung_run",
 )
 
 

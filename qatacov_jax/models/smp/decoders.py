@@ -9,7 +9,8 @@ All three read the encoder's 6 features (input first) and drop the full-resoluti
   encoder skip, and intermediate nodes have the skip's width), then `x_0_4` without a skip.
 - FPN: p5 = 1x1(c5); p_k = nearest x2(p_{k+1}) + 1x1(c_k) at 256 channels; each level ->
   (3x3 conv, GroupNorm 32, ReLU, bilinear x2 align_corners) until stride 4, 128 channels;
-  merged by *sum*; Dropout2d(0.2).
+  merged by *sum* (smp's default `merge_policy="add"`, 128 channels) or concatenated
+  (`"cat"`, [p5, p4, p3, p2] -> 512 channels, as paper 2's text describes); Dropout2d(0.2).
 
 See docs/original_models.md#paper-2-models-smp.
 """
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from qatacov_jax.models.layers import conv_of_upsampled_concat, upsample
@@ -166,10 +168,25 @@ class SegmentationBlock(nnx.Module):
         return self.block(x)
 
 
-class FPNDecoder(nnx.Module):
-    """Call: 6 encoder features (input first) -> `(B, H/4, W/4, 128)`."""
+MERGE_POLICIES = ("add", "cat")
 
-    def __init__(self, encoder_channels: Sequence[int], *, rngs: nnx.Rngs, dtype: Any = None):
+
+class FPNDecoder(nnx.Module):
+    """Call: 6 encoder features (input first) -> `(B, H/4, W/4, 128)` (`merge_policy="add"`)
+    or `(B, H/4, W/4, 512)` (`"cat"`: the four levels' maps concatenated, p5 first)."""
+
+    def __init__(
+        self,
+        encoder_channels: Sequence[int],
+        *,
+        merge_policy: str = "add",
+        rngs: nnx.Rngs,
+        dtype: Any = None,
+    ):
+        if merge_policy not in MERGE_POLICIES:
+            raise ValueError(
+                f"FPN merge_policy must be one of {list(MERGE_POLICIES)}, got {merge_policy!r}."
+            )
         c2, c3, c4, c5 = encoder_channels[-4:]
         self.p5 = conv(c5, PYRAMID_CHANNELS, 1, bias=True, rngs=rngs, dtype=dtype)
         self.p4 = FPNBlock(c4, rngs=rngs, dtype=dtype)
@@ -184,7 +201,8 @@ class FPNDecoder(nnx.Module):
             )
         )
         self.dropout = ChannelDropout(FPN_DROPOUT, rngs=rngs)
-        self.out_channels = SEGMENTATION_CHANNELS
+        self.merge_policy = merge_policy
+        self.out_channels = SEGMENTATION_CHANNELS * (4 if merge_policy == "cat" else 1)
 
     def __call__(self, features: Sequence[jax.Array]) -> jax.Array:
         c2, c3, c4, c5 = features[-4:]
@@ -192,5 +210,6 @@ class FPNDecoder(nnx.Module):
         p4 = self.p4(p5, c4)
         p3 = self.p3(p4, c3)
         p2 = self.p2(p3, c2)
-        x = sum(self.seg_blocks[i](p) for i, p in enumerate((p5, p4, p3, p2)))
+        levels = [self.seg_blocks[i](p) for i, p in enumerate((p5, p4, p3, p2))]
+        x = jnp.concatenate(levels, axis=-1) if self.merge_policy == "cat" else sum(levels)
         return self.dropout(x)

@@ -3,7 +3,8 @@ registry (`create_smp_model`, `SMP_ARCHS`, `SMP_ENCODERS`).
 
 Mirrors smp 0.6's `SegmentationModel`: Unet/UnetPlusPlus end in a 3x3 conv head, FPN in a 1x1
 conv followed by bilinear x4 upsampling (align_corners=True). `classes` output channels;
-`activation` as smp's (None = logits, the form training and inference use here).
+`activation` as smp's (None = logits, the form training and inference use here);
+`decoder_merge_policy` as smp's FPN argument (`add`, the default, or `cat`).
 See docs/original_models.md#paper-2-models-smp.
 """
 
@@ -93,7 +94,8 @@ class SmpSegmentationModel(nnx.Module):
 
     Attributes:
       arch, encoder_name: registry names; family: "smp".
-      classes, activation: as smp's arguments.
+      classes, activation, decoder_merge_policy: as smp's arguments (the merge policy is
+        FPN's; None = smp's default, `add`).
       compute_dtype: dtype activations are computed in (parameters stay float32).
     """
 
@@ -104,17 +106,19 @@ class SmpSegmentationModel(nnx.Module):
         *,
         classes: int = 1,
         activation: str | None = None,
+        decoder_merge_policy: str | None = None,
         rngs: nnx.Rngs,
         dtype: Any = None,
     ):
         _, decoder_cls, kernel, upsampling = _lookup(SMP_ARCHS, arch, "architecture")
+        decoder_kw = _decoder_kwargs(arch, decoder_merge_policy)
         encoder_cls = _lookup(SMP_ENCODERS, encoder_name, "encoder")
         if activation is not None:
             _lookup(ACTIVATIONS, activation, "activation")
         if int(classes) < 1:
             raise ValueError(f"classes must be >= 1, got {classes}.")
         self.encoder = encoder_cls(encoder_name, rngs=rngs, dtype=dtype)
-        self.decoder = decoder_cls(self.encoder.out_channels, rngs=rngs, dtype=dtype)
+        self.decoder = decoder_cls(self.encoder.out_channels, rngs=rngs, dtype=dtype, **decoder_kw)
         self.segmentation_head = Seq(
             conv(
                 self.decoder.out_channels,
@@ -130,6 +134,7 @@ class SmpSegmentationModel(nnx.Module):
         )
         self.arch, self.encoder_name, self.family = arch, encoder_name, FAMILY
         self.classes, self.activation = int(classes), activation
+        self.decoder_merge_policy = decoder_kw.get("merge_policy")
         self.compute_dtype = None if dtype is None else jnp.dtype(dtype).name
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -140,25 +145,47 @@ class SmpSegmentationModel(nnx.Module):
         return y if self.activation is None else ACTIVATIONS[self.activation](y)
 
 
+def _decoder_kwargs(arch: str, merge_policy: str | None) -> dict[str, Any]:
+    """The decoder's keyword arguments: FPN's `merge_policy` (default `add`, smp's)."""
+    if arch == "fpn":
+        return {"merge_policy": merge_policy or "add"}
+    if merge_policy is not None:
+        raise ValueError(
+            f"decoder_merge_policy is an FPN setting; smp {SMP_ARCHS[arch][0]} has none "
+            f"(got {merge_policy!r}). Leave it None."
+        )
+    return {}
+
+
 def create_smp_model(
     arch: str,
     encoder: str,
     *,
     classes: int = 1,
     activation: str | None = None,
+    decoder_merge_policy: str | None = None,
     rngs: nnx.Rngs,
     dtype: Any = None,
 ) -> SmpSegmentationModel:
-    """`smp.<Unet|UnetPlusPlus|FPN>(encoder, encoder_weights=None, classes, activation)`.
+    """`smp.<Unet|UnetPlusPlus|FPN>(encoder, encoder_weights=None, classes, activation[,
+    decoder_merge_policy])`.
 
     Args:
       arch: `unet`, `unetpp` or `fpn` (`SMP_ARCHS`).
       encoder: `resnet18`, `resnet50`, `densenet121`, `densenet161` or `inceptionv4`.
       classes: output channels (paper 2: 2, with a softmax over them).
       activation: smp's activation name or None (logits).
+      decoder_merge_policy: FPN only: `add` (sum the pyramid levels; smp's default, None)
+        or `cat` (concatenate them, as paper 2's text describes).
     """
     return SmpSegmentationModel(
-        arch, encoder, classes=classes, activation=activation, rngs=rngs, dtype=dtype
+        arch,
+        encoder,
+        classes=classes,
+        activation=activation,
+        decoder_merge_policy=decoder_merge_policy,
+        rngs=rngs,
+        dtype=dtype,
     )
 
 
@@ -168,6 +195,7 @@ def abstract_smp_model(
     *,
     classes: int = 1,
     activation: str | None = None,
+    decoder_merge_policy: str | None = None,
     dtype: Any = None,
 ) -> SmpSegmentationModel:
     """The model `create_smp_model` builds, with shapes only (no memory, no compute): what
@@ -178,6 +206,7 @@ def abstract_smp_model(
             encoder,
             classes=classes,
             activation=activation,
+            decoder_merge_policy=decoder_merge_policy,
             rngs=ShapeOnlyRngs(),
             dtype=dtype,
         )  # fmt: skip
