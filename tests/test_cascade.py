@@ -108,20 +108,28 @@ def _cascaded_config(tmp_path: Path, lung_run: Path):
     return config
 
 
-def test_a_cascaded_run_trains_the_infection_model_only_and_loads_alone(tmp_path, lung_run):
-    config = _cascaded_config(tmp_path, lung_run)
-    results = loop.train_and_evaluate(config, tmp_path / "run")
-    stored = rundir.read_config(tmp_path / "run")
+@pytest.fixture(scope="module")
+def cascaded_run(tmp_path_factory, lung_run) -> Path:
+    root = tmp_path_factory.mktemp("cascaded")
+    loop.train_and_evaluate(_cascaded_config(root, lung_run), root / "run")
+    return root / "run"
+
+
+def test_a_cascaded_run_trains_the_infection_model_only_and_loads_alone(
+    cascaded_run, lung_run, tmp_path
+):
+    stored = rundir.read_config(cascaded_run)
     assert stored.model.cascade.lung_model.arch == "tiny"
     assert stored.model.cascade.lung_image_size == 32
     assert stored.model.cascade.lung_preprocessing.mode == "unit"
+    results = json.loads((cascaded_run / rundir.RESULTS_FILE).read_text())
     assert results["final"]["split"] == "test"
 
     lung_before, _, _ = rundir.load_model(lung_run)
     moved = tmp_path / "elsewhere"
     shutil.move(str(lung_run), moved)  # the trained run holds the lung weights itself
     try:
-        model, _, prep = rundir.load_model(tmp_path / "run")
+        model, _, prep = rundir.load_model(cascaded_run)
     finally:
         shutil.move(str(moved), lung_run)
     assert isinstance(model, CascadedModel) and prep == TORCH
@@ -136,13 +144,21 @@ def test_a_cascaded_run_trains_the_infection_model_only_and_loads_alone(tmp_path
         np.asarray(model(x)), np.asarray(model.infection(model.masked_input(x))), atol=1e-6
     )
 
-    # Inference goes through the same model: the predictor's probabilities are its own.
+
+def test_a_cascaded_run_predicts_and_exports_as_one_model(cascaded_run, tmp_path):
+    from qatacov_jax.export.artifact import export_run, load_stablehlo
     from qatacov_jax.inference.predictor import make_probability_fn
 
-    forward, states = make_probability_fn({"infection": model}, {"infection": TORCH})
-    got = forward(states, {"infection": _grey(2, 32)})["infection"]
-    want = models.foreground_probability(model(x))
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4)
+    model, _, prep = rundir.load_model(cascaded_run)
+    pixels = (_grey(3, 32) * 255).round().astype(np.uint8)
+    want = np.asarray(models.foreground_probability(model(jnp.asarray(prep(pixels / 255.0)))))
+    forward, states = make_probability_fn({"infection": model}, {"infection": prep})
+    got = forward(states, {"infection": pixels / np.float32(255)})["infection"]
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
+    export_run(cascaded_run, tmp_path / "hlo", fmt="stablehlo")
+    exported = load_stablehlo(tmp_path / "hlo")
+    served = np.asarray(jax.device_get(exported.call({"infection": pixels})["infection"]))
+    np.testing.assert_allclose(served, want, atol=1e-4)
 
 
 def test_a_cascaded_config_needs_a_lung_run(tmp_path, lung_run):
