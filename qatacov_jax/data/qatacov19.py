@@ -22,10 +22,12 @@ COVID-19 test fraction, decided by a hash of its path (stable across rebuilds).
 
 `group2` is paper 1's Group-II experiment (docs/datasets.md#group-ii): ChestX-ray14's
 official train / test lists (the user passes the two list files and the image folder),
-bacterial and viral pneumonia folders, and the v1 COVID-19 images; no CV. Pneumonia and
-COVID-19 images go to `test` with ChestX-ray14's test ratio (by a hash of the file, as the
-paper "keeps the same train/test ratio"). Each example also carries its `category`
-(`GROUP2_CATEGORIES`), which the per-class augmentation targets of the pipeline count.
+bacterial and viral pneumonia folders, and the v1 COVID-19 images; no CV. The COVID-19 and
+pneumonia images are split with Table 5's counts (`TABLE5_SPLIT`: COVID-19 2,078 / 873,
+bacterial 2,130 / 630, viral 1,146 / 339; a class of another size at the same proportion),
+the test images chosen by a stable hash of each file, so a rebuild picks the same ones.
+Each example also carries its `category` (`GROUP2_CATEGORIES`), which the per-class
+augmentation targets of the pipeline count.
 """
 
 from __future__ import annotations
@@ -45,6 +47,16 @@ LABELS = ["control", "covid19"]
 GROUP2_CATEGORIES = ["covid19", "bacterial_pneumonia", "viral_pneumonia", "chestxray14"]
 ROOT = "QaTa-COV19"
 V2_SPLITS = {"train": "Train Set", "test": "Test Set"}
+# Paper 1's Table 5: (training, test) images of the Group-II classes besides ChestX-ray14
+# (whose official lists give 86,524 / 25,596). The COVID-19 ratio (29.6% test) is not
+# ChestX-ray14's (22.8%), so each class is split by its own counts.
+TABLE5_SPLIT = {
+    "covid19": (2078, 873),
+    "bacterial_pneumonia": (2130, 630),
+    "viral_pneumonia": (1146, 339),
+}
+# Recorded in the prepared dataset: a Group-II set split otherwise is refused (sources.py).
+GROUP2_SPLIT_RULE = "table5"
 
 
 @dataclasses.dataclass
@@ -220,22 +232,17 @@ class Qatacov19(tfds.core.GeneratorBasedBuilder):
                 f"{len(missing)} files of the ChestX-ray14 lists are not under "
                 f"{cfg.chestxray14_dir} (e.g. {missing[0]}); unpack every images_*.tar.gz there."
             )
-        n_train, n_test = len(lists["train"]), len(lists["test"])
-        test_fraction = n_test / max(1, n_train + n_test)
         others: dict[str, list[tuple[Path, str]]] = {"train": [], "test": []}
         masks = dict(_pairs(v1_root, "v1"))  # v1 images without a mask are left out
-        for image in masks:
-            split = "test" if _hash_unit(image) < test_fraction else "train"
-            others[split].append((image, "covid19"))
-        for key, category in (
-            ("bacterial_dirs", "bacterial_pneumonia"),
-            ("viral_dirs", "viral_pneumonia"),
-        ):
-            for d in getattr(cfg, key):
-                for p in sorted(_image_files(Path(d))):
-                    others["test" if _hash_unit(p) < test_fraction else "train"].append(
-                        (p, category)
-                    )
+        images = {
+            "covid19": list(masks),
+            "bacterial_pneumonia": [p for d in cfg.bacterial_dirs for p in _image_files(Path(d))],
+            "viral_pneumonia": [p for d in cfg.viral_dirs for p in _image_files(Path(d))],
+        }
+        for category, paths in images.items():
+            train, test = split_by_table5(sorted(paths), category)
+            others["train"] += [(p, category) for p in train]
+            others["test"] += [(p, category) for p in test]
         return {
             split: self._group2_examples(
                 others[split], [found[n] for n in lists[split]], masks, split
@@ -327,7 +334,24 @@ def group2_sources(cfg: Qatacov19Config) -> dict[str, Any]:
         "test_list": cfg.test_list,
         "bacterial_dirs": list(cfg.bacterial_dirs),
         "viral_dirs": list(cfg.viral_dirs),
+        "split": GROUP2_SPLIT_RULE,
     }
+
+
+def table5_test_count(category: str, n: int) -> int:
+    """Test images of a Group-II class of `n` images: Table 5's count when `n` is the
+    paper's total (COVID-19 2,951 -> 873), else the same proportion, rounded half up."""
+    train, test = TABLE5_SPLIT[category]
+    return (2 * n * test + train + test) // (2 * (train + test))
+
+
+def split_by_table5(paths: list[Path], category: str) -> tuple[list[Path], list[Path]]:
+    """(train, test) of one Group-II class: `table5_test_count` test images, the first in
+    the order of a stable hash of each file (the same choice on every rebuild), both in
+    the order of `paths`."""
+    order = sorted(paths, key=lambda p: (_hash_unit(p), str(p)))
+    test = set(order[: table5_test_count(category, len(paths))])
+    return [p for p in paths if p not in test], [p for p in paths if p in test]
 
 
 def _hash_unit(path: Path) -> float:

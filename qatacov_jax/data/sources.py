@@ -172,6 +172,13 @@ def _check_controls(builder: tfds.core.DatasetBuilder) -> None:
         )
     if getattr(builder.builder_config, "version_name", "") == "group2":
         now, then = group2_sources(builder.builder_config), builder.info.metadata.get("group2")
+        if then is not None and "split" not in then:
+            raise ValueError(
+                f"The prepared dataset {builder.data_dir} splits the COVID-19 and pneumonia "
+                "images at ChestX-ray14's ratio, as before Group-II followed paper 1's Table 5 "
+                "counts; delete that folder to prepare it again, or use a new "
+                "config.data.control_group."
+            )
         if then is not None and dict(then) != now:
             raise ValueError(
                 f"The prepared dataset {builder.data_dir} was built from {dict(then)}, but "
