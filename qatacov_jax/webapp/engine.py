@@ -27,6 +27,8 @@ from qatacov_jax.runtime.sharding import make_mesh
 
 log = logging.getLogger(__name__)
 
+WARMUP_IDLE_S = 1.0  # seconds without a request before the next warm-up compilation
+
 PredictBatch = Callable[[list[np.ndarray]], list[dict[str, np.ndarray]]]
 
 
@@ -43,8 +45,9 @@ class BatchQueue:
         wait_ms: float = 2.0,
         warmup: Sequence[Callable[[], object]] = (),
     ):
-        """`warmup`: calls (compilations of larger batch shapes) the worker makes while
-        no request waits, one at a time, so that the server answers before all are done."""
+        """`warmup`: calls (compilations of larger batch shapes) the worker makes after
+        `WARMUP_IDLE_S` without a request, one at a time, so that the server answers
+        before all are done."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self._predict = predict_batch
@@ -71,10 +74,13 @@ class BatchQueue:
 
     def _run(self) -> None:
         while True:
-            if self._warmup and self._q.empty():
+            try:
+                # Warm-ups only after a quiet moment: a request arriving just as the server
+                # opened would otherwise wait for a compilation it does not need.
+                first = self._q.get(timeout=WARMUP_IDLE_S) if self._warmup else self._q.get()
+            except queue.Empty:
                 self._warm_one()
                 continue
-            first = self._q.get()
             if first is None:
                 return
             group = [first]
