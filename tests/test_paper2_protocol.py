@@ -196,3 +196,42 @@ def test_cross_validation_tests_every_fold_on_test_and_pools_with_n_test(downloa
     from qatacov_jax.metrics.confusion import confidence_radius
 
     assert sens["ci95"] == pytest.approx(confidence_radius(sens["value"], PER_CLASS))
+
+
+PAPER2_CONFIGS = sorted(
+    p.stem
+    for p in (Path(__file__).parents[1] / "configs" / "paper2").glob("*.py")
+    if p.stem not in ("__init__", "base")
+)
+
+
+@pytest.mark.parametrize("name", PAPER2_CONFIGS)
+def test_every_paper2_config_follows_paper2s_protocol(name):
+    import importlib
+
+    config = importlib.import_module(f"configs.paper2.{name}").get_config()
+    rundir.validate_config(config)
+    assert (config.model.family, config.loss.name, config.data.image_size) == (
+        "smp", "cross_entropy", 256,
+    )  # fmt: skip
+    assert (config.data.protocol, config.fold, config.eval_split) == ("paper2", 0, "test")
+    assert config.data.validation_fraction == 0.0  # the held-out fold validates
+    assert (config.data.augment, config.data.balance) == ("none", False)
+    assert (config.optim.name, config.optim.eps) == ("adam", 1e-8)
+    merge = config.model.decoder_merge_policy
+    assert merge == ("cat" if config.model.arch == "fpn" else None)
+    spec = sources.spec(config.data)
+    assert sources.protocols.check(config.data, spec, config.fold) == "paper2"
+    scheme = config.model.cascade.scheme
+    assert scheme == ("cascaded" if name.endswith("_cascaded") else "parallel")
+
+
+@pytest.mark.parametrize("name", ["fpn_densenet121", "lung_fpn_densenet121"])
+def test_the_paper1_family_covid_qu_ex_configs_read_the_shipped_splits(name):
+    import importlib
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    assert config.model.get("family") in (None, "paper1") and config.loss.get("name") is None
+    assert (config.data.protocol, config.fold) == ("official", None)
+    assert sources.protocols.check(config.data, sources.spec(config.data), None) == "official"
+    assert "Not paper 2's experiment" in importlib.import_module(f"configs.{name}").__doc__
