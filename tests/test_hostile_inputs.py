@@ -450,7 +450,7 @@ def _damaged_runs(tiny_run: Path, base: Path) -> dict[str, Path]:
     return runs
 
 
-@pytest.mark.parametrize("command", ["infer", "export", "evaluate"])
+@pytest.mark.parametrize("command", ["infer", "export", "evaluate", "serve"])
 def test_damaged_run_files_are_one_line_and_exit_65(command, tmp_path, tiny_run, capfd):
     """A truncated config.json or checkpoint: one line naming the file, exit 65, and none of
     the 'Event loop is closed' tracebacks orbax prints on its way down (captured at the
@@ -465,6 +465,7 @@ def test_damaged_run_files_are_one_line_and_exit_65(command, tmp_path, tiny_run,
             "infer": ["--checkpoint", str(run), str(src), "--out", out],
             "export": [str(run), "--format", "stablehlo", "--out", out],
             "evaluate": [str(run), "--split", "test", "--out", out],
+            "serve": ["--checkpoint", str(run), "--port", "1"],
         }[command]
         code = main([*argv, "--compilation-cache=off"] if command != "export" else argv)
         err = [ln for ln in capfd.readouterr().err.splitlines() if not _noise(ln)]
@@ -737,3 +738,21 @@ def test_batch_queue_compiles_larger_buckets_while_idle():
         time.sleep(0.01)
     q.close()
     assert warmed == [2, 4] and q.calls == 1
+
+
+def test_server_refuses_bombs_and_large_json_without_reading_them(web_engine, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from qatacov_jax.webapp.annotation import AnnotationSession, LiveCandidates
+
+    imgs = _xrays(tmp_path / "xrays", 1)
+    source = LiveCandidates(imgs, web_engine.candidate_names, 0.5, web_engine.candidates.predict)
+    session = AnnotationSession(source, tmp_path / "accepted")
+    c = TestClient(_app(web_engine, session, max_upload_mb=1.0))
+    bomb = png_bomb(tmp_path / "bomb.png", 9000).read_bytes()
+    r = c.post("/api/predict", files={"file": ("bomb.png", bomb)})
+    assert 400 <= r.status_code < 500 and "--max-megapixels" in r.json()["error"], r.text
+    key = c.get("/api/annotate").json()["next"]
+    big = json.dumps({"annotator": "A", "note": "x" * (3 << 20)})
+    r = c.post(f"/api/annotate/{key}", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "--max-upload-mb" in r.json()["error"]
