@@ -1,8 +1,12 @@
 """Paper 1's two-stage annotation loop, simulated end to end on the synthetic set.
 
-    .venv/bin/python benchmarks/annotation_sim.py --size 64 --stage1 24 --pool 24 --epochs 1 \
+    .venv/bin/python benchmarks/annotation_sim.py --size 64 --stage1 24 --pool 24 --epochs 60 \
         --json benchmarks/results/annotation_sim.json \
         --markdown benchmarks/results/annotation_sim.md
+
+(`--epochs 1`, the smoke run: with 16 training images per fold the tiny model sees 4 batches
+and learns nothing of the lesions, so every candidate is empty; at 60 epochs, 240 steps, it
+learns some. Either takes a few minutes of CPU: compilation, not steps, dominates.)
 
 The synthetic X-rays have exact infection masks: the hidden truth, which the simulated
 people never see directly.
