@@ -26,7 +26,7 @@ from train_utils import tiny_config, write_tiny_run
 from qatacov_jax.cli import export as export_cli
 from qatacov_jax.data.preprocessing import Preprocessing
 from qatacov_jax.export import (
-    ONNX_UNAVAILABLE,
+    ONNX_MISSING,
     SAVEDMODEL_DIR,
     STABLEHLO_FILE,
     artifact,
@@ -234,7 +234,7 @@ def test_refuses_a_run_without_checkpoint(tmp_path, capsys):
     "flags, message",
     [
         (["--format", "tflite"], "flag --format=tflite: value should be one of"),
-        (["--format", "onnx"], "--format onnx is not available"),
+        (["--format", "onnx", "--dtype", "bfloat16"], "--format onnx exports float32 models"),
         (["--format", "savedmodel", "--dtype", "float16"], "flag --dtype=float16"),
         (["--format", "savedmodel", "--batch", "0"], "--batch must be a positive integer"),
         (["--format", "savedmodel", "--batch", "eight"], "--batch must be a positive integer"),
@@ -249,9 +249,10 @@ def test_refuses_bad_flags_before_any_work(flags, message, tiny_runs, tmp_path, 
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
 
 
-def test_onnx_message_says_what_was_found():
-    assert "jax2onnx 0.17.1" in ONNX_UNAVAILABLE and "tf2onnx" in ONNX_UNAVAILABLE
-    assert "--format savedmodel" in ONNX_UNAVAILABLE
+def test_onnx_without_the_package_names_the_extra():
+    """--format onnx works (tests/test_export_onnx.py); without the onnx package it is
+    refused naming the extra to install."""
+    assert "pip install 'qatacov-jax[onnx]'" in ONNX_MISSING
 
 
 def test_output_directory_rules(tiny_runs, tmp_path, capsys):

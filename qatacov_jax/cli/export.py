@@ -35,8 +35,9 @@ preprocessing and sigmoid inside, optionally with a lung model in the same call.
         [--input-dtype uint8|float32] [--platforms cpu,cuda] [--overwrite]
 
 savedmodel: a TF SavedModel (signature 'serving_default') that serves with TensorFlow alone;
-stablehlo: a serialized jax.export module (jax.export.deserialize). manifest.json beside it
-says what to feed, what comes out, the source run(s) and sha256 of the files."""
+stablehlo: a serialized jax.export module (jax.export.deserialize); onnx: model.onnx (opset
+17, float32) that ONNX Runtime serves alone (pip install 'qatacov-jax[onnx]'). manifest.json
+beside it says what to feed, what comes out, the source run(s) and sha256 of the files."""
 
 
 def _define(fv: flags.FlagValues) -> None:
@@ -110,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if v(name) is None:
                 raise UsageError(f"--{name} is required")
         try:
-            check_format(v("format"))
+            check_format(v("format"), v("dtype"))
         except FormatUnavailableError as e:
             raise UsageError(str(e)) from None
         export_run(

@@ -9,17 +9,18 @@ Formats (each written with a `manifest.json` beside it, `export.manifest`):
 | `savedmodel` | `saved_model/`           | TensorFlow alone, no JAX           | jax2tf (native StableHLO |
 |              |                          | (`tf.saved_model.load`)            | in an XlaCallModule op), |
 |              |                          |                                    | weights as tf.Variables  |
+| `onnx`       | `model.onnx`             | ONNX Runtime alone (or any ONNX    | our jaxpr -> ONNX        |
+|              |                          | runtime: opset 17), no JAX         | translator (`onnx_graph`)|
 
-Both hold the whole serving function (`export.serving`): BatchNorm folded, preprocessing and
+All hold the whole serving function (`export.serving`): BatchNorm folded, preprocessing and
 sigmoid inside, and a symbolic batch dimension unless a fixed batch is asked for. The
-StableHLO is lowered for `platforms` (default: CPU; e.g. ("cpu", "cuda") serves on both).
-
-ONNX is not offered: see `ONNX_UNAVAILABLE` for what was found with the converters that
-exist for this stack.
+StableHLO is lowered for `platforms` (default: CPU; e.g. ("cpu", "cuda") serves on both); the
+ONNX graph is the same on every platform (the runtime picks its execution provider).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,14 +43,12 @@ STABLEHLO_FILE = "model.stablehlo"
 SAVEDMODEL_DIR = "saved_model"
 SIGNATURE = "serving_default"
 
-# What was found (jax 0.10.2, flax 0.12.8, tensorflow-cpu 2.21; see docs/export.md).
-ONNX_UNAVAILABLE = (
-    "--format onnx is not available: jax2onnx 0.17.1 fails on these models (its flax.nnx "
-    "pooling patches reject positional window shapes and explicit padding; converting the "
-    "plain jaxpr instead yields a 4-D MaxPool that ONNX Runtime 1.31 refuses and fails on a "
-    "symbolic batch in lax.pad), it would also downgrade orbax-checkpoint to < 0.11.37, and "
-    "tf2onnx 1.17 cannot read jax2tf SavedModels (XlaCallModule op). Use --format savedmodel "
-    "(no JAX needed to serve) or --format stablehlo."
+ONNX_FLOAT32_ONLY = (
+    "--format onnx exports float32 models (ONNX Runtime's CPU kernels have no bfloat16 "
+    "convolutions); leave --dtype at float32."
+)
+ONNX_MISSING = (
+    "--format onnx needs the onnx package: pip install 'qatacov-jax[onnx]' (onnx and onnxruntime)."
 )
 
 
@@ -140,18 +139,33 @@ def export_savedmodel(
     }
 
 
+def export_onnx(
+    serving: ServingModel, directory: Path, platforms: Sequence[str] = ("cpu",)
+) -> tuple[str, dict[str, Any]]:
+    """Writes `directory/model.onnx` (`export.onnx_export`; imported here, on use, so that
+    the other formats never need the onnx package)."""
+    from qatacov_jax.export.onnx_export import export_onnx as write
+
+    return write(serving, directory, platforms)
+
+
 WRITERS: dict[str, Callable[[ServingModel, Path, Sequence[str]], tuple[str, dict[str, Any]]]] = {
     "stablehlo": export_stablehlo,
     "savedmodel": export_savedmodel,
+    "onnx": export_onnx,
 }
 
 
-def check_format(fmt: str) -> None:
-    """Raises ValueError for an unknown format, FormatUnavailableError for ONNX."""
+def check_format(fmt: str, dtype: str = "float32") -> None:
+    """Raises ValueError for an unknown format, or ONNX in another dtype than float32, and
+    FormatUnavailableError for ONNX without the onnx package."""
     if fmt not in FORMATS:
         raise ValueError(f"Unsupported format {fmt!r}; choose one of {list(FORMATS)}.")
-    if fmt not in WRITERS:
-        raise FormatUnavailableError(ONNX_UNAVAILABLE)
+    if fmt == "onnx":
+        if importlib.util.find_spec("onnx") is None:
+            raise FormatUnavailableError(ONNX_MISSING)
+        if dtype != "float32":
+            raise FormatUnavailableError(ONNX_FLOAT32_ONLY)
 
 
 def write_artifact(
@@ -168,7 +182,7 @@ def write_artifact(
     Returns:
       The manifest written to `out/manifest.json`.
     """
-    check_format(fmt)
+    check_format(fmt, serving.compute_dtype)
     platforms = _check_platforms(platforms)
     thresholds = {n: 0.5 for n in serving.names} | dict(thresholds or {})
     with staged_output(out, overwrite=overwrite) as tmp:
@@ -207,11 +221,12 @@ def export_run(
     platforms and the output directory.
 
     Raises:
-      FormatUnavailableError, ValueError: an unsupported format, dtype, batch or platform.
+      FormatUnavailableError, ValueError: an unsupported format, dtype, batch or platform
+        (ONNX: float32 only, and only with the onnx package installed).
       FileExistsError: `out` exists and may not be replaced (`outdir.check_output`).
       FileNotFoundError: a run directory or its checkpoint is missing.
     """
-    check_format(fmt)
+    check_format(fmt, dtype)
     platforms = _check_platforms(platforms)
     check_output(Path(out).absolute(), overwrite)
     serving = load_serving_model(

@@ -6,8 +6,12 @@ is ever replaced, with `--overwrite`), `format`, `artifact` (relative path and s
 file), `inputs` / `outputs` (name, shape with null for any batch, dtype, meaning), `models`
 (per role: source run, checkpoint, configuration, preprocessing, threshold), `decision`,
 `compute_dtype`, `batch`, `platforms`, `serving` (format-specific: signature name, calling
-convention version), `versions` (jax, jaxlib, flax, tensorflow, qatacov-jax, python, numpy)
+convention version), `versions` (jax, jaxlib, flax, tensorflow, qatacov-jax, python, numpy,
+onnx, onnxruntime)
 and `created`.
+
+Reading a manifest (`read_manifest`, `verify_checksums`) needs neither JAX nor TensorFlow: the
+ONNX runtime (`export.onnx_runtime`) uses them on servers that have neither.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ import json
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qatacov_jax.export.serving import ServingModel
-from qatacov_jax.training.rundir import config_to_dict
+if TYPE_CHECKING:  # this module stays light: the ONNX runtime reads manifests without JAX
+    from qatacov_jax.export.serving import ServingModel
 
 MANIFEST_FILE = "manifest.json"
 EXPORTER = "qatacov_jax.export"
@@ -68,7 +72,10 @@ def _version(dist: str) -> str | None:
 
 def versions() -> dict[str, str | None]:
     """Versions of what made the artifact (installed distributions, without importing them)."""
-    found = {d: _version(d) for d in ("jax", "jaxlib", "flax", "qatacov-jax", "numpy")}
+    found = {
+        d: _version(d)
+        for d in ("jax", "jaxlib", "flax", "qatacov-jax", "numpy", "onnx", "onnxruntime")
+    }
     tensorflow = _version("tensorflow-cpu") or _version("tensorflow")
     return {**found, "tensorflow": tensorflow, "python": platform.python_version()}
 
@@ -102,6 +109,8 @@ def build_manifest(
     serving_info: dict[str, Any],
 ) -> dict[str, Any]:
     """The manifest of an exported `serving` model (see the module docstring)."""
+    from qatacov_jax.training.rundir import config_to_dict
+
     loaded = serving.loaded
     models = {}
     for name in serving.names:

@@ -1,0 +1,85 @@
+"""`--format onnx`: the serving function as an ONNX model (`model.onnx`), run by ONNX Runtime.
+
+The same contract as the SavedModel (`export.serving`): inputs name -> `(batch, H, W, 1)`
+uint8 (or float32 [0, 1]) grey pixels at the model size, outputs name -> `(batch, H, W, 1)`
+float32 probabilities, BatchNorm folded and preprocessing + sigmoid inside, an optional lung
+model in the same graph, and a symbolic `batch` dimension unless a fixed batch is asked for.
+The translation is ours (`onnx_graph`, `onnx_ops`: why, in `onnx_graph`'s docstring).
+
+`float16` (`export_onnx(..., float16=True)`) converts the float32 graph's weights and
+activations to float16 after translation; inputs and outputs keep their dtypes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import onnx
+
+from qatacov_jax.export.onnx_graph import OPSET, UnsupportedError, jaxpr_to_onnx
+from qatacov_jax.export.onnx_ops import OPS
+from qatacov_jax.export.onnx_runtime import ONNX_FILE
+from qatacov_jax.export.serving import ServingModel
+
+OUTPUT_SUFFIX = "_probability"
+
+
+def output_tensor(name: str) -> str:
+    """The ONNX output tensor of output `name` (ONNX names each tensor once, and the inputs
+    already hold the plain names)."""
+    return f"{name}{OUTPUT_SUFFIX}"
+
+
+def _leaf_name(path: Any) -> str:
+    return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def serving_to_onnx(serving: ServingModel) -> onnx.ModelProto:
+    """The ONNX model of a serving function (its state embedded as initializers).
+
+    Raises:
+      UnsupportedError: the model uses a primitive the translator lacks, or a bfloat16
+        serving function (ONNX Runtime's CPU kernels have no bfloat16 convolutions).
+    """
+    if serving.compute_dtype != "float32":
+        raise UnsupportedError(
+            f"--format onnx exports float32 models, not {serving.compute_dtype} (ONNX "
+            "Runtime's CPU kernels have no bfloat16 convolutions)."
+        )
+    specs = serving.input_specs()
+    closed = jax.make_jaxpr(serving.closed())(specs)
+    in_paths = [_leaf_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(specs)[0]]
+    out_shapes = jax.eval_shape(serving.closed(), specs)
+    out_paths = [
+        output_tensor(_leaf_name(p)) for p, _ in jax.tree_util.tree_flatten_with_path(out_shapes)[0]
+    ]
+    model = jaxpr_to_onnx(closed, in_paths, out_paths, OPS)
+    model.producer_name = "qatacov_jax.export"
+    onnx.checker.check_model(model, full_check=False)
+    return model
+
+
+def export_onnx(
+    serving: ServingModel, directory: Path, platforms: Sequence[str] = ("cpu",)
+) -> tuple[str, dict[str, Any]]:
+    """Writes `directory/model.onnx` (`artifact.WRITERS["onnx"]`).
+
+    Returns:
+      (artifact path relative to `directory`, what the manifest's `serving` records).
+    """
+    model = serving_to_onnx(serving)
+    onnx.save_model(model, str(directory / ONNX_FILE))
+    return ONNX_FILE, {
+        "load": "onnxruntime.InferenceSession(PATH) (ONNX Runtime alone, no JAX)",
+        "call": "session.run(None, {name: images}) -> [probabilities per output, in order]",
+        "opset": OPSET,
+        "ir_version": int(model.ir_version),
+        "onnx": onnx.__version__,
+        "translator": "qatacov_jax.export.onnx_graph (jaxpr -> ONNX)",
+        "batch_dimension": "batch" if serving.batch is None else serving.batch,
+        "input_tensors": {n: n for n in serving.names},
+        "output_tensors": {n: output_tensor(n) for n in serving.names},
+    }
