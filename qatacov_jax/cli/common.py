@@ -18,7 +18,6 @@ from qatacov_jax.runtime.compile_cache import enable_compilation_cache
 from qatacov_jax.runtime.console import setup_cli_logging
 from qatacov_jax.runtime.locking import DirectoryLockedError
 from qatacov_jax.runtime.storage import StorageError, describe, quiet_storage_noise, storage_errno
-from qatacov_jax.training.loop import NonFiniteLossError, TrainingInterrupted
 from qatacov_jax.training.rundir import CHECKPOINT_CHOICES, RunDirMismatchError
 from qatacov_jax.weights import WeightsError
 
@@ -27,7 +26,6 @@ from qatacov_jax.weights import WeightsError
 USER_ERRORS: tuple[type[BaseException], ...] = (
     RunDirMismatchError,
     DirectoryLockedError,
-    NonFiniteLossError,
     FileNotFoundError,
     FileExistsError,
     WeightsError,
@@ -40,7 +38,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 # docs/reliability.md#exit-codes and docs/troubleshooting.md.
 EXIT_CORRUPT = 65  # EX_DATAERR: a run's file (config, preprocessing, checkpoint) is damaged
 EXIT_STORAGE = 74  # EX_IOERR: an output cannot be written (full, read-only, a mount point)
-EXIT_INTERRUPTED = TrainingInterrupted.EXIT_CODE  # 75, EX_TEMPFAIL: stopped by a signal
+EXIT_INTERRUPTED = 75  # TrainingInterrupted.EXIT_CODE, EX_TEMPFAIL: stopped by a signal
 EXIT_KEYBOARD = 130  # a second Ctrl-C / signal outside a step boundary
 
 
@@ -118,7 +116,7 @@ def run_main(
     except CorruptRunError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CORRUPT
-    except TrainingInterrupted as e:
+    except _training_error("TrainingInterrupted") as e:
         print(f"stopped: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except StorageError as e:
@@ -130,13 +128,24 @@ def run_main(
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, *_training_error("NonFiniteLossError")) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # an output that cannot be written, whatever wrote it
         print(f"error: {os_error_line(e)}", file=sys.stderr)
         return EXIT_STORAGE
     return 0 if code is None else int(code)
+
+
+def _training_error(name: str) -> tuple[type[BaseException], ...]:
+    """The training exception `name` if the training code that raises it was imported, else
+    nothing to catch. Importing it here would load the training loop, and with it clu's
+    writers and TensorFlow (4 s of each start of serve.py / infer.py, which never train)."""
+    for module in ("qatacov_jax.training.faults", "qatacov_jax.training.loop"):
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            return (cls,)
+    return ()
 
 
 def os_error_line(e: OSError) -> str:
