@@ -756,3 +756,16 @@ def test_server_refuses_bombs_and_large_json_without_reading_them(web_engine, tm
     big = json.dumps({"annotator": "A", "note": "x" * (3 << 20)})
     r = c.post(f"/api/annotate/{key}", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413 and "--max-upload-mb" in r.json()["error"]
+
+
+def test_serving_commands_do_not_import_tensorflow():
+    """TensorFlow (the data pipeline's and clu's) costs seconds of every start; serve.py and
+    infer.py never need it."""
+    code = (
+        "import sys; import qatacov_jax.cli.serve, qatacov_jax.cli.infer, "
+        "qatacov_jax.webapp.engine; print('tensorflow' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False"
