@@ -261,9 +261,13 @@ def test_order_and_command_line(tmp_path, capsys):
     assert "manifest.json" in capsys.readouterr().err
 
 
-def test_drawing_without_a_model(tmp_path):
+def test_drawing_without_a_model(tmp_path, monkeypatch, capsys):
     """`serve.py --annotate XRAYS` alone: no candidates, the doctors draw (Stage I's first
     masks)."""
+    import uvicorn
+
+    served = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: served.append(self.config.app.state))
     from fastapi.testclient import TestClient
     from webapp_fixtures import write_xray
 
@@ -285,3 +289,9 @@ def test_drawing_without_a_model(tmp_path):
     )
     assert layout.read_masks(tmp_path / "manual", "infection")["first__x"].image is not None
     assert c.post("/api/predict", files={"file": ("x.png", b"1")}).status_code == 404
+    # The command line starts it with no model loaded; --candidates needs a model.
+    argv = ["--annotate", str(tmp_path / "first"), "--annotations", str(tmp_path / "m2")]
+    assert serve_cli.main(argv) == 0
+    assert served[0].engine is None and served[0].store.source.models == ()
+    assert serve_cli.main([*argv, "--candidates", "run"]) == 2
+    assert "--candidates needs" in capsys.readouterr().err

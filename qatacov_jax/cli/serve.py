@@ -39,6 +39,7 @@ severity; or review candidate masks and save accepted ones as a dataset
         [--reference MASKS_DIR] [--blind] [--votes 2] [--order disagreement]
     python scripts/serve.py --checkpoint RUN --annotate XRAYS_DIR --annotations OUT_DIR \\
         [--candidates RUN_A --candidates RUN_B]
+    python scripts/serve.py --annotate XRAYS_DIR --annotations OUT_DIR   # draw, no model
 
 --review loads no model (the candidates are the masks scripts/annotation_stage.py wrote)
 and starts in seconds. Then open http://127.0.0.1:8000/ (with --token T:
@@ -159,12 +160,15 @@ def _check(v: Callable[[str], Any], rest: list[str]) -> None:
         if v("annotations") is None:
             raise UsageError("--review CANDIDATES needs --annotations OUT_DIR")
     else:
-        if v("checkpoint") is None:
-            raise UsageError("--checkpoint RUN is required (or --review CANDIDATES)")
+        if v("checkpoint") is None and v("annotate") is None:
+            raise UsageError(
+                "--checkpoint RUN is required (or --review CANDIDATES, or --annotate XRAYS to "
+                "draw masks without a model)"
+            )
         if (v("annotate") is None) != (v("annotations") is None):
             raise UsageError("--annotate IMAGES_DIR and --annotations OUT_DIR go together")
-        if v("candidates") and v("annotate") is None:
-            raise UsageError("--candidates only applies to annotation mode; add --annotate")
+        if v("candidates") and (v("annotate") is None or v("checkpoint") is None):
+            raise UsageError("--candidates needs --annotate and --checkpoint")
         if v("order") in ("disagreement", "entropy"):
             raise UsageError(f"--order {v('order')} needs a candidate store (--review)")
     annotating = v("annotations") is not None
@@ -189,8 +193,8 @@ def _source(v: Callable[[str], Any], threshold: float) -> Any:
     if v("review") is not None:
         return StoredCandidates(v("review"))
     if v("annotate") is not None:
-        names = candidate_names(v("candidates") or [v("checkpoint")])
-        return LiveCandidates(v("annotate"), names, threshold)
+        runs = v("candidates") or ([v("checkpoint")] if v("checkpoint") else [])
+        return LiveCandidates(v("annotate"), candidate_names(runs), threshold)
     return None
 
 
@@ -277,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     seed=v("seed"),
                     reference=v("reference"),
                 )
-            if v("review") is None:
+            if v("checkpoint") is not None:
                 engine = load_engine(
                     v("checkpoint"),
                     lung_checkpoint=v("lung-checkpoint"),

@@ -10,8 +10,8 @@ Routes (every `/api/` route checks the token when the server has one):
     POST /api/annotate/{key}     a decision {annotator, outcome, candidate, mask, ...};
                                  409 on a conflict (docs/annotation.md#the-web-api)
 
-A review server (`--review`, `engine` None) loads no model: its `/api/config` comes from
-`routes.annotation.review_router` and `/api/predict` answers 404.
+An annotation server without a model (`--review`, or `--annotate` alone: `engine` None)
+takes its `/api/config` from `routes.annotation.review_router`; `/api/predict` answers 404.
     GET  /openapi.json           every route's request and response schema (`schemas`)
 
 `routes.demo` and `routes.annotation` hold the routes, `schemas` their JSON bodies and
