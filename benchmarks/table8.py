@@ -19,7 +19,7 @@ Without `--params-only` every configuration is also timed (see `qatacov_jax.benc
 inference ms/sample at the first `--batch-sizes` entry (latency; batch 1, or one sample per
 device) and at the others (throughput), samples/s, compile time, XLA's FLOPs per sample and
 the achieved FLOP/s (and % of the device's dense peak where it is known); training images/s of
-the full train step (`qatacov_jax.training.loop.make_train_step`: hybrid loss, Adam, donated state)
+the full train step (`qatacov_jax.training.steps.make_train_step`: hybrid loss, Adam, donated state)
 for the `--train-configs`; and, once, the end-to-end time from PNG files to infection maps.
 The model is a jitted pure function (`nnx.split` once) with BatchNorm folded into the convs
 (`qatacov_jax.models.folding`, exact in eval mode; `--no-fold` to time the unfolded graph), inputs
