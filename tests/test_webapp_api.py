@@ -512,7 +512,19 @@ def test_annotation_errors(engine, annotation_dirs, client):
 def test_blind_mode_hides_model_names_but_records_them(engine, annotation_dirs):
     imgs, out = annotation_dirs
     c = _annotate_client(engine, imgs, out, blind=True)
-    assert c.get("/api/config").json()["candidates"] == []
+    cfg = c.get("/api/config").json()
+    assert cfg["candidates"] == [] and cfg["models"] == {} and cfg["checkpoint"] == ""
+    # The candidates are the runs "infection" (also the demo model) and "cand_b": neither
+    # run's folder nor its label appears ("infection" is also a role, so check the paths).
+    runs = [Path(r).absolute() for r in (engine.runs["infection"], engine.runs["cand_b"])]
+    text = c.get("/api/config").text
+    assert "cand_b" not in text and not any(str(r) in text for r in runs)
+    assert "tiny test model" not in text and "model from" not in text
+    # The demo tab of the same page names no model either.
+    r = c.post("/api/predict", files={"file": ("x.png", _png())})
+    assert r.status_code == 200 and r.json()["checkpoint"] == ""
+    assert str(runs[0]) not in r.text and "cand_b" not in r.text
+    assert r.json()["model"] == "not named (blind annotation)"  # the lung model is no candidate
     item = c.get("/api/annotate/xrays__a").json()
     shown = [x["name"] for x in item["candidates"]]
     assert shown == ["candidate A", "candidate B"]  # no consensus: it would mark the models

@@ -63,10 +63,10 @@ class ConfigResponse(BaseModel):
     display_floor: float
     max_upload_mb: float
     severity_scale: SeverityScaleInfo
-    checkpoint: str = Field(description="run directory of the infection model")
+    checkpoint: str = Field(description="run directory of the infection model; empty when --blind")
     models: dict[str, ModelInfo] = Field(
-        description="'infection', 'lung' (with a lung model) and each candidate by name "
-        "(not when --blind)"
+        description="'infection', 'lung' (with a lung model) and each candidate by name; "
+        "empty when --blind (the infection model may be a candidate)"
     )
 
 
@@ -117,10 +117,14 @@ class PredictResponse(BaseModel):
     threshold: float
     lung_threshold: float | None
     display_floor: float
-    checkpoint: str
+    checkpoint: str = Field(description="the infection model's run directory; empty when --blind")
     lung_checkpoint: str | None
-    model: str = Field(description="the infection model's `ModelInfo.label`")
-    checkpoint_step: int | None = Field(description="training step of its loaded checkpoint")
+    model: str = Field(
+        description="the infection model's `ModelInfo.label`; not named when --blind"
+    )
+    checkpoint_step: int | None = Field(
+        description="training step of its loaded checkpoint; null when --blind"
+    )
     lung_model: str | None = Field(None, description="the lung model's label, with one only")
     analysed_at: str = Field(description="UTC time of the analysis (ISO 8601)")
 

@@ -23,6 +23,8 @@ from qatacov_jax.webapp.schemas import ConfigResponse, ErrorResponse, PredictRes
 
 STATIC = resources.files("qatacov_jax.webapp") / "static"
 
+BLIND_MODEL = "not named (blind annotation)"
+
 page = APIRouter()  # no token: the page itself holds no data
 router = APIRouter()  # under /api
 
@@ -47,8 +49,11 @@ def model_infos(engine: Engine, settings: Settings) -> dict[str, dict[str, Any]]
 async def config(
     engine: EngineDep, settings: SettingsDep, store: OptionalStoreDep
 ) -> dict[str, Any]:
+    # Blind: the infection model is by default a candidate too, so its run folder or label
+    # would tell the annotator which candidate is which; no model is named at all.
+    blind = settings.blind
     return {
-        "models": await run_in_threadpool(model_infos, engine, settings),
+        "models": {} if blind else await run_in_threadpool(model_infos, engine, settings),
         "lung": engine.with_lung,
         "annotate": store is not None,
         "candidates": [] if settings.blind else list(engine.candidate_names),
@@ -61,7 +66,7 @@ async def config(
             "bounds": list(DEFAULT_SCALE.bounds),
             "names": list(DEFAULT_SCALE.names),
         },
-        "checkpoint": str(engine.runs["infection"]),
+        "checkpoint": "" if blind else str(engine.runs["infection"]),
     }
 
 
@@ -126,14 +131,15 @@ def analyse(engine: Engine, settings: Settings, data: bytes, name: str) -> dict[
         row["xray16"] = images.data_url(images.encode_probability(img))
     row["probability"] = images.data_url(images.encode_probability(prob))
     infos = model_infos(engine, settings)
+    blind = settings.blind  # as in `config`: the demo must not name a blind candidate
     row.update(
         threshold=settings.threshold,
         lung_threshold=settings.lung_threshold if lung is not None else None,
         display_floor=settings.display_floor,
-        checkpoint=str(engine.runs["infection"]),
+        checkpoint="" if blind else str(engine.runs["infection"]),
         lung_checkpoint=str(engine.runs["lung"]) if lung is not None else None,
-        model=infos["infection"]["label"],
-        checkpoint_step=infos["infection"]["step"],
+        model=BLIND_MODEL if blind else infos["infection"]["label"],
+        checkpoint_step=None if blind else infos["infection"]["step"],
         analysed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     if lung is not None:

@@ -183,7 +183,9 @@ async function start() {
   }
   const cfg = App.config;
   const info = (cfg.models || {}).infection;
-  $("model").textContent = info ? info.label : (cfg.review ? "annotation (no model loaded)" : "");
+  $("model").textContent = info ? info.label
+    : cfg.review ? "annotation (no model loaded)"
+    : cfg.blind ? "blind annotation (models not named)" : "";
   $("model").title = cfg.checkpoint || "";
   const demoOn = !cfg.review;
   $("tab-demo").hidden = !demoOn;
