@@ -162,6 +162,7 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for a start")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
+    p.add_argument("--note", default="", help="a sentence for the report (machine, load)")
     args = p.parse_args()
     if args.restarts < 1 or args.timeout <= 0:
         p.error("--restarts must be >= 1 and --timeout positive")
@@ -184,7 +185,7 @@ def main() -> None:
         "results": results,
         "cache_mb": round(cache_mb, 1),
         "note": f"The compilation cache of one start holds {cache_mb:.1f} MB. Times are from "
-        "launching `scripts/serve.py` (Python, JAX and TensorFlow imports included).",
+        "launching `scripts/serve.py` (Python and JAX imports included). " + args.note,
     }
     if args.json:
         write_json(args.json, report)
