@@ -155,7 +155,7 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--run", type=Path, help="run directory (default: random quickstart model)")
     p.add_argument("--restarts", type=int, default=2, help="restarts with the warm cache")
@@ -163,9 +163,13 @@ def main() -> None:
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     p.add_argument("--note", default="", help="a sentence for the report (machine, load)")
-    args = p.parse_args()
-    if args.restarts < 1 or args.timeout <= 0:
-        p.error("--restarts must be >= 1 and --timeout positive")
+    args = p.parse_args(argv)
+    if args.restarts < 1:
+        p.error(f"--restarts must be a positive integer, got {args.restarts}")
+    if args.timeout <= 0:
+        p.error(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if args.run is not None and not (args.run / "config.json").is_file():
+        p.error(f"--run {args.run} is not a run directory (no config.json)")
     with tempfile.TemporaryDirectory(prefix="serve_startup_") as tmp:
         run = args.run or write_quickstart_run(Path(tmp) / "run")
         cache = str(Path(tmp) / "jax_cache")

@@ -769,3 +769,31 @@ def test_serving_commands_do_not_import_tensorflow():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--restarts", "0"], "--restarts must be a positive integer"),
+        (["--timeout", "-1"], "--timeout must be a positive number"),
+        (["--run", "/nonexistent"], "--run /nonexistent is not a run directory"),
+    ],
+)
+def test_serve_startup_benchmark_refuses_bad_options(argv, message, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "serve_startup", ROOT / "benchmarks" / "serve_startup.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as e:
+        module.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    report = {
+        "model": "m",
+        "cpus": 2,
+        "note": "n",
+        "results": [{"start": "restart", "config_s": 7.1, "predict_s": 7.2, "load_avg": 1.0}],
+    }
+    assert "| restart | 7.1 | 7.2 | 20 | 1.0 |" in module.markdown(report)
