@@ -107,6 +107,20 @@ def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("host", "127.0.0.1", "address to bind", flag_values=fv)
     flags.DEFINE_integer("port", 8000, "port to listen on", flag_values=fv)
     flags.DEFINE_float("max-upload-mb", 32.0, "largest accepted upload (MB)", flag_values=fv)
+    _define_exposure_flags(fv)
+    define_map_flags(fv)
+    flags.DEFINE_integer(
+        "batch-size", 8, "most concurrent requests grouped into one device call", flag_values=fv
+    )
+    flags.DEFINE_float(
+        "batch-wait-ms", 2.0, "how long a call waits for more requests to group", flag_values=fv
+    )
+    define_which_flag(fv)
+
+
+def _define_exposure_flags(fv: flags.FlagValues) -> None:
+    """The secret, the Host names answered, the timeouts for slow clients
+    (`webapp.guards`), the pixel budget and the compilation cache."""
     flags.DEFINE_string(
         "token",
         None,
@@ -137,14 +151,6 @@ def _define(fv: flags.FlagValues) -> None:
         "max-connections", 64, "open connections served at once (503 beyond)", flag_values=fv
     )
     define_input_flags(fv)
-    define_map_flags(fv)
-    flags.DEFINE_integer(
-        "batch-size", 8, "most concurrent requests grouped into one device call", flag_values=fv
-    )
-    flags.DEFINE_float(
-        "batch-wait-ms", 2.0, "how long a call waits for more requests to group", flag_values=fv
-    )
-    define_which_flag(fv)
 
 
 def _check(v: Callable[[str], Any], rest: list[str]) -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jax.sharding import Mesh
 
 from qatacov_jax.data import image_limits, imageio
 from qatacov_jax.inference.decision import image_report
@@ -301,6 +302,21 @@ def _write_outputs(
     return row
 
 
+def _predictor(
+    checkpoint: str | Path, lung_checkpoint: str | Path | None, which: str, batch_size: int | None
+) -> tuple[Predictor, Mesh]:
+    """The runs' models behind one jitted predictor over every device (default batch: 8
+    per device), and that mesh."""
+    mesh = make_mesh()
+    runs: dict[str, str | Path] = {"infection": checkpoint}
+    if lung_checkpoint is not None:
+        runs["lung"] = lung_checkpoint
+    loaded = load_models(runs, which=which)
+    size = batch_size or 8 * mesh.devices.size
+    predictor = Predictor(loaded.models, loaded.preprocessing, loaded.sizes, mesh, batch_size=size)
+    return predictor, mesh
+
+
 def infer_files(
     checkpoint: str | Path,
     inputs: Sequence[str | Path],
@@ -338,15 +354,8 @@ def infer_files(
     kept = resume_point(items, out_dir, with_lung, overwrite, settings)
     check_writable(out_dir, "the --out folder")
 
-    mesh = make_mesh()
-    batch_size = batch_size or 8 * mesh.devices.size
-    runs: dict[str, str | Path] = {"infection": checkpoint}
-    if lung_checkpoint is not None:
-        runs["lung"] = lung_checkpoint
-    loaded = load_models(runs, which=which)
-    predictor = Predictor(
-        loaded.models, loaded.preprocessing, loaded.sizes, mesh, batch_size=batch_size
-    )
+    predictor, mesh = _predictor(checkpoint, lung_checkpoint, which, batch_size)
+    batch_size = predictor.batch_size
     # The marker before the first output: a killed run is then known as ours.
     names = [REPORT_CSV, REPORT_JSON]
     unfinished.remove_temporaries(
