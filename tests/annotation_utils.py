@@ -56,6 +56,22 @@ def write_candidate_store(
     return masks
 
 
+# Model names no page, response or message text contains (blind review leaks none of them).
+MODELS = ["zebramodel", "okapimodel", "quaggamodel"]
+
+
+def write_stage1(
+    root: Path, keys: list[str], models: list[str] = MODELS
+) -> tuple[Path, Path, dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """A Stage-I candidate store (`root/candidates`) of `keys` x `models` and the doctors'
+    manual masks (`root/manual`: model 0's mask moved 3 px right); returns both folders,
+    each image's masks by model and the manual masks by image."""
+    masks = write_candidate_store(root / "candidates", keys, models)
+    manual = {k: np.roll(m[models[0]], 3, axis=1) for k, m in masks.items()}
+    write_mask_folder(root / "manual", manual)
+    return root / "candidates", root / "manual", masks, manual
+
+
 def write_mask_folder(out: Path, masks: dict[str, np.ndarray], target: str = "infection") -> Path:
     """An annotation folder holding `masks` (key -> (H, W) bool) with X-rays."""
     if target == "lung":

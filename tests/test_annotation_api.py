@@ -9,11 +9,12 @@ import json
 import numpy as np
 import pytest
 from annotation_utils import (
+    MODELS,
     decode,
     mask_url,
     review_client,
     write_candidate_store,
-    write_mask_folder,
+    write_stage1,
 )
 from PIL import Image
 
@@ -22,17 +23,13 @@ from qatacov_jax.annotation import layout
 from qatacov_jax.annotation.store import ACCEPTED, PROVENANCE
 from qatacov_jax.cli import serve as serve_cli
 
-MODELS = ["zebramodel", "okapimodel", "quaggamodel"]  # names no other text contains
 KEYS = ["covid_1", "covid_2", "covid_3"]
 
 
 @pytest.fixture
 def stage1(tmp_path):
     """A Stage-I candidate store of three models, and the doctors' manual masks."""
-    masks = write_candidate_store(tmp_path / "candidates", KEYS, MODELS)
-    manual = {k: np.roll(m[MODELS[0]], 3, axis=1) for k, m in masks.items()}
-    write_mask_folder(tmp_path / "manual", manual)
-    return tmp_path / "candidates", tmp_path / "manual", masks, manual
+    return write_stage1(tmp_path, KEYS)
 
 
 def _prepared(out, target="infection"):

@@ -8,11 +8,12 @@ its reset; shortcuts; the layout at tablet width keeps the decision and the imag
 fold. Annotation: the name is set once, a candidate is picked with a key, a stroke is
 undone with Ctrl+Z (the name stays) and redone, saves are confirmed on screen and land on
 disk with the annotator, skip / previous / reopen from the job list, the finished screen,
-and the lung-review outcomes. Screenshots go to a temp folder, or to
+the lung-review outcomes, and a blind Stage-I review (no model name, run folder or
+"manual" on the page; the real source in annotations.jsonl). Screenshots go to a temp folder, or to
 `$QATACOV_SCREENSHOTS` (how docs/images/webapp_*.png are made).
 
-One server (demo + live annotation) and one browser for the module; a review server (no
-model) for the lung outcomes.
+One server (demo + live annotation) and one browser for the module; review servers (no
+model) for the lung outcomes and the blind review.
 """
 
 from __future__ import annotations
@@ -444,3 +445,60 @@ def test_lung_review_offers_accept_reject_unsure_exclude(lung_review, browser):
     assert rec["outcome"] == "accept" and rec["chosen"] == "unet"
     assert errors == []
     page.close()
+
+
+@pytest.fixture(scope="module")
+def blind_review(tmp_path_factory):
+    """A blind review server (no model) over a Stage-I store of two 40x48 images, three
+    models and the doctors' masks as a reference (tests/test_annotation_api.py's store)."""
+    from annotation_utils import write_stage1
+
+    base = tmp_path_factory.mktemp("webapp_blind_review")
+    cands, manual, masks, manual_masks = write_stage1(base, ["covid_1", "covid_2"])
+    argv = ["--review", cands, "--annotations", base / "out", "--reference", manual, "--blind"]
+    proc, log, url = _start(argv, base / "server.log")
+    yield {"url": url, "out": base / "out", "base": base, "masks": masks, "manual": manual_masks}
+    _stop(proc, log, base / "server.log")
+
+
+def test_blind_review_names_no_model_and_records_the_truth(blind_review, browser):
+    from annotation_utils import MODELS, decode
+
+    url, out = blind_review["url"], blind_review["out"]
+    page, errors = _page(browser, url)
+    page.fill("#annotator", "Dr. Blind")
+    page.press("#annotator", "Enter")
+    _wait_key(page, "covid_1")
+    names = page.eval_on_selector_all(".cand", "cs => cs.map(c => c.dataset.name)")
+    assert names == ["candidate A", "candidate B", "candidate C", "candidate D"]  # 3 + manual
+    seen = [page.locator("body").inner_text(), page.text_content("body")]
+    seen.append(page.locator("#candidates").aria_snapshot())  # the buttons' accessible names
+    secrets = [*MODELS, "manual", "Reference mask", "runs/", "fold_", str(blind_review["base"])]
+    for text in seen:
+        for secret in secrets:
+            assert secret not in text, (secret, text[:300])
+    assert "Start from candidate A (key 1)" in seen[2]
+
+    page.keyboard.press("1")  # start from the first candidate, as it is
+    assert _state(page)["chosen"] == "candidate A" and _state(page)["same"]
+    assert page.text_content("#save") == "Save: candidate A as is (S)"
+    page.keyboard.press("s")
+    page.wait_for_selector("body[data-saved='covid_1']")
+    _wait_key(page, "covid_2")  # the next image opens
+    assert "Saved covid_1.png: picked candidate A as is" in page.text_content("#ann-saved")
+    assert "candidate A" in page.eval_on_selector_all(".cand", "cs => cs.map(c => c.dataset.name)")
+    assert errors == []
+    page.close()
+
+    # The API shows the blind label; the server's own record keeps the real source, the
+    # one whose mask was shown as candidate A.
+    q = "api/annotate/covid_1?annotator=Dr.%20Blind"
+    item = json.loads(urllib.request.urlopen(url + q, timeout=30).read())
+    assert item["mine"]["outcome"] == "pick" and item["mine"]["candidate"] == "candidate A"
+    shown = decode(next(c["mask"] for c in item["candidates"] if c["name"] == "candidate A")) > 0
+    truth = {**blind_review["masks"]["covid_1"], "manual": blind_review["manual"]["covid_1"]}
+    sources = [name for name, mask in truth.items() if np.array_equal(mask, shown)]
+    (rec,) = _records(out)
+    assert rec["key"] == "covid_1" and rec["outcome"] == "pick" and rec["annotator"] == "Dr. Blind"
+    assert rec["chosen"] in sources, (rec["chosen"], sources)
+    assert sorted(rec["candidates"]) == sorted([*MODELS, "manual"])
