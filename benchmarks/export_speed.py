@@ -1,10 +1,10 @@
 """Exported artifacts vs the JAX inference path, same machine, same run, interleaved: CPU
 ms/sample of each.
 
-    .venv/bin/python benchmarks/export_speed.py --arch unet --encoder densenet121 \
-        --image-size 224 --batch-size 8 --rounds 10 \
-        --json benchmarks/results/export_speed_cpu.json \
-        --markdown benchmarks/results/export_speed_cpu.md
+    .venv/bin/python benchmarks/export_speed.py --arch unet,unetpp,dla,fpn \
+        --encoder densenet121 --image-size 224 --batch-size 1,8 --formats onnx --rounds 5 \
+        --json benchmarks/results/export_speed_onnx_cpu.json \
+        --markdown benchmarks/results/export_speed_onnx_cpu.md
 
 Timed, each on the same uint8 batch `(B, H, W, 1)` and each returning NumPy probabilities:
 
@@ -14,12 +14,15 @@ Timed, each on the same uint8 batch `(B, H, W, 1)` and each returning NumPy prob
 * `stablehlo`: the `scripts/export.py --format stablehlo` artifact, reloaded with
   `jax.export.deserialize` and called under `jax.jit`;
 * `savedmodel`: the `--format savedmodel` artifact loaded with `tf.saved_model.load`, its
-  `serving_default` signature called (TensorFlow runs the embedded StableHLO through XLA).
+  `serving_default` signature called (TensorFlow runs the embedded StableHLO through XLA);
+* `onnx`: the `--format onnx` artifact in an `onnxruntime.InferenceSession` (CPU execution
+  provider, all graph optimizations, default threads), through `export.onnx_runtime`.
 
-Each round calls every runner once in turn, so load on this shared machine hits them alike;
-the report gives medians (and p10-p90) per sample. The model is randomly initialised unless
-`--run` names a trained run directory (timing does not depend on the weights). Export and
-load/compile times are reported too.
+`--arch` and `--batch-size` take comma-separated lists: every (model, batch) case is timed
+on its own, all runners of a case interleaved. Each round calls every runner once in turn,
+so load on this shared machine hits them alike; the report gives medians (and p10-p90) per
+sample. The model is randomly initialised unless `--run` names a trained run directory
+(timing does not depend on the weights). Export and load/compile times are reported too.
 """
 
 from __future__ import annotations
@@ -39,12 +42,13 @@ xla_flags.apply_defaults()  # before JAX starts its backend
 
 import numpy as np  # noqa: E402
 
-FORMATS = ("stablehlo", "savedmodel")
+FORMATS = ("stablehlo", "savedmodel", "onnx")
 
 
 def loaded_models(args: argparse.Namespace, label: str = "random init") -> Any:
     """The models to time: a run directory's (`--run`), or a random-init `--arch`/`--encoder`
-    at `--image-size` named `label` (benchmarks/serve_load.py uses it too)."""
+    at `--image-size` named `label` (benchmarks/serve_load.py uses it too; here `args.arch`
+    is one name of the `--arch` list)."""
     from qatacov_jax.inference.runs import LoadedModels, load_models
     from qatacov_jax.training.factory import build_model
 
@@ -69,50 +73,84 @@ def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def main(argv: list[str] | None = None) -> int:
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, help="a trained run directory (default: random init)")
-    p.add_argument("--arch", default="unet")
+    p.add_argument("--arch", default="unet", help="decoder(s), comma-separated")
     p.add_argument("--encoder", default="densenet121")
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", default="8", help="batch size(s), comma-separated")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--formats", default=",".join(FORMATS), help="artifacts to time beside jax")
     p.add_argument("--rounds", type=int, default=10, help="timed calls of each runner")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     p.add_argument("--force", action="store_true", help="overwrite existing --json/--markdown")
+    p.add_argument("--note", default="", help="a sentence for the report (e.g. machine load)")
     args = p.parse_args(argv)
+    args.archs = [a for a in args.arch.split(",") if a]
+    args.formats = [f for f in args.formats.split(",") if f]
+    try:
+        args.batch_sizes = _ints(args.batch_size)
+    except ValueError:
+        p.error(f"--batch-size must be comma-separated integers, got {args.batch_size!r}.")
     if args.run is None and args.image_size % 32:
         p.error(f"--image-size must be a multiple of 32, got {args.image_size}.")
-    if args.batch_size <= 0 or args.rounds <= 0:
+    if not args.batch_sizes or min(args.batch_sizes) <= 0 or args.rounds <= 0:
         p.error("--batch-size and --rounds must be positive.")
+    if bad := [f for f in args.formats if f not in FORMATS]:
+        p.error(f"--formats: unknown {bad}; choose from {list(FORMATS)}.")
+    if "onnx" in args.formats and args.dtype != "float32":
+        p.error("--formats onnx times float32 exports only.")
     for path in (args.json, args.markdown):
         if path is not None and path.exists() and not args.force:
             p.error(f"{path} exists; pass --force to overwrite it or choose another path.")
+    return args
 
+
+def _artifact_runner(fmt: str, out: Path, manifest: dict[str, Any], x: np.ndarray) -> Any:
+    """A no-argument callable running the artifact in `out` on `x` -> NumPy probabilities."""
+    if fmt == "stablehlo":
+        import jax
+
+        from qatacov_jax.export import load_stablehlo
+
+        call = jax.jit(load_stablehlo(out).call)
+        images = {"infection": jax.device_put(x)}
+        return lambda: np.asarray(call(images)["infection"])
+    if fmt == "savedmodel":
+        import tensorflow as tf
+
+        from qatacov_jax.export import SIGNATURE
+
+        sig = tf.saved_model.load(str(out / manifest["artifact"]["path"])).signatures[SIGNATURE]
+        xt = tf.constant(x)
+        return lambda: sig(infection=xt)["infection"].numpy()
+    from qatacov_jax.export.onnx_runtime import OnnxServing
+
+    model = OnnxServing.load(out)
+    return lambda: model.predict({"infection": x})["infection"]
+
+
+def measure_case(args: argparse.Namespace, loaded: Any, batch: int) -> dict[str, Any]:
+    """Times the JAX path and every `--formats` artifact of `loaded` at `batch`, interleaved."""
     import jax
-    import tensorflow as tf
 
     from qatacov_jax.benchmarking import timing
-    from qatacov_jax.export import (
-        SIGNATURE,
-        load_stablehlo,
-        serving_model,
-        with_compute_dtype,
-        write_artifact,
-    )
+    from qatacov_jax.export import serving_model, with_compute_dtype, write_artifact
     from qatacov_jax.inference.predictor import make_predict_fn
     from qatacov_jax.runtime.sharding import make_mesh
 
-    loaded = loaded_models(args)
     serving = serving_model(loaded, dtype=args.dtype)
     (spec,) = serving.inputs
     x = np.random.default_rng(0).integers(
-        0, 256, (args.batch_size, spec.height, spec.width, 1), dtype=np.uint8
+        0, 256, (batch, spec.height, spec.width, 1), dtype=np.uint8
     )
     info: dict[str, dict[str, Any]] = {}
-    runners: dict[str, Any] = {}
-
     t0 = time.perf_counter()
     models = {
         k: with_compute_dtype(m, loaded.configs[k], args.dtype) for k, m in loaded.models.items()
@@ -120,26 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     predict = make_predict_fn(models, make_mesh(), preprocessing=loaded.preprocessing)
     feed = {"infection": x.astype(np.float32) / 255.0}
     jax.block_until_ready(predict(feed))
-    runners["jax"] = lambda: np.asarray(predict(feed)["infection"])
+    runners: dict[str, Any] = {"jax": lambda: np.asarray(predict(feed)["infection"])}
     info["jax"] = {"compile_s": time.perf_counter() - t0}
 
     with tempfile.TemporaryDirectory() as tmp:
-        for fmt in FORMATS:
+        for fmt in args.formats:
             out = Path(tmp) / fmt
             t0 = time.perf_counter()
             manifest = write_artifact(serving, out, fmt=fmt)
             export_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            if fmt == "stablehlo":
-                call = jax.jit(load_stablehlo(out).call)
-                images = {"infection": jax.device_put(x)}
-                runners[fmt] = lambda c=call, i=images: np.asarray(c(i)["infection"])
-            else:
-                sig = tf.saved_model.load(str(out / manifest["artifact"]["path"])).signatures[
-                    SIGNATURE
-                ]
-                xt = tf.constant(x)
-                runners[fmt] = lambda s=sig, v=xt: s(infection=v)["infection"].numpy()
+            runners[fmt] = _artifact_runner(fmt, out, manifest, x)
             runners[fmt]()  # load + compile + first run
             info[fmt] = {
                 "export_s": export_s,
@@ -160,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ref = outputs["jax"]
     rows = []
     for name in runners:
-        t = timing.Timing.from_samples(samples[name]).per_item(args.batch_size)
+        t = timing.Timing.from_samples(samples[name]).per_item(batch)
         rows.append(
             {
                 "runner": name,
@@ -170,21 +199,50 @@ def main(argv: list[str] | None = None) -> int:
                 **info[name],
             }
         )
-    env = timing.environment()
-    env["tensorflow"] = tf.__version__
     config = loaded.configs["infection"]
-    report = {
-        "environment": env,
+    return {
         "model": f"{config.model.arch} {config.model.encoder}",
         "source": str(loaded.runs["infection"]),
         "image_size": [spec.height, spec.width],
-        "batch_size": args.batch_size,
+        "batch_size": batch,
+        "rows": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    from qatacov_jax.benchmarking import timing
+
+    cases = []
+    for arch in args.archs if args.run is None else [None]:
+        one = argparse.Namespace(**{**vars(args), "arch": arch})
+        loaded = loaded_models(one)
+        for batch in args.batch_sizes:
+            print(f"{arch or args.run} batch {batch}", file=sys.stderr, flush=True)
+            cases.append(measure_case(args, loaded, batch))
+    env = timing.environment()
+    for dist, key in (("tensorflow-cpu", "tensorflow"), ("onnxruntime", "onnxruntime")):
+        env[key] = _version(dist)
+    env["onnxruntime_threads"] = "default (one per physical core)"
+    report = {
+        "environment": env,
         "dtype": args.dtype,
         "rounds": args.rounds,
-        "rows": rows,
+        "formats": args.formats,
+        "note": args.note,
+        "cases": cases,
     }
     timing.publish(report, markdown(report), args.json, args.markdown)
     return 0
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _num(value: float | None) -> str:
@@ -193,34 +251,37 @@ def _num(value: float | None) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
-    h, w = report["image_size"]
-    jax_ms = next(r["ms_per_sample"] for r in report["rows"] if r["runner"] == "jax")
     lines = [
-        f"Exported artifacts vs the JAX inference path: {report['model']} "
-        f"({report['source']}), {h}x{w}, batch {report['batch_size']}, {report['dtype']}, "
-        f"uint8 input, preprocessing + sigmoid inside; JAX {env['jax']}, TensorFlow "
-        f"{env['tensorflow']}; {env['device_count']} x {env['device_kind']} "
+        f"Exported artifacts vs the JAX inference path, {report['dtype']}, uint8 input, "
+        f"preprocessing + sigmoid inside; JAX {env['jax']}, TensorFlow {env['tensorflow']}, "
+        f"ONNX Runtime {env['onnxruntime']}; {env['device_count']} x {env['device_kind']} "
         f"({env['host_cpu']}, {env['host_cores']} cores), {report['rounds']} interleaved "
         f"rounds, {env['date']}. XLA_FLAGS: `{env['xla_flags'] or '(none)'}`.",
         "",
-        "| runner | ms/sample (p10-p90) | vs jax | max abs diff vs jax | export s "
-        "| load + first call s | size MB |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | size | batch | runner | ms/sample (p10-p90) | vs jax | max abs diff vs jax "
+        "| export s | load + first call s | size MB |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in report["rows"]:
-        t = r["timing"]
-        lines.append(
-            f"| {r['runner']} | {1e3 * t['median']:.1f} ({1e3 * t['p10']:.1f}-"
-            f"{1e3 * t['p90']:.1f}) | {r['ms_per_sample'] / jax_ms:.2f}x | "
-            f"{r['max_abs_diff_vs_jax']:.1e} | {_num(r.get('export_s'))} | "
-            f"{_num(r.get('load_and_first_call_s', r.get('compile_s')))} | "
-            f"{_num(r.get('artifact_mb'))} |"
-        )
+    for case in report["cases"]:
+        h, w = case["image_size"]
+        jax_ms = next(r["ms_per_sample"] for r in case["rows"] if r["runner"] == "jax")
+        for r in case["rows"]:
+            t = r["timing"]
+            lines.append(
+                f"| {case['model']} ({case['source']}) | {h}x{w} | {case['batch_size']} | "
+                f"{r['runner']} | {1e3 * t['median']:.1f} ({1e3 * t['p10']:.1f}-"
+                f"{1e3 * t['p90']:.1f}) | {r['ms_per_sample'] / jax_ms:.2f}x | "
+                f"{r['max_abs_diff_vs_jax']:.1e} | {_num(r.get('export_s'))} | "
+                f"{_num(r.get('load_and_first_call_s', r.get('compile_s')))} | "
+                f"{_num(r.get('artifact_mb'))} |"
+            )
     lines.append("")
     lines.append(
-        "`jax`: its load + first call column is the jit compile. ONNX is not exported (see "
-        "docs/export.md)."
+        "`jax`: its load + first call column is the jit compile. `vs jax` < 1 is faster than "
+        "the JAX path of the same case."
     )
+    if report.get("note"):
+        lines += ["", report["note"]]
     return "\n".join(lines)
 
 
