@@ -223,8 +223,8 @@ def fold(eqn: Any, ins: list[Value], ops: OpTable) -> list[Value] | None:
     static = all(is_static(s) for s in shapes)
     small = any(isinstance(v, Bcast) for v in ins) or not static
     if small and not (elementwise and len(shapes) == 1):
-        if not static:
-            return None
+        if not static or any(isinstance(v, Bcast) and not is_static(v.shape) for v in ins):
+            return None  # e.g. a reduction over the batch: left to its handler
         arrays = [np.broadcast_to(v.array, v.shape) if isinstance(v, Bcast) else v for v in ins]
     else:
         arrays = [const_array(v) for v in ins]
