@@ -38,7 +38,12 @@ def torch_model(arch: str, encoder: str, classes: int = CLASSES):
     # crc32, not hash(): str hashes change with every process (PYTHONHASHSEED), which made
     # the models (and any check of their outputs) differ from run to run.
     torch.manual_seed(zlib.crc32(f"{arch}:{encoder}".encode()) % 1000)
-    model = smp_class(arch)(encoder, encoder_weights=None, classes=classes)
+    return perturb_norms(smp_class(arch)(encoder, encoder_weights=None, classes=classes))
+
+
+def perturb_norms(model):
+    """`model` in eval mode with random BatchNorm / GroupNorm affine parameters and running
+    statistics (drawn from torch's current seed), so a port that swaps them shows."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d | torch.nn.GroupNorm):

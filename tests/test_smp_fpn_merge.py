@@ -17,7 +17,14 @@ from qatacov_jax.models import count_params, create_smp_model
 from qatacov_jax.models.smp import abstract_smp_model
 from qatacov_jax.models.smp.layers import DropoutKey
 from qatacov_jax.weights.smp_port import torch_table
-from tests.smp_reference import CLASSES, relative_error, smp, torch, torch_logits
+from tests.smp_reference import (
+    CLASSES,
+    perturb_norms,
+    relative_error,
+    smp,
+    torch,
+    torch_logits,
+)
 
 SIZE = 64
 TOLERANCE = 1e-4
@@ -26,16 +33,9 @@ ENCODER = "resnet18"  # the cheapest encoder: the decoder is what differs
 
 def _torch_fpn(merge: str):
     torch.manual_seed(7)
-    model = smp.FPN(ENCODER, encoder_weights=None, classes=CLASSES, decoder_merge_policy=merge)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d | torch.nn.GroupNorm):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.3, 0.3)
-                m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+    return perturb_norms(
+        smp.FPN(ENCODER, encoder_weights=None, classes=CLASSES, decoder_merge_policy=merge)
+    )
 
 
 def _ported(ref, merge: str) -> nnx.Module:
