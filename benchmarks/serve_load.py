@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import socket
 import sys
 import threading
 import time
@@ -40,24 +39,12 @@ xla_flags.apply_defaults()  # before JAX starts its backend
 import numpy as np  # noqa: E402
 
 from benchmarks.export_speed import loaded_models  # noqa: E402
-
-
-def _multipart(png: bytes) -> tuple[bytes, str]:
-    boundary = "qatacovloadboundary"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
-            "Content-Type: image/png\r\n\r\n"
-        ).encode()
-        + png
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, f"multipart/form-data; boundary={boundary}"
+from benchmarks.serve_startup import free_port, multipart_png  # noqa: E402
 
 
 def _clients(url: str, n: int, seconds: float, png: bytes, out: Any) -> None:
     """Runs in its own process: n threads posting until the deadline."""
-    body, ctype = _multipart(png)
+    body, ctype = multipart_png(png)
     results: list[tuple[float, int]] = []
     lock = threading.Lock()
     deadline = time.perf_counter() + seconds
@@ -88,12 +75,6 @@ def _clients(url: str, n: int, seconds: float, png: bytes, out: Any) -> None:
     out.put({"results": results, "elapsed": time.perf_counter() - t_start})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure(loaded: Any, png: bytes, batch_size: int, args: argparse.Namespace) -> dict:
     import uvicorn
 
@@ -102,7 +83,7 @@ def measure(loaded: Any, png: bytes, batch_size: int, args: argparse.Namespace) 
 
     engine = load_engine("unused", loaded=loaded, batch_size=batch_size, wait_ms=args.wait_ms)
     app = create_app(engine, Settings())
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -64,7 +64,8 @@ def write_quickstart_run(path: Path) -> Path:
     return path
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on loopback (the servers benchmarked here listen there only)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -80,8 +81,9 @@ def _png() -> bytes:
     return buf.getvalue()
 
 
-def _predict(url: str, png: bytes) -> int:
-    boundary = "qatacovstartup"
+def multipart_png(png: bytes) -> tuple[bytes, str]:
+    """The body and Content-Type of an upload of `png` as the page sends it (field "file")."""
+    boundary = "qatacovbenchmarkboundary"
     body = (
         (
             f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
@@ -90,18 +92,19 @@ def _predict(url: str, png: bytes) -> int:
         + png
         + f"\r\n--{boundary}--\r\n".encode()
     )
-    req = urllib.request.Request(
-        url + "api/predict",
-        data=body,
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def _predict(url: str, png: bytes) -> int:
+    body, ctype = multipart_png(png)
+    req = urllib.request.Request(url + "api/predict", data=body, headers={"Content-Type": ctype})
     with urllib.request.urlopen(req, timeout=120) as r:
         return r.status
 
 
 def start_once(run: Path, cache: str, timeout_s: float) -> dict[str, Any]:
     """Launches the server, waits for its first answers, stops it."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/"
     cmd = [sys.executable, str(ROOT / "scripts" / "serve.py"), "--checkpoint", str(run)]
     cmd += ["--port", str(port), "--compilation-cache", cache]
