@@ -21,7 +21,8 @@ OUTPUTS = (
     "confusion_detection.png",
     "confusion_pixel.png",
 )
-_LABELS = {
+# Column headings of each metric, as the papers' tables print them.
+METRIC_LABELS = {
     "sensitivity": "Sensitivity",
     "specificity": "Specificity",
     "precision": "Precision",
@@ -118,7 +119,7 @@ def _pixel_table(pix: Mapping[str, Any], info: Mapping[str, Any]) -> list[str]:
     # The paper's column order: the confusion metrics with AUC before IoU and DSC.
     at = METRIC_NAMES.index("iou")
     seg_names = [*METRIC_NAMES[:at], "auc", *METRIC_NAMES[at:]]
-    head = "| Model | Encoder | Frozen | " + " | ".join(_LABELS[n] for n in seg_names) + " |"
+    head = "| Model | Encoder | Frozen | " + " | ".join(METRIC_LABELS[n] for n in seg_names) + " |"
     sep = "|---" * (3 + len(seg_names)) + "|"
     lines = ["", "## Table 2: infected region segmentation (pixel level, %)", "", head, sep]
     lines.append(_row(_model_cells(info) + [_pct(pix["metrics"][n]["value"]) for n in seg_names]))
@@ -153,7 +154,9 @@ def _detection_table(det: Mapping[str, Any], info: Mapping[str, Any]) -> list[st
     """Table 3: COVID-19 detection metrics (%) with their 95% CIs."""
     lines = ["", "## Table 3: COVID-19 detection (%, ± 95% CI as a fraction)", ""]
     lines += [
-        "| Model | Encoder | Frozen | " + " | ".join(_LABELS[n] for n in _DETECTION_NAMES) + " |"
+        "| Model | Encoder | Frozen | "
+        + " | ".join(METRIC_LABELS[n] for n in _DETECTION_NAMES)
+        + " |"
     ]
     lines += ["|---" * (3 + len(_DETECTION_NAMES)) + "|"]
     cells = [_pct(det["metrics"][n]["value"]) + _ci(det["metrics"][n]) for n in _DETECTION_NAMES]
@@ -182,7 +185,7 @@ def _per_fold_table(per_fold: Sequence[tuple[Mapping[str, Any], Mapping[str, Any
         return []
     names = _DETECTION_NAMES
     lines = ["", "## Per fold (%)", ""]
-    lines += ["| Fold | Level | " + " | ".join(_LABELS[n] for n in names) + " |"]
+    lines += ["| Fold | Level | " + " | ".join(METRIC_LABELS[n] for n in names) + " |"]
     lines += ["|---" * (2 + len(names)) + "|"]
     for s, i in per_fold:
         for level in ("pixel", "detection"):

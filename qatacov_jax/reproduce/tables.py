@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from qatacov_jax.evaluation.reports import METRIC_LABELS
 from qatacov_jax.reproduce import paper_values as pv
 
 AGGREGATES = ("mean", "pooled")  # fold average | every held-out sample of every fold
@@ -117,17 +118,9 @@ P1_ENCODER_NAMES = {
     "resnet50": "resnet50",
 }
 P1_FOLDS = (0, 1, 2, 3, 4)
-_LABELS = {
-    "sensitivity": "Sensitivity",
-    "specificity": "Specificity",
-    "precision": "Precision",
-    "f1": "F1-Score",
-    "f2": "F2-Score",
-    "accuracy": "Accuracy",
-    "auc": "AUC",
-    "iou_per_image": "IoU",
-    "dsc_per_image": "DSC",
-}
+# The evaluation report's headings, except that paper 2's tables head its per-image figures
+# plain "IoU" / "DSC" (the only IoU/DSC they report).
+_LABELS = {**METRIC_LABELS, "iou_per_image": "IoU", "dsc_per_image": "DSC"}
 
 
 def _columns(level: str, metrics: tuple[str, ...], aggregate: str) -> tuple[Column, ...]:
