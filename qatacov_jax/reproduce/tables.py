@@ -255,9 +255,10 @@ _P2_TEXT_ONLY = (
     "quotes (docs/reproduce.md); '—' where it quotes none."
 )
 _P2_SEGMENTATION_NOTES = (
-    "Pooled over the 5 held-out folds: IoU and DSC are means over every held-out image "
-    "(paper 2's per-image metrics, docs/method.md#iou-and-dsc), CI with N = images; "
-    "accuracy over every pixel.",
+    "Every fold's model is tested on the shipped Test set (paper 2's protocol, "
+    "docs/method.md#protocols), pooled over the 5 folds: IoU and DSC are means over the "
+    "test images (paper 2's per-image metrics, docs/method.md#iou-and-dsc), CI with N = test "
+    "images; accuracy over every pixel.",
     _P2_TEXT_ONLY,
 )
 _P2_SEGMENTATION = (Column("pixel", "accuracy", "Accuracy", "pooled"),) + _columns(
@@ -299,7 +300,11 @@ P2_DETECTION = Table(
         "detection", ("accuracy", "precision", "sensitivity", "f1", "specificity"), "pooled"
     ),
     paper=pv.P2_DETECTION,
-    notes=("Pooled over the 5 held-out folds. " + _CIS, _P2_TEXT_ONLY),
+    notes=(
+        "Every fold's model is tested on the shipped Test set (paper 2's protocol), pooled "
+        "over the 5 folds with N = the test images. " + _CIS,
+        _P2_TEXT_ONLY,
+    ),
 )
 
 # ----------------------------------------------------------------------------- quickstart
