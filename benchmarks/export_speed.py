@@ -1,10 +1,10 @@
-"""Exported artifacts vs the JAX inference path, same machine, same run, interleaved: CPU
-ms/sample of each.
+"""Exported artifacts and the original Keras models vs the JAX inference path, same machine,
+same run, interleaved: CPU ms/sample of each.
 
     .venv/bin/python benchmarks/export_speed.py --arch unet,unetpp,dla,fpn \
-        --encoder densenet121 --image-size 224 --batch-size 1,8 --formats onnx --rounds 5 \
-        --json benchmarks/results/export_speed_onnx_cpu.json \
-        --markdown benchmarks/results/export_speed_onnx_cpu.md
+        --encoder densenet121 --image-size 224 --batch-size 1,8 --formats onnx --keras \
+        --rounds 5 --json benchmarks/results/export_speed_onnx_cpu.json \
+        --markdown benchmarks/results/export_speed_onnx_cpu.md --force
 
 Timed, each on the same uint8 batch `(B, H, W, 1)` and each returning NumPy probabilities:
 
@@ -16,7 +16,13 @@ Timed, each on the same uint8 batch `(B, H, W, 1)` and each returning NumPy prob
 * `savedmodel`: the `--format savedmodel` artifact loaded with `tf.saved_model.load`, its
   `serving_default` signature called (TensorFlow runs the embedded StableHLO through XLA);
 * `onnx`: the `--format onnx` artifact in an `onnxruntime.InferenceSession` (CPU execution
-  provider, all graph optimizations, default threads), through `export.onnx_runtime`.
+  provider, all graph optimizations, default threads), through `export.onnx_runtime`;
+* `keras` (`--keras`): the original Keras model of the same decoder and encoder, built by
+  benchmarks/compare_keras.py (`keras_model`: segmentation_models 1.0.1 on tf-keras, random
+  weights) and called as compare_keras.py times it, `tf.function` of `model(x,
+  training=False)`. It has no preprocessing inside, so it is fed the same batch as float32
+  in [0, 1] repeated to 3 channels, and returns the sigmoid probabilities. Its weights are
+  not ours, so it has no "max abs diff vs jax". Needs the test extra's Keras stack.
 
 `--arch` and `--batch-size` take comma-separated lists: every (model, batch) case is timed
 on its own, all runners of a case interleaved. Each round calls every runner once in turn,
@@ -28,6 +34,7 @@ sample. The model is randomly initialised unless `--run` names a trained run dir
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -86,6 +93,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", default="8", help="batch size(s), comma-separated")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--formats", default=",".join(FORMATS), help="artifacts to time beside jax")
+    p.add_argument(
+        "--keras", action="store_true",
+        help="also time the original Keras model (benchmarks/compare_keras.py's graph)",
+    )  # fmt: skip
     p.add_argument("--rounds", type=int, default=10, help="timed calls of each runner")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
@@ -106,6 +117,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--formats: unknown {bad}; choose from {list(FORMATS)}.")
     if "onnx" in args.formats and args.dtype != "float32":
         p.error("--formats onnx times float32 exports only.")
+    if args.keras and args.dtype != "float32":
+        p.error("--keras times the float32 Keras model only.")
     for path in (args.json, args.markdown):
         if path is not None and path.exists() and not args.force:
             p.error(f"{path} exists; pass --force to overwrite it or choose another path.")
@@ -136,8 +149,50 @@ def _artifact_runner(fmt: str, out: Path, manifest: dict[str, Any], x: np.ndarra
     return lambda: model.predict({"infection": x})["infection"]
 
 
-def measure_case(args: argparse.Namespace, loaded: Any, batch: int) -> dict[str, Any]:
-    """Times the JAX path and every `--formats` artifact of `loaded` at `batch`, interleaved."""
+def keras_builder(args: argparse.Namespace) -> Any:
+    """`build(config, image_size)` -> the original Keras model of that config (random weights).
+
+    Imports the Keras stack through benchmarks/compare_keras.py, whose import sets
+    `SM_FRAMEWORK=tf.keras` and `TF_USE_LEGACY_KERAS=1`: both are read when segmentation_models
+    and TensorFlow load, so this must run before any runner imports TensorFlow. It stops with
+    compare_keras.py's message if the stack is missing, before minutes of exports are spent.
+    """
+    from benchmarks.compare_keras import ENCODERS, _import_keras, keras_model
+
+    sm, _ = _import_keras()
+
+    def build(config: Any, size: int | tuple[int, int]) -> Any:
+        # CheXNet is DenseNet-121 with other weights; the Keras graph is the same.
+        encoder = {"chexnet": "densenet121"}.get(config.model.encoder, config.model.encoder)
+        if encoder not in ENCODERS:
+            raise SystemExit(f"--keras: no Keras model of encoder {encoder!r}; has {ENCODERS}.")
+        h, w = (size, size) if isinstance(size, int) else size
+        if h != w:
+            raise SystemExit(f"--keras builds square models only; this run's input is {h}x{w}.")
+        return keras_model(sm, config.model.arch, encoder, h)
+
+    return build
+
+
+def _keras_runner(km: Any, x: np.ndarray) -> Any:
+    """A no-argument callable running Keras `km` on uint8 `x` -> NumPy probabilities.
+
+    The same call as compare_keras.py times (`tf.function`, inference mode). The Keras model
+    has no preprocessing inside: it gets `x / 255` as float32 on 3 channels, built once here,
+    outside the timed call, like the other runners' inputs.
+    """
+    import tensorflow as tf
+
+    xt = tf.constant(np.repeat(x.astype(np.float32) / 255.0, 3, axis=-1))
+    call = tf.function(lambda v: km(v, training=False))
+    return lambda: call(xt).numpy()
+
+
+def measure_case(
+    args: argparse.Namespace, loaded: Any, batch: int, keras: Any = None
+) -> dict[str, Any]:
+    """Times the JAX path, every `--formats` artifact of `loaded` and (given) the Keras model
+    `keras` at `batch`, interleaved."""
     import jax
 
     from qatacov_jax.benchmarking import timing
@@ -176,14 +231,21 @@ def measure_case(args: argparse.Namespace, loaded: Any, batch: int) -> dict[str,
                 "artifact_mb": _dir_size(out) / 2**20,
             }
             print(f"exported {fmt} ({export_s:.0f} s)", file=sys.stderr, flush=True)
+        if keras is not None:
+            t0 = time.perf_counter()
+            runners["keras"] = _keras_runner(keras, x)
+            runners["keras"]()  # trace + first run
+            info["keras"] = {"load_and_first_call_s": time.perf_counter() - t0}
 
         outputs = {name: fn() for name, fn in runners.items()}
         samples: dict[str, list[float]] = {k: [] for k in runners}
+        load = [os.getloadavg()[0]]
         for r in range(args.rounds):
             for name, fn in runners.items():
                 t0 = time.perf_counter()
                 fn()
                 samples[name].append(time.perf_counter() - t0)
+            load.append(os.getloadavg()[0])
             print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
 
     ref = outputs["jax"]
@@ -195,7 +257,10 @@ def measure_case(args: argparse.Namespace, loaded: Any, batch: int) -> dict[str,
                 "runner": name,
                 "ms_per_sample": 1e3 * t.median,
                 "timing": t.to_dict(),
-                "max_abs_diff_vs_jax": float(np.abs(outputs[name].reshape(ref.shape) - ref).max()),
+                # The Keras model's weights are its own: no difference to compare.
+                "max_abs_diff_vs_jax": None
+                if name == "keras"
+                else float(np.abs(outputs[name].reshape(ref.shape) - ref).max()),
                 **info[name],
             }
         )
@@ -205,23 +270,33 @@ def measure_case(args: argparse.Namespace, loaded: Any, batch: int) -> dict[str,
         "source": str(loaded.runs["infection"]),
         "image_size": [spec.height, spec.width],
         "batch_size": batch,
+        # 1-minute load average of the host before and after each round (2 cores here).
+        "load_average_1m": load,
         "rows": rows,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    build_keras = keras_builder(args) if args.keras else None  # before TensorFlow loads
     from qatacov_jax.benchmarking import timing
 
     cases = []
     for arch in args.archs if args.run is None else [None]:
         one = argparse.Namespace(**{**vars(args), "arch": arch})
         loaded = loaded_models(one)
+        keras = None
+        if build_keras is not None:
+            keras = build_keras(loaded.configs["infection"], loaded.sizes["infection"])
         for batch in args.batch_sizes:
             print(f"{arch or args.run} batch {batch}", file=sys.stderr, flush=True)
-            cases.append(measure_case(args, loaded, batch))
+            cases.append(measure_case(args, loaded, batch, keras))
     env = timing.environment()
-    for dist, key in (("tensorflow-cpu", "tensorflow"), ("onnxruntime", "onnxruntime")):
+    for dist, key in (
+        ("tensorflow-cpu", "tensorflow"),
+        ("onnxruntime", "onnxruntime"),
+        ("segmentation-models", "segmentation_models"),
+    ):
         env[key] = _version(dist)
     env["onnxruntime_threads"] = "default (one per physical core)"
     report = {
@@ -229,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": args.dtype,
         "rounds": args.rounds,
         "formats": args.formats,
+        "keras": args.keras,
         "note": args.note,
         "cases": cases,
     }
@@ -251,38 +327,95 @@ def _num(value: float | None) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
+    keras = report.get("keras", False)
     lines = [
-        f"Exported artifacts vs the JAX inference path, {report['dtype']}, uint8 input, "
-        f"preprocessing + sigmoid inside; JAX {env['jax']}, TensorFlow {env['tensorflow']}, "
-        f"ONNX Runtime {env['onnxruntime']}; {env['device_count']} x {env['device_kind']} "
-        f"({env['host_cpu']}, {env['host_cores']} cores), {report['rounds']} interleaved "
-        f"rounds, {env['date']}. XLA_FLAGS: `{env['xla_flags'] or '(none)'}`.",
+        f"Exported artifacts{' and the original Keras models' if keras else ''} vs the JAX "
+        f"inference path, {report['dtype']}; JAX {env['jax']}, TensorFlow {env['tensorflow']}, "
+        f"ONNX Runtime {env['onnxruntime']}"
+        + (f", segmentation_models {env.get('segmentation_models')}" if keras else "")
+        + f"; {env['device_count']} x {env['device_kind']} ({env['host_cpu']}, "
+        f"{env['host_cores']} cores), {report['rounds']} interleaved rounds, {env['date']}. "
+        f"XLA_FLAGS: `{env['xla_flags'] or '(none)'}`.",
         "",
-        "| model | size | batch | runner | ms/sample (p10-p90) | vs jax | max abs diff vs jax "
-        "| export s | load + first call s | size MB |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| model | size | batch | runner | ms/sample (p10-p90) | vs jax "
+        + ("| vs keras " if keras else "")
+        + "| max abs diff vs jax | export s | load + first call s | size MB |",
+        "|---|---|---:|---|---:|---:|" + ("---:|" if keras else "") + "---:|---:|---:|---:|",
     ]
     for case in report["cases"]:
         h, w = case["image_size"]
-        jax_ms = next(r["ms_per_sample"] for r in case["rows"] if r["runner"] == "jax")
+        ms = {r["runner"]: r["ms_per_sample"] for r in case["rows"]}
         for r in case["rows"]:
-            t = r["timing"]
+            t, diff = r["timing"], r["max_abs_diff_vs_jax"]
             lines.append(
                 f"| {case['model']} ({case['source']}) | {h}x{w} | {case['batch_size']} | "
                 f"{r['runner']} | {1e3 * t['median']:.1f} ({1e3 * t['p10']:.1f}-"
-                f"{1e3 * t['p90']:.1f}) | {r['ms_per_sample'] / jax_ms:.2f}x | "
-                f"{r['max_abs_diff_vs_jax']:.1e} | {_num(r.get('export_s'))} | "
+                f"{1e3 * t['p90']:.1f}) | {r['ms_per_sample'] / ms['jax']:.2f}x | "
+                + (f"{r['ms_per_sample'] / ms['keras']:.2f}x | " if keras else "")
+                + f"{'-' if diff is None else f'{diff:.1e}'} | {_num(r.get('export_s'))} | "
                 f"{_num(r.get('load_and_first_call_s', r.get('compile_s')))} | "
                 f"{_num(r.get('artifact_mb'))} |"
             )
-    lines.append("")
-    lines.append(
-        "`jax`: its load + first call column is the jit compile. `vs jax` < 1 is faster than "
-        "the JAX path of the same case."
-    )
+    lines += [
+        "",
+        "`jax` and the exported artifacts take the uint8 batch and run the preprocessing and "
+        "the sigmoid inside. `jax`: its load + first call column is the jit compile. `vs jax` "
+        "< 1 is faster than the JAX path of the same case.",
+    ]
+    if keras:
+        lines[-1] += (
+            " `keras`: the original Keras model (benchmarks/compare_keras.py's graph, random "
+            "weights, `tf.function` in inference mode) has no preprocessing inside, so it gets "
+            "the same batch as float32 in [0, 1] on 3 channels; its weights are not ours, so "
+            "there is no difference to show; its load + first call is the trace and first run "
+            "of a model already built. `vs keras` < 1 is faster than the Keras original."
+        )
+    lines += ["", summary(report)]
     if report.get("note"):
         lines += ["", report["note"]]
     return "\n".join(lines)
+
+
+def _spread(values: list[float]) -> str:
+    """`median m (range a-b)` of ratios."""
+    return f"median {np.median(values):.2f}x (range {min(values):.2f}-{max(values):.2f}x)"
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The closing paragraph: the fastest runner of each case and by how much, the ratios to
+    the Keras original over all cases, and the host's load during the timed rounds."""
+    per_case, wins, vs_keras = [], [], {}
+    for case in report["cases"]:
+        ms = {r["runner"]: r["ms_per_sample"] for r in case["rows"]}
+        best = min(ms, key=ms.get)
+        wins.append(best)
+        others = ", ".join(f"{k} {v / ms[best]:.2f}x" for k, v in ms.items() if k != best)
+        per_case.append(f"{case['model']} batch {case['batch_size']}: {best} ({others})")
+        if "keras" in ms:
+            for k, v in ms.items():
+                if k != "keras":
+                    vs_keras.setdefault(k, []).append(v / ms["keras"])
+    text = (
+        "Fastest per case (the other runners' median time per image as a multiple of the "
+        f"fastest's): {'; '.join(per_case)}. Fastest in {len(wins)} cases: "
+        + ", ".join(f"{k} {wins.count(k)}" for k in sorted(set(wins), key=wins.count, reverse=True))
+        + "."
+    )
+    for k, ratios in vs_keras.items():
+        fast = sum(r <= 0.70 for r in ratios)
+        text += (
+            f" {k} / keras time per image: {_spread(ratios)} over {len(ratios)} cases; "
+            f"{k} took 0.70x or less of Keras' time (30% or more faster) in {fast} of them."
+        )
+    load = [v for case in report["cases"] for v in case.get("load_average_1m", [])]
+    if load:
+        cores = report["environment"]["host_cores"]
+        text += (
+            f" Host 1-minute load average during the timed rounds: {min(load):.1f}-"
+            f"{max(load):.1f} (median {np.median(load):.1f}) on {cores} cores, this "
+            "benchmark's own threads included."
+        )
+    return text
 
 
 if __name__ == "__main__":
