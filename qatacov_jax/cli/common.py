@@ -12,23 +12,24 @@ from absl import flags
 
 from qatacov_jax.data import image_limits
 from qatacov_jax.data.features import DataError
+from qatacov_jax.export.manifest import read_manifest
+from qatacov_jax.export.onnx_runtime import export_source
 from qatacov_jax.inference.infection_map import DEFAULT_DISPLAY_FLOOR
-from qatacov_jax.inference.runs import CorruptRunError
+from qatacov_jax.inference.runs import CorruptRunError, ModelSource, run_source
 from qatacov_jax.runtime.compile_cache import enable_compilation_cache
 from qatacov_jax.runtime.console import setup_cli_logging
 from qatacov_jax.runtime.locking import DirectoryLockedError
 from qatacov_jax.runtime.storage import StorageError, describe, quiet_storage_noise, storage_errno
-from qatacov_jax.training.rundir import CHECKPOINT_CHOICES, RunDirMismatchError
-from qatacov_jax.weights import WeightsError
+from qatacov_jax.training.run_files import CHECKPOINT_CHOICES
 
 # Errors whose message is the whole story (it names the file or setting and the fix): the
-# user sees the message, not a traceback.
+# user sees the message, not a traceback. ValueError covers `rundir.RunDirMismatchError` and
+# `weights.WeightsError`, which are not imported here: their modules load JAX, and
+# `infer.py --model` / `serve.py --model` run an ONNX export without it.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    RunDirMismatchError,
     DirectoryLockedError,
     FileNotFoundError,
     FileExistsError,
-    WeightsError,
     DataError,
     ValueError,
 )
@@ -202,8 +203,9 @@ def define_input_flags(fv: flags.FlagValues) -> None:
     )
 
 
-def apply_input_flags(fv: flags.FlagValues) -> None:
-    """Sets the process's pixel budget and compilation cache from `define_input_flags`."""
+def apply_input_flags(fv: flags.FlagValues, *, compiles: bool = True) -> None:
+    """Sets the process's pixel budget and compilation cache from `define_input_flags`;
+    `compiles=False` (an ONNX export is served: nothing is compiled) leaves JAX unloaded."""
     mp = fv["max-megapixels"].value
     if mp is not None and not mp > 0:
         raise UsageError(f"--max-megapixels must be positive, got {mp}")
@@ -212,7 +214,8 @@ def apply_input_flags(fv: flags.FlagValues) -> None:
         image_limits.max_pixels()  # a bad environment value is refused now, not per image
     except ValueError as e:
         raise UsageError(str(e)) from None
-    enable_compilation_cache(fv["compilation-cache"].value)
+    if compiles:
+        enable_compilation_cache(fv["compilation-cache"].value)
 
 
 def define_which_flag(
@@ -222,15 +225,58 @@ def define_which_flag(
     flags.DEFINE_enum("which", "best", list(CHECKPOINT_CHOICES), help_text, flag_values=fv)
 
 
-def map_settings(fv: flags.FlagValues) -> tuple[float, float, float]:
+def map_settings(
+    fv: flags.FlagValues, source: ModelSource | None = None
+) -> tuple[float, float, float]:
     """(threshold, lung threshold, display floor) of `define_map_flags`, checked: a
-    UsageError names the flag out of range."""
-    threshold = in_unit_interval("threshold", fv["threshold"].value)
-    lung_threshold = in_unit_interval("lung-threshold", fv["lung-threshold"].value)
+    UsageError names the flag out of range. A threshold flag not given defaults to the one
+    `source` records (an export's manifest), else 0.5."""
+    recorded = source.thresholds if source is not None else {}
+    values = {}
+    for flag, role in (("threshold", "infection"), ("lung-threshold", "lung")):
+        given = fv[flag].value if fv[flag].present or role not in recorded else recorded[role]
+        values[flag] = in_unit_interval(flag, given)
     display_floor = fv["display-floor"].value
     if not 0.0 <= display_floor < 1.0:
         raise UsageError(f"--display-floor must be in [0, 1), got {display_floor}")
-    return threshold, lung_threshold, display_floor
+    return values["threshold"], values["lung-threshold"], display_floor
+
+
+def define_model_flag(fv: flags.FlagValues) -> None:
+    """--model EXPORT_DIR: an ONNX export run on ONNX Runtime instead of a --checkpoint run
+    (`model_source`)."""
+    flags.DEFINE_string(
+        "model",
+        None,
+        "an ONNX export (scripts/export.py --format onnx) to run on ONNX Runtime without JAX, "
+        "instead of --checkpoint; its lung model and thresholds come with it",
+        flag_values=fv,
+    )
+
+
+def model_source(fv: flags.FlagValues) -> ModelSource:
+    """The models of --checkpoint RUN [--lung-checkpoint LUNG_RUN] [--which], or of
+    --model EXPORT_DIR; a UsageError for a mix, or for a folder given to the wrong flag."""
+    v = lambda name: fv[name].value  # noqa: E731 - dashed flag names need item access
+    if (v("checkpoint") is None) == (v("model") is None):
+        raise UsageError(
+            "give --checkpoint RUN (a training run) or --model EXPORT_DIR (an ONNX export), "
+            "one of the two"
+        )
+    if v("model") is not None:
+        clash = [f"--{f}" for f in ("lung-checkpoint", "which") if fv[f].present]
+        if clash:
+            raise UsageError(
+                f"{' and '.join(clash)} apply to --checkpoint runs; an export holds the "
+                "checkpoint and lung model it was exported with (scripts/export.py)"
+            )
+        return export_source(v("model"))
+    if read_manifest(v("checkpoint")) is not None:
+        raise UsageError(
+            f"--checkpoint {v('checkpoint')} is an exported model, not a training run: pass it "
+            "as --model"
+        )
+    return run_source(v("checkpoint"), v("lung-checkpoint"), v("which"))
 
 
 def positive(name: str, value: Any) -> Any:

@@ -1,5 +1,8 @@
 """`scripts/infer.py --checkpoint RUN FILES_OR_FOLDERS... --out DIR`: infection maps, masks,
-the COVID-19 decision and severity for chest X-ray files (outputs: `inference.files`)."""
+the COVID-19 decision and severity for chest X-ray files (outputs: `inference.files`).
+
+`--model EXPORT_DIR` runs an ONNX export (`scripts/export.py --format onnx`) on ONNX Runtime
+instead, and never imports JAX (`model_source`)."""
 
 from __future__ import annotations
 
@@ -14,13 +17,16 @@ from qatacov_jax.cli.common import (
     apply_input_flags,
     define_input_flags,
     define_map_flags,
+    define_model_flag,
     define_which_flag,
     map_settings,
+    model_source,
     parse_command,
     positive,
     run_main,
 )
 from qatacov_jax.inference.files import infer_files
+from qatacov_jax.inference.runs import ModelSource
 from qatacov_jax.runtime.locking import run_dir_lock
 from qatacov_jax.runtime.storage import check_writable
 
@@ -30,7 +36,8 @@ PROG = "scripts/infer.py"
 DOC = """COVID-19 infection maps, masks, detection and severity for chest X-rays.
 
     python scripts/infer.py --checkpoint RUN XRAYS_DIR a.png b.dcm --out maps/ \\
-        [--lung-checkpoint LUNG_RUN] [--threshold 0.5] [--batch-size 64] [--overwrite]"""
+        [--lung-checkpoint LUNG_RUN] [--threshold 0.5] [--batch-size 64] [--overwrite]
+    python scripts/infer.py --model EXPORT_DIR XRAYS_DIR --out maps/   # ONNX Runtime, no JAX"""
 
 
 def _define(fv: flags.FlagValues) -> None:
@@ -39,8 +46,8 @@ def _define(fv: flags.FlagValues) -> None:
         None,
         "run directory of the infection model (train.py --workdir, or fold_k/)",
         flag_values=fv,
-        required=True,
     )
+    define_model_flag(fv)
     flags.DEFINE_string("out", None, "output folder", flag_values=fv, required=True)
     flags.DEFINE_string(
         "lung-checkpoint",
@@ -74,14 +81,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         v = lambda name: fv[name].value  # noqa: E731 - dashed flag names need item access
         if not inputs:
             raise UsageError("no image files or folders given")
-        threshold, lung_threshold, display_floor = map_settings(fv)
+        source = model_source(fv)
+        threshold, lung_threshold, display_floor = map_settings(fv, source)
         batch_size = positive("batch-size", v("batch-size"))
-        apply_input_flags(fv)
+        apply_input_flags(fv, compiles=source.engine == "jax")
         check_writable(v("out"), "the --out folder")  # exit 74 in one line, before any work
         # One writer per --out folder (runtime/locking.py): a second infer.py into the same
         # folder is refused at once, naming the first.
         with run_dir_lock(v("out"), purpose="infer"):
-            rows = _infer(fv, inputs, threshold, lung_threshold, display_floor, batch_size)
+            rows = _infer(fv, source, inputs, threshold, lung_threshold, display_floor, batch_size)
         failed = [r for r in rows if r["status"] != "ok"]
         if failed:
             print(f"{len(failed)} input(s) failed:", file=sys.stderr)
@@ -95,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _infer(
     fv: flags.FlagValues,
+    source: ModelSource,
     inputs: list[str],
     threshold: float,
     lung_threshold: float,
@@ -103,10 +112,9 @@ def _infer(
 ) -> list[dict]:
     v = lambda name: fv[name].value  # noqa: E731 - dashed flag names need item access
     return infer_files(
-        v("checkpoint"),
+        source,
         inputs,
         v("out"),
-        lung_checkpoint=v("lung-checkpoint"),
         threshold=threshold,
         lung_threshold=lung_threshold,
         display_floor=display_floor,

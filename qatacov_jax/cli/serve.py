@@ -1,6 +1,7 @@
 """`scripts/serve.py --checkpoint RUN [--annotate IMAGES --annotations OUT]` or
 `scripts/serve.py --review CANDIDATES --annotations OUT`: the web app (`qatacov_jax.webapp`)
-on uvicorn."""
+on uvicorn. `--model EXPORT_DIR` serves an ONNX export on ONNX Runtime instead of a run, and
+the server then never imports JAX (`webapp.engine.load_export_engine`)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from qatacov_jax.cli.common import (
     apply_input_flags,
     define_input_flags,
     define_map_flags,
+    define_model_flag,
     define_which_flag,
     map_settings,
+    model_source,
     parse_command,
     positive,
     run_main,
@@ -35,6 +38,7 @@ severity; or review candidate masks and save accepted ones as a dataset
 (docs/annotation.md).
 
     python scripts/serve.py --checkpoint RUN [--lung-checkpoint LUNG_RUN] [--port 8000]
+    python scripts/serve.py --model EXPORT_DIR   # an ONNX export on ONNX Runtime, no JAX
     python scripts/serve.py --review WORKDIR/candidates --annotations OUT_DIR \\
         [--reference MASKS_DIR] [--blind] [--votes 2] [--order disagreement]
     python scripts/serve.py --checkpoint RUN --annotate XRAYS_DIR --annotations OUT_DIR \\
@@ -55,6 +59,7 @@ def _define(fv: flags.FlagValues) -> None:
         "run directory of the infection model (not with --review)",
         flag_values=fv,
     )
+    define_model_flag(fv)
     flags.DEFINE_string(
         "lung-checkpoint", None, "run directory of a lung model: adds severity", flag_values=fv
     )
@@ -62,7 +67,7 @@ def _define(fv: flags.FlagValues) -> None:
         "candidates",
         [],
         "run directory of a model proposing masks in annotation mode (repeat the flag for "
-        "several; default: --checkpoint)",
+        "several; default: --checkpoint); ONNX export directories with --model",
         flag_values=fv,
     )
     flags.DEFINE_string("annotate", None, "folder of X-rays to annotate live", flag_values=fv)
@@ -158,7 +163,9 @@ def _check(v: Callable[[str], Any], rest: list[str]) -> None:
     if rest:
         raise UsageError(f"unexpected arguments {rest}; every option is a --flag")
     if v("review") is not None:
-        clash = [f for f in ("checkpoint", "lung-checkpoint", "annotate") if v(f) is not None]
+        clash = [
+            f for f in ("checkpoint", "model", "lung-checkpoint", "annotate") if v(f) is not None
+        ]
         if clash or v("candidates"):
             raise UsageError(
                 f"--review loads no model: drop {', '.join('--' + f for f in clash or ['candidates'])}"
@@ -166,15 +173,15 @@ def _check(v: Callable[[str], Any], rest: list[str]) -> None:
         if v("annotations") is None:
             raise UsageError("--review CANDIDATES needs --annotations OUT_DIR")
     else:
-        if v("checkpoint") is None and v("annotate") is None:
+        if v("checkpoint") is None and v("model") is None and v("annotate") is None:
             raise UsageError(
-                "--checkpoint RUN is required (or --review CANDIDATES, or --annotate XRAYS to "
-                "draw masks without a model)"
+                "--checkpoint RUN or --model EXPORT_DIR is required (or --review CANDIDATES, "
+                "or --annotate XRAYS to draw masks without a model)"
             )
         if (v("annotate") is None) != (v("annotations") is None):
             raise UsageError("--annotate IMAGES_DIR and --annotations OUT_DIR go together")
-        if v("candidates") and (v("annotate") is None or v("checkpoint") is None):
-            raise UsageError("--candidates needs --annotate and --checkpoint")
+        if v("candidates") and (v("annotate") is None or v("checkpoint") == v("model")):
+            raise UsageError("--candidates needs --annotate and --checkpoint (or --model)")
         if v("order") in ("disagreement", "entropy"):
             raise UsageError(f"--order {v('order')} needs a candidate store (--review)")
     annotating = v("annotations") is not None
@@ -193,13 +200,18 @@ def _check(v: Callable[[str], Any], rest: list[str]) -> None:
 def _source(v: Callable[[str], Any], threshold: float) -> Any:
     """The annotation candidates' source (checked before any model loads or any folder is
     written: a wrong path is refused in seconds), or None on a demo-only server."""
+    from qatacov_jax.export.onnx_runtime import check_onnx_export
     from qatacov_jax.webapp.annotation import LiveCandidates, StoredCandidates
     from qatacov_jax.webapp.engine import candidate_names
 
     if v("review") is not None:
         return StoredCandidates(v("review"))
     if v("annotate") is not None:
-        runs = v("candidates") or ([v("checkpoint")] if v("checkpoint") else [])
+        model = v("checkpoint") or v("model")
+        runs = v("candidates") or ([model] if model else [])
+        if v("model") is not None:
+            for export in v("candidates"):  # the candidates of an export server are exports
+                check_onnx_export(export)
         return LiveCandidates(v("annotate"), candidate_names(runs), threshold)
     return None
 
@@ -248,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import uvicorn
 
         from qatacov_jax.webapp.app import Settings, check_host, create_app
-        from qatacov_jax.webapp.engine import load_engine
+        from qatacov_jax.webapp.engine import load_engine, load_export_engine
         from qatacov_jax.webapp.guards import allowed_hosts, uvicorn_config
 
         token, timeouts = _token(v), _timeouts(v)
@@ -256,8 +268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_host(v("host"), token)
         except ValueError as e:
             raise UsageError(str(e)) from None
-        apply_input_flags(fv)  # pixel budget of uploads; compilation cache before loading
-        threshold, lung_threshold, display_floor = map_settings(fv)
+        # The models' source, checked before anything loads: a wrong folder costs seconds.
+        models = model_source(fv) if v("checkpoint") or v("model") else None
+        exported = models is not None and models.engine != "jax"
+        # Pixel budget of uploads; the compilation cache (a run's) before loading.
+        apply_input_flags(fv, compiles=not exported)
+        threshold, lung_threshold, display_floor = map_settings(fv, models)
         settings = Settings(
             threshold=threshold,
             lung_threshold=lung_threshold,
@@ -287,7 +303,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     seed=v("seed"),
                     reference=v("reference"),
                 )
-            if v("checkpoint") is not None:
+            if exported:
+                engine = load_export_engine(
+                    v("model"),
+                    candidates=v("candidates"),
+                    annotate=session is not None,
+                    batch_size=v("batch-size"),
+                    wait_ms=v("batch-wait-ms"),
+                )
+            elif models is not None:
                 engine = load_engine(
                     v("checkpoint"),
                     lung_checkpoint=v("lung-checkpoint"),
@@ -297,8 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     wait_ms=v("batch-wait-ms"),
                     which=v("which"),
                 )
-                if session is not None:
-                    session.source.predict = engine.candidates.predict
+            if engine is not None and session is not None:
+                session.source.predict = engine.candidates.predict
             app = create_app(engine, settings, session)
             config = uvicorn_config(app, host=v("host"), port=v("port"), **timeouts)
             where = f"http://{v('host')}:{v('port')}/"

@@ -1,7 +1,10 @@
 """Serving an ONNX export (`scripts/export.py --format onnx`) with ONNX Runtime alone.
 
-Imports NumPy, onnxruntime and `export.manifest` (itself light): no JAX, TensorFlow or model
-code, so a server needs only `pip install onnxruntime numpy` and this file's package.
+Imports NumPy, onnxruntime, `export.manifest` and `inference.batching` (all light): no JAX,
+TensorFlow or model code, so a server needs only `pip install onnxruntime numpy pillow` and
+this file's package. `OnnxPredictor` is what `scripts/infer.py --model` and
+`scripts/serve.py --model` run: X-rays of any size in, maps at their size out, as the JAX
+`inference.Predictor` does for a trained run.
 
     from qatacov_jax.export.onnx_runtime import OnnxServing
 
@@ -18,6 +21,7 @@ Without this package at all, the same in plain onnxruntime (docs/export.md):
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,8 +29,42 @@ from typing import Any
 import numpy as np
 
 from qatacov_jax.export.manifest import read_manifest, verify_checksums
+from qatacov_jax.inference.batching import maps_per_image, model_batches
+from qatacov_jax.inference.runs import ModelSource
 
 ONNX_FILE = "model.onnx"
+
+log = logging.getLogger(__name__)
+
+
+def check_onnx_export(directory: str | Path) -> dict[str, Any]:
+    """The manifest of the ONNX export in `directory`, or an error saying what the folder is
+    instead and what to pass.
+
+    Raises:
+      FileNotFoundError: no such folder, or no export of ours in it.
+      ValueError: an export of another format.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"{directory}: no such folder (an export made by scripts/export.py)."
+        )
+    manifest = read_manifest(directory)
+    if manifest is None:
+        hint = (
+            "it is a training run: pass it as --checkpoint, or export it first with "
+            "`scripts/export.py --checkpoint RUN --format onnx`"
+            if (directory / "config.json").is_file()
+            else "export a run with `scripts/export.py --checkpoint RUN --format onnx`"
+        )
+        raise FileNotFoundError(f"{directory} holds no manifest.json of an export; {hint}.")
+    if manifest.get("format") != "onnx":
+        raise ValueError(
+            f"{directory} is a {manifest.get('format')!r} export; ONNX Runtime runs only "
+            "'onnx' exports: export the run again with --format onnx."
+        )
+    return manifest
 
 
 @dataclasses.dataclass
@@ -62,14 +100,17 @@ class OnnxServing:
           FileNotFoundError: no export of ours there, or a listed file is missing.
           ValueError: not an ONNX export, or a file does not match its checksum.
         """
-        import onnxruntime as ort
-
         directory = Path(directory)
-        manifest = verify_checksums(directory) if verify else read_manifest(directory)
-        if manifest is None:
-            raise FileNotFoundError(f"{directory} holds no manifest.json of an export.")
-        if manifest["format"] != "onnx":
-            raise ValueError(f"{directory} is a {manifest['format']!r} export, not 'onnx'.")
+        manifest = check_onnx_export(directory)
+        if verify:
+            verify_checksums(directory)
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ImportError(
+                f"{directory} is an ONNX export; running it needs ONNX Runtime: "
+                "`pip install onnxruntime`."
+            ) from None
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
@@ -121,3 +162,64 @@ class OnnxServing:
         if "infection" in probabilities:
             out["covid19"] = out["infection_mask"].any(axis=(1, 2, 3))
         return out
+
+
+class OnnxPredictor:
+    """An ONNX export behind the `inference.batching.BatchPredictor` interface: (H, W) X-rays
+    of any size in [0, 1] -> per image, role -> (H, W) probabilities and the grid maximum.
+
+    Images are quantised and resized as the JAX `Predictor` does (`model_batches`), fed at
+    the export's input dtype (uint8, or float32 in [0, 1]), and the maps resized back
+    (`maps_per_image`). The export's batch axis is dynamic, so any number of images runs
+    in one call without padding.
+    """
+
+    def __init__(self, serving: OnnxServing, batch_size: int = 8) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self.serving = serving
+        self.batch_size = int(batch_size)
+        self.names = tuple(serving.output_tensors)
+        self.sizes = {k: (h, w) for k, (h, w, _) in serving.inputs.items()}
+
+    @classmethod
+    def load(cls, directory: str | Path, batch_size: int = 8, **kwargs: Any) -> OnnxPredictor:
+        """`OnnxServing.load(directory, **kwargs)` behind a predictor."""
+        return cls(OnnxServing.load(directory, **kwargs), batch_size)
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """role -> the threshold recorded at export."""
+        return dict(self.serving.thresholds)
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        if not len(images):
+            return []
+        feed = {}
+        for name, batch in model_batches(images, self.sizes).items():
+            dtype = np.dtype(self.serving.inputs[name][2])
+            x = batch[..., None]
+            feed[name] = x if dtype == np.uint8 else x.astype(dtype) / dtype.type(255)
+        probs = self.serving.predict(feed)
+        # A float16 export answers in float16; maps are float32 everywhere downstream.
+        return maps_per_image(images, {k: v.astype(np.float32) for k, v in probs.items()})
+
+
+def export_source(directory: str | Path) -> ModelSource:
+    """An ONNX export as `scripts/infer.py`'s `inference.runs.ModelSource`: its manifest is
+    checked now (a wrong folder is refused before any work), the session made on `load`."""
+    directory = Path(directory)
+    manifest = check_onnx_export(directory)
+
+    def load(batch_size: int | None) -> OnnxPredictor:
+        predictor = OnnxPredictor.load(directory, batch_size or 8)
+        log.info(
+            "ONNX Runtime (%s), batch %d",
+            ", ".join(predictor.serving.session.get_providers()),
+            predictor.batch_size,
+        )
+        return predictor
+
+    models = manifest.get("models", {})
+    thresholds = {k: float(m["threshold"]) for k, m in models.items() if "threshold" in m}
+    return ModelSource(directory, None, "lung" in models, "onnxruntime", load, thresholds)

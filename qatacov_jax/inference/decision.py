@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from qatacov_jax.inference.batching import grid_max_key
 from qatacov_jax.inference.infection_map import binary_mask_image
-from qatacov_jax.inference.predictor import grid_max_key
 from qatacov_jax.inference.severity import DEFAULT_SCALE, SeverityScale, quantify
 
 

@@ -11,7 +11,8 @@ and for the whole run `report.csv` and `report.json` (`inference.reports`): per 
 COVID-19 decision (any pixel >= threshold, the paper's rule), the maximum probability, the
 infected area as % of the image and, with a lung model, as % of the lung area with a severity
 grade (`inference.decision`, `inference.severity`). The models come from their run
-directories (`inference.runs`).
+directories (`inference.runs.run_source`, on JAX) or from an ONNX export
+(`export.onnx_runtime.export_source`, on ONNX Runtime: this module then imports no JAX).
 
 Failure policy: a file that cannot be read is reported (console and report, status "error")
 and the others are still processed; the exit code is non-zero if anything failed. Existing
@@ -32,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from jax.sharding import Mesh
 
 from qatacov_jax.data import image_limits, imageio
 from qatacov_jax.inference.decision import image_report
@@ -43,13 +43,11 @@ from qatacov_jax.inference.outputs import (  # noqa: F401 - check_no_overwrite: 
     output_paths,
     resume_point,
 )
-from qatacov_jax.inference.predictor import Predictor
 from qatacov_jax.inference.reports import REPORT_CSV, REPORT_JSON, run_settings, write_reports
-from qatacov_jax.inference.runs import load_models
+from qatacov_jax.inference.runs import ModelSource, run_source
 from qatacov_jax.inference.severity import DEFAULT_SCALE, SeverityScale
 from qatacov_jax.runtime import unfinished
 from qatacov_jax.runtime.files import save_png
-from qatacov_jax.runtime.sharding import make_mesh
 from qatacov_jax.runtime.storage import check_writable
 
 log = logging.getLogger(__name__)
@@ -302,23 +300,8 @@ def _write_outputs(
     return row
 
 
-def _predictor(
-    checkpoint: str | Path, lung_checkpoint: str | Path | None, which: str, batch_size: int | None
-) -> tuple[Predictor, Mesh]:
-    """The runs' models behind one jitted predictor over every device (default batch: 8
-    per device), and that mesh."""
-    mesh = make_mesh()
-    runs: dict[str, str | Path] = {"infection": checkpoint}
-    if lung_checkpoint is not None:
-        runs["lung"] = lung_checkpoint
-    loaded = load_models(runs, which=which)
-    size = batch_size or 8 * mesh.devices.size
-    predictor = Predictor(loaded.models, loaded.preprocessing, loaded.sizes, mesh, batch_size=size)
-    return predictor, mesh
-
-
 def infer_files(
-    checkpoint: str | Path,
+    checkpoint: str | Path | ModelSource,
     inputs: Sequence[str | Path],
     out_dir: str | Path,
     *,
@@ -333,8 +316,10 @@ def infer_files(
     """What `scripts/infer.py` does: X-ray files and folders -> maps, masks and reports.
 
     Args:
-      checkpoint: run directory of the infection model; `lung_checkpoint` of a lung model.
-      batch_size: images per step over all devices (default 8 per device).
+      checkpoint: run directory of the infection model (`lung_checkpoint`: of a lung model,
+        `which`: its checkpoint), or a `ModelSource` (an ONNX export:
+        `export.onnx_runtime.export_source`), which the other two do not apply to.
+      batch_size: images per step over all devices (default: 8 per device on JAX).
 
     Returns:
       One report row per input (status "ok" or "error"), as written to report.json.
@@ -348,13 +333,19 @@ def infer_files(
     items, input_errors = collect_inputs(inputs)
     for e in input_errors:
         log.error("%s: %s", e.path, e.reason)
-    with_lung = lung_checkpoint is not None
-    meta = run_settings(checkpoint, lung_checkpoint, threshold, lung_threshold, display_floor)
+    source = (
+        checkpoint
+        if isinstance(checkpoint, ModelSource)
+        else run_source(checkpoint, lung_checkpoint, which)
+    )
+    with_lung = source.with_lung
+    meta = run_settings(source.path, source.lung_path, threshold, lung_threshold, display_floor)
+    meta["engine"] = source.engine
     settings = {**meta, "which": which}
     kept = resume_point(items, out_dir, with_lung, overwrite, settings)
     check_writable(out_dir, "the --out folder")
 
-    predictor, mesh = _predictor(checkpoint, lung_checkpoint, which, batch_size)
+    predictor = source.load(batch_size)
     batch_size = predictor.batch_size
     # The marker before the first output: a killed run is then known as ours.
     names = [REPORT_CSV, REPORT_JSON]
@@ -364,9 +355,7 @@ def infer_files(
     )
     journal = unfinished.begin(out_dir, TOOL, settings, kept)
     todo = [it for it in items if it.key not in kept]
-    log.info(
-        "%d images to process on %d device(s), batch %d", len(todo), mesh.devices.size, batch_size
-    )
+    log.info("%d images to process, batch %d", len(todo), batch_size)
 
     def on_row(item: InputItem, row: dict[str, Any]) -> None:
         if row.get("status") == "ok":

@@ -23,7 +23,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from qatacov_jax.data.preprocessing import Preprocessing
-from qatacov_jax.data.resize import height_width, resize_image, resize_map
+from qatacov_jax.data.resize import height_width
+from qatacov_jax.inference.batching import grid_max_key, maps_per_image, model_batches
 from qatacov_jax.models import foreground_probability
 from qatacov_jax.models.folding import make_forward
 from qatacov_jax.runtime.sharding import data_sharding, replicate
@@ -31,9 +32,7 @@ from qatacov_jax.runtime.sharding import data_sharding, replicate
 Models = nnx.Module | Mapping[str, nnx.Module]
 
 
-def grid_max_key(name: str) -> str:
-    """Key of a model's model-grid maximum probability in `Predictor.predict_batch` outputs."""
-    return f"{name}_grid_max"
+__all__ = ["Predictor", "grid_max_key", "make_predict_fn", "make_probability_fn"]
 
 
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
@@ -205,29 +204,15 @@ class Predictor:
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """(H_i, W_i) float [0, 1] images -> per image, name -> (H_i, W_i) probabilities,
-        plus `grid_max_key(name)` -> () float32, the map's maximum on the model's own grid.
-
-        The detection decision ("COVID-19 if any pixel >= threshold") is taken on that
-        maximum, as `scripts/evaluate.py` and paper 1 take it: the maximum of the map resized
-        to the image can differ (interpolation), flipping a borderline case.
-        """
+        plus `grid_max_key(name)` -> () float32, the map's maximum on the model's own grid
+        (`inference.batching.maps_per_image`: the decision is taken on it)."""
         if not images:
             return []
-        # Quantised to 8 bits and resized exactly as the training data were (the TFDS
-        # builders store uint8 images), whatever the file's bit depth.
-        batch = {}
-        for k in self.names:
-            uint8 = np.stack([resize_image(img, self.sizes[k]) for img in images])
-            batch[k] = uint8[..., None].astype(np.float32) / 255.0
-        probs = jax.device_get(self._predict(batch))
-        out = []
-        for i, img in enumerate(images):
-            maps = {
-                k: np.clip(resize_map(probs[k][i, ..., 0], img.shape), 0.0, 1.0) for k in self.names
-            }
-            maps.update({grid_max_key(k): np.float32(probs[k][i].max()) for k in self.names})
-            out.append(maps)
-        return out
+        batch = {
+            k: v[..., None].astype(np.float32) / 255.0
+            for k, v in model_batches(images, self.sizes).items()
+        }
+        return maps_per_image(images, jax.device_get(self._predict(batch)))
 
     def predict_all(self, images: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """Streams `predict_batch` over an iterable, `batch_size` images at a time."""

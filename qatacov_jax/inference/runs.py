@@ -1,7 +1,8 @@
 """Trained run directories -> models ready to predict, by role ("infection", "lung").
 
 Shared by `scripts/infer.py` (`inference.files`), the web app, export and the CLIs, so every
-consumer loads a run, and sizes its inputs, the same way.
+consumer loads a run, and sizes its inputs, the same way. Importing this module loads no JAX
+(the CLIs import its errors); loading a run does.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from qatacov_jax.inference.batching import BatchPredictor
 from qatacov_jax.runtime.storage import StorageError
-from qatacov_jax.training.rundir import load_model
+
+log = logging.getLogger(__name__)
 
 
 class CorruptRunError(ValueError):
@@ -58,6 +61,8 @@ def load_run(run_dir: str | Path, *, which: str = "best") -> tuple[Any, Any, Any
     Returns:
       (model in eval mode, config, preprocessing).
     """
+    from qatacov_jax.training.rundir import load_model  # JAX, Flax, orbax: only when loading
+
     run_dir = Path(run_dir)
     try:
         with _quiet_orbax():
@@ -124,3 +129,49 @@ def load_models(runs: dict[str, str | Path], *, which: str = "best") -> LoadedMo
         loaded.preprocessing[name], loaded.sizes[name] = prep, size
         loaded.runs[name] = run_dir
     return loaded
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """The model(s) a command predicts with, known before they load (which takes seconds):
+    what `scripts/infer.py` checks its outputs against and records in its report.
+
+    Attributes:
+      path: the infection model's run directory, or an export directory.
+      lung_path: the lung model's run directory, if a separate one.
+      with_lung: whether predictions include a lung map.
+      engine: "jax" (a trained run) or "onnxruntime" (`export.onnx_runtime.export_source`).
+      load: batch size (None: the engine's default) -> the predictor.
+      thresholds: role -> the threshold recorded with the model (an export's manifest),
+        the commands' default for --threshold / --lung-threshold; empty for a run.
+    """
+
+    path: Path
+    lung_path: Path | None
+    with_lung: bool
+    engine: str
+    load: Callable[[int | None], BatchPredictor]
+    thresholds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def run_source(
+    checkpoint: str | Path, lung_checkpoint: str | Path | None = None, which: str = "best"
+) -> ModelSource:
+    """Trained run directories as a `ModelSource`: their models behind one jitted
+    `inference.Predictor` over every device (default batch: 8 per device)."""
+
+    def load(batch_size: int | None) -> BatchPredictor:
+        from qatacov_jax.inference.predictor import Predictor
+        from qatacov_jax.runtime.sharding import make_mesh
+
+        mesh = make_mesh()
+        runs: dict[str, str | Path] = {"infection": checkpoint}
+        if lung_checkpoint is not None:
+            runs["lung"] = lung_checkpoint
+        loaded = load_models(runs, which=which)
+        size = batch_size or 8 * mesh.devices.size
+        log.info("JAX on %d device(s), batch %d", mesh.devices.size, size)
+        return Predictor(loaded.models, loaded.preprocessing, loaded.sizes, mesh, batch_size=size)
+
+    lung = None if lung_checkpoint is None else Path(lung_checkpoint)
+    return ModelSource(Path(checkpoint), lung, lung is not None, "jax", load)

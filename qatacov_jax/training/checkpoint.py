@@ -21,12 +21,11 @@ from qatacov_jax.runtime.files import from_json_ready, json_ready
 from qatacov_jax.runtime.sharding import replicate
 from qatacov_jax.runtime.storage import is_full, storage_errno
 
-CHECKPOINT_DIR = "checkpoints"
-# The folders under `checkpoints/`: periodic checkpoints (resume), the selected model, and
-# unreadable checkpoints moved aside (never deleted).
-LATEST = "latest"
-BEST = "best"
-CORRUPT = "corrupt"
+# The folder names' one home is `run_files` (light); re-exported here.
+from qatacov_jax.training.run_files import BEST as BEST
+from qatacov_jax.training.run_files import CHECKPOINT_DIR as CHECKPOINT_DIR
+from qatacov_jax.training.run_files import CORRUPT as CORRUPT
+from qatacov_jax.training.run_files import LATEST as LATEST
 
 
 def _abstract(tree: Any, sharding: jax.sharding.Sharding | None) -> Any:

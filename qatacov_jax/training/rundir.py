@@ -40,10 +40,12 @@ from qatacov_jax.runtime import files
 from qatacov_jax.training import checkpoint
 from qatacov_jax.training.factory import build_model
 
-CONFIG_FILE = "config.json"
-PREPROCESSING_FILE = "preprocessing.json"
-RESULTS_FILE = "results.json"
-CHECKPOINT_DIR = checkpoint.CHECKPOINT_DIR
+# The names' one home is `run_files` (light); re-exported here, where runs are read.
+from qatacov_jax.training.run_files import CHECKPOINT_CHOICES as CHECKPOINT_CHOICES
+from qatacov_jax.training.run_files import CHECKPOINT_DIR as CHECKPOINT_DIR
+from qatacov_jax.training.run_files import CONFIG_FILE as CONFIG_FILE
+from qatacov_jax.training.run_files import PREPROCESSING_FILE as PREPROCESSING_FILE
+from qatacov_jax.training.run_files import RESULTS_FILE as RESULTS_FILE
 
 # Dotted config paths (prefixes) that may differ between a run and its resumption: none of
 # them changes what a training step computes. `num_epochs` may grow to extend a run;
@@ -237,10 +239,6 @@ def read_preprocessing(run_dir: str | Path) -> Preprocessing:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; was {run_dir} written by scripts/train.py?")
     return Preprocessing.from_dict(json.loads(path.read_text()))
-
-
-# The checkpoints of a run a model can be loaded from (`load_model(which=)`, the CLIs' --which).
-CHECKPOINT_CHOICES = (checkpoint.BEST, checkpoint.LATEST)
 
 
 def load_model(

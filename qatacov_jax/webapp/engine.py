@@ -6,6 +6,9 @@ Every web request is one X-ray. Called one by one, each would pay a full device 
 therefore collects the images that arrive while the device is busy (or within
 `wait_ms` of the first) and runs them as one batch; with `batch_size=1` every request is its
 own call. `benchmarks/serve_load.py` measures both.
+
+`load_export_engine` serves ONNX exports (`serve.py --model`) on ONNX Runtime through the
+same queues; this module then never imports JAX (the run path imports it when it loads).
 """
 
 from __future__ import annotations
@@ -21,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qatacov_jax.inference.predictor import Predictor
+from qatacov_jax.export.onnx_runtime import OnnxPredictor
 from qatacov_jax.inference.runs import LoadedModels, load_models
-from qatacov_jax.runtime.sharding import make_mesh
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +123,19 @@ class Engine:
     """The loaded models and their batch queues.
 
     Attributes:
-      runs: role ("infection", "lung", candidate names) -> run directory.
+      runs: role ("infection", "lung", candidate names) -> run or export directory.
       infer: queue over the infection (+ lung) models: the demo's predictions.
       candidates: queue over every candidate model (annotation mode), or None.
       candidate_names: names of the candidate models, in `--candidates` order.
+      roles: name -> the model's role inside its export directory (a candidate's is
+        "infection"); names absent are their own role.
     """
 
     runs: dict[str, Path]
     infer: BatchQueue
     candidates: BatchQueue | None
     candidate_names: tuple[str, ...]
+    roles: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def with_lung(self) -> bool:
@@ -155,6 +160,9 @@ def bucket_sizes(max_rows: int, n_dev: int) -> list[int]:
 
 
 def _queue(loaded: LoadedModels, batch_size: int, wait_ms: float) -> BatchQueue:
+    from qatacov_jax.inference.predictor import Predictor  # JAX: for trained runs only
+    from qatacov_jax.runtime.sharding import make_mesh
+
     mesh = make_mesh()
     n_dev = mesh.devices.size
     rows = -(-batch_size // n_dev) * n_dev  # a multiple of the device count
@@ -231,3 +239,58 @@ def load_engine(
         cand_queue = _queue(cl, batch_size, wait_ms)
         all_runs.update({k: Path(v) for k, v in cl.runs.items()})
     return Engine(all_runs, infer, cand_queue, names)
+
+
+def _renamed(predictor: OnnxPredictor, name: str) -> PredictBatch:
+    """An export's infection predictions under the candidate name `name` (no lung map)."""
+
+    def predict_batch(imgs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        return [{name: p["infection"]} for p in predictor.predict_batch(imgs)]
+
+    return predict_batch
+
+
+def _joined(parts: Sequence[PredictBatch]) -> PredictBatch:
+    """Several candidates' predictions merged per image (each export runs in turn)."""
+
+    def predict_batch(imgs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        out: list[dict[str, np.ndarray]] = [{} for _ in imgs]
+        for part in parts:
+            for merged, pred in zip(out, part(imgs), strict=True):
+                merged.update(pred)
+        return out
+
+    return predict_batch
+
+
+def load_export_engine(
+    model: str | Path,
+    *,
+    candidates: Sequence[str | Path] = (),
+    annotate: bool = False,
+    batch_size: int = 8,
+    wait_ms: float = 2.0,
+) -> Engine:
+    """The server's models from ONNX exports (`scripts/export.py --format onnx`) on ONNX
+    Runtime: `model` answers the demo (with its lung model when it was exported with one);
+    in annotation mode each of `candidates` (exports too; default `model`) proposes masks.
+
+    The export's batch axis is dynamic: a group runs as it is, with nothing to compile.
+    """
+    main = OnnxPredictor.load(model, batch_size)
+    dummy = np.zeros((8, 8), np.float32)
+    main.predict_batch([dummy])  # ONNX Runtime's first call sets up its kernels
+    runs = {k: Path(model) for k in main.names}
+    infer = BatchQueue(main.predict_batch, batch_size, wait_ms)
+    cand_queue, names, roles = None, (), {}
+    if annotate:
+        paths = list(candidates) or [model]
+        names = candidate_names(paths)
+        parts = [
+            _renamed(main if Path(p) == Path(model) else OnnxPredictor.load(p, batch_size), n)
+            for n, p in zip(names, paths, strict=True)
+        ]
+        cand_queue = BatchQueue(_joined(parts), batch_size, wait_ms)
+        runs.update({n: Path(p) for n, p in zip(names, paths, strict=True)})
+        roles = dict.fromkeys(names, "infection")
+    return Engine(runs, infer, cand_queue, names, roles)

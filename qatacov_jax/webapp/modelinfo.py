@@ -4,6 +4,9 @@ whatever the person who trained it typed).
 
     describe_run(Path("runs/stage1_unetpp"))["label"]
     # "U-Net++ · DenseNet-121 · fold 0 · step 1200 · validation Dice 0.781"
+
+An ONNX export (`serve.py --model`) is described from its `manifest.json`, which records
+each role's configuration (not its step or score); reading either loads no JAX.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from qatacov_jax.training import checkpoint, rundir
+from qatacov_jax.export.manifest import read_manifest
+from qatacov_jax.training import run_files
 
 ARCH_NAMES = {
     "unet": "U-Net",
@@ -37,7 +41,9 @@ def _best_meta(run_dir: Path, which: str) -> dict[str, Any]:
     """{"step", "metrics"} of the checkpoint `load_model(which=)` restores, as far as the
     files say: the latest complete step of `checkpoints/<which>/` (the best directory keeps
     one), with the metrics the best checkpoint was saved with."""
-    directory = run_dir / rundir.CHECKPOINT_DIR / which
+    from qatacov_jax.training import checkpoint  # orbax: only for a run directory
+
+    directory = run_dir / run_files.CHECKPOINT_DIR / which
     steps = checkpoint.complete_steps(directory)
     if not steps:
         return {}
@@ -51,17 +57,23 @@ def _best_meta(run_dir: Path, which: str) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=64)
-def describe_run(run_dir: Path, which: str = "best") -> dict[str, Any]:
+def describe_run(run_dir: Path, which: str = "best", role: str = "infection") -> dict[str, Any]:
     """A run directory -> `schemas.ModelInfo`'s fields (label, architecture, encoder,
     frozen, fold, target, step, metric, score). Missing files leave fields None; a run that
-    cannot be read at all still gets a label ("model from <folder>")."""
-    try:
-        config = json.loads((Path(run_dir) / rundir.CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        config = {}
+    cannot be read at all still gets a label ("model from <folder>"). An export directory
+    is described by its manifest's `role` model (`which` as it was exported)."""
+    manifest = read_manifest(run_dir)
+    if manifest is not None:
+        exported = (manifest.get("models") or {}).get(role) or {}
+        config, which, meta = exported.get("config") or {}, exported.get("checkpoint", which), {}
+    else:
+        try:
+            config = json.loads((Path(run_dir) / run_files.CONFIG_FILE).read_text())
+        except (OSError, ValueError):
+            config = {}
+        meta = _best_meta(Path(run_dir), which)
     model = config.get("model") or {}
     arch, encoder = model.get("arch"), model.get("encoder")
-    meta = _best_meta(Path(run_dir), which)
     metric = config.get("best_metric") or "pixel_f1"
     score = (meta.get("metrics") or {}).get(metric)
     info = {
@@ -76,6 +88,8 @@ def describe_run(run_dir: Path, which: str = "best") -> dict[str, Any]:
         "score": float(score) if isinstance(score, int | float) else None,
     }
     info["label"] = label(info, Path(run_dir).name)
+    if manifest is not None:
+        info["label"] += f" · {manifest.get('format', 'exported').upper()} export"
     return info
 
 

@@ -39,7 +39,7 @@ def model_infos(engine: Engine, settings: Settings) -> dict[str, dict[str, Any]]
     candidate by its name."""
     roles = ["infection", "lung"] + ([] if settings.blind else list(engine.candidate_names))
     return {
-        r: describe_run(engine.runs[r].absolute(), settings.which)
+        r: describe_run(engine.runs[r].absolute(), settings.which, engine.roles.get(r, r))
         for r in roles
         if r in engine.runs
     }
