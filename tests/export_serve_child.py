@@ -40,9 +40,13 @@ def _script(name: str, argv: list[str]) -> int:
 def _post(port: int, png: bytes) -> dict:
     boundary = "exportserveboundary"
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
-        "Content-Type: image/png\r\n\r\n"
-    ).encode() + png + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + png
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/api/predict",
         data=body,

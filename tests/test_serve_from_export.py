@@ -103,11 +103,11 @@ def _child(args: list[str], timeout: int = 300) -> list[dict]:
     return lines
 
 
-def test_infer_from_export_runs_without_jax_and_reports_as_the_run(
-    runs, exported, xrays, tmp_path
-):
+def test_infer_from_export_runs_without_jax_and_reports_as_the_run(runs, exported, xrays, tmp_path):
     out_onnx, out_jax = tmp_path / "onnx", tmp_path / "jax"
-    (status,) = _child(["infer", "--", "--model", str(exported), str(xrays), "--out", str(out_onnx)])
+    (status,) = _child(
+        ["infer", "--", "--model", str(exported), str(xrays), "--out", str(out_onnx)]
+    )
     assert status["code"] == 0 and status["modules"] == [], status
     argv = ["--checkpoint", str(runs["infection"]), "--lung-checkpoint", str(runs["lung"])]
     assert infer_cli.main([*argv, str(xrays), "--out", str(out_jax)]) == 0
