@@ -197,6 +197,18 @@ def test_cross_validation_tests_every_fold_on_test_and_pools_with_n_test(downloa
 
     assert sens["ci95"] == pytest.approx(confidence_radius(sens["value"], PER_CLASS))
 
+    # scripts/evaluate.py on the same CV run pools the same way: N = the test images.
+    from qatacov_jax.evaluation.runner import evaluate
+
+    evaluated = evaluate(tmp_path / "cv", out_dir=tmp_path / "evaluation")
+    assert evaluated["shared_test"]["test_images"] == len(test)
+    assert evaluated["num_images"] == 2 * len(test)
+    got = evaluated["detection"]["metrics"]["sensitivity"]
+    assert got["n"] == PER_CLASS and got["value"] == pytest.approx(sens["value"])
+    assert got["ci95"] == pytest.approx(sens["ci95"])
+    saved = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    assert saved["detection"]["metrics"]["sensitivity"]["n"] == PER_CLASS
+
 
 PAPER2_CONFIGS = sorted(
     p.stem

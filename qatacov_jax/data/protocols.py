@@ -111,3 +111,15 @@ def paper2_select(
     labels = recs.class_labels(builder, pool)
     train, held = splits.cv_indices(labels, fold, int(data_cfg.num_folds), data_cfg.fold_seed)
     return pool, train if split == "train" else held
+
+
+def tests_on_shared_split(data_cfg: Any, split: str | None) -> bool:
+    """Whether a fold evaluated on `split` saw the dataset's one test split, the same images
+    as every other fold: 'test', or 'eval' under protocol `paper2` (whose `eval` is Test).
+
+    Args:
+      data_cfg: the fold's `config.data` (a ConfigDict or its JSON dict).
+    """
+    if split == "test":
+        return True
+    return split == "eval" and protocol(data_cfg) == "paper2"

@@ -229,10 +229,15 @@ def write_outputs(
     acc: MetricAccumulator,
     info: Mapping[str, Any],
     per_fold: Sequence[tuple[MetricAccumulator, Mapping[str, Any]]] = (),
+    summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Writes metrics.json, tables.md and the figures for one (possibly cumulative) result."""
+    """Writes metrics.json, tables.md and the figures for one (possibly cumulative) result.
+
+    `summary` replaces `acc.summary()` (the pooled summary of folds tested on the same
+    images, whose CIs count each test image once: `cross_validation.shared_test_summary`).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = acc.summary()
+    summary = summary or acc.summary()
     fold_summaries = [(a.summary(), i) for a, i in per_fold]
     result: dict[str, Any] = {**summary, "info": dict(info), "state": acc.to_dict()}
     if per_fold:

@@ -36,6 +36,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from qatacov_jax import data
+from qatacov_jax.data import protocols
 from qatacov_jax.data.preprocessing import Preprocessing
 from qatacov_jax.data.sources import selection_split
 from qatacov_jax.evaluation.examples import example_maps
@@ -45,6 +46,7 @@ from qatacov_jax.metrics import (
     DEFAULT_NUM_BINS,
     DEFAULT_THRESHOLD,
     MetricAccumulator,
+    shared_test_summary,
 )
 from qatacov_jax.models import CLASSIFIER_ARCH
 from qatacov_jax.runtime import unfinished
@@ -316,7 +318,14 @@ def evaluate(
             total = total.merge(acc)
         info = {**results[0][1], "fold": "all", "run_dir": str(path)}
         info["folds"] = names
-        result = json_ready(write_outputs(out, total, info, per_fold=results))
+        # Folds tested on the same images (protocol paper2, or --split test): the summed
+        # counts hold each test image K times; its CIs must count it once.
+        shared = all(
+            protocols.tests_on_shared_split(_config(Path(i["run_dir"])).data, i["split"])
+            for _, i in results
+        )
+        summary = shared_test_summary(total, len(results)) if shared else None
+        result = json_ready(write_outputs(out, total, info, per_fold=results, summary=summary))
         journal.finish()
         return result
 

@@ -14,6 +14,7 @@ from qatacov_jax.metrics.confusion import (
     ConfusionCounts,
     confidence_radius,
 )
+from qatacov_jax.metrics.pooling import shared_test_summary
 from qatacov_jax.metrics.streaming import (
     DEFAULT_NUM_BINS,
     DEFAULT_THRESHOLD,
@@ -49,4 +50,5 @@ __all__ = [
     "curves_from_histograms",
     "flat_metrics",
     "fold_average",
+    "shared_test_summary",
 ]

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import jax
 import ml_collections
 
 from qatacov_jax.data import protocols
-from qatacov_jax.metrics import Z_95, MetricAccumulator, fold_average
+from qatacov_jax.metrics import MetricAccumulator, fold_average, shared_test_summary
 from qatacov_jax.runtime import locking, storage
 from qatacov_jax.training import cascade, rundir
 from qatacov_jax.training.loop import train_and_evaluate
@@ -101,7 +99,7 @@ def summarize(
     With `shared_test` (protocol `paper2`: every fold's model is tested on the same Test
     images) the pooled counts sum K predictions of each test image, so their CIs use N =
     the test images (paper 2's "N is the number of test samples"), not K times as many.
-    None = read it from the folds' configurations (`_tested_on_one_split`).
+    None = read it from the folds' configurations (`data.protocols.tests_on_shared_split`).
 
     Returns:
       `folds`, `per_fold` (each fold's flat final metrics), `mean` / `std` (flat keys such
@@ -122,42 +120,16 @@ def summarize(
             mean[f"{level}_{name}"], std[f"{level}_{name}"] = stats["mean"], stats["std"]
     pooled = functools.reduce(MetricAccumulator.merge, accs.values())
     if shared_test is None:
-        shared_test = _tested_on_one_split(done.values())
+        shared_test = all(
+            protocols.tests_on_shared_split(
+                (r.get("config") or {}).get("data") or {}, (r.get("final") or {}).get("split")
+            )
+            for r in done.values()
+        )
     return {
         "folds": sorted(done),
         "per_fold": {str(f): r["final"] for f, r in done.items()},
         "mean": mean,
         "std": std,
-        "pooled": _shared_test_summary(pooled, len(accs)) if shared_test else pooled.summary(),
+        "pooled": shared_test_summary(pooled, len(accs)) if shared_test else pooled.summary(),
     }
-
-
-def _tested_on_one_split(results: Iterable[dict[str, Any]]) -> bool:
-    """Whether every fold was finally evaluated on the dataset's one test split (protocol
-    `paper2`, whose `eval` is Test; or `eval_split='test'`), from each fold's results.json."""
-
-    def on_test(r: dict[str, Any]) -> bool:
-        split = (r.get("final") or {}).get("split")
-        data_cfg = ml_collections.ConfigDict((r.get("config") or {}).get("data") or {})
-        return split == "test" or (split == "eval" and protocols.protocol(data_cfg) == "paper2")
-
-    results = list(results)
-    return bool(results) and all(on_test(r) for r in results)
-
-
-def _shared_test_summary(pooled: MetricAccumulator, k: int) -> dict[str, Any]:
-    """The pooled summary of K models tested on the same N images, CIs with N = the test
-    images: z sqrt(m (1 - m) / N) = (z sqrt(K)) sqrt(m (1 - m) / (K N)), the radius the
-    summed counts give with z scaled by sqrt(K)."""
-    summary = pooled.summary(Z_95 * math.sqrt(k))
-    for level in ("pixel", "detection"):
-        for entry in summary[level]["metrics"].values():
-            if "n" in entry:
-                entry["n"] = int(round(entry["n"] / k))
-    summary["shared_test"] = {
-        "folds": k,
-        "test_images": int(round(pooled.num_images / k)),
-        "note": "every fold's model on the same test images: counts summed over the folds, "
-        "confidence intervals with N = the test images",
-    }
-    return summary
