@@ -1,6 +1,7 @@
 """Start-up time of `scripts/serve.py`: seconds from launching the command to its first
 answer, on a first start (empty compilation cache), on a restart (the cache of the first
-start) and with the cache off.
+start) and with the cache off; and from the same run exported to ONNX
+(`scripts/serve.py --model EXPORT_DIR`: ONNX Runtime, no JAX import, nothing to compile).
 
     .venv/bin/python benchmarks/serve_startup.py \
         --json benchmarks/results/serve_startup_cpu.json \
@@ -37,6 +38,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout
 from qatacov_jax.runtime.files import write_json, write_text  # noqa: E402
 
 TARGETS_S = {"first start": 30.0, "restart": 20.0}
+ONNX_START = "ONNX export (--model)"
 
 
 def write_quickstart_run(path: Path) -> Path:
@@ -62,6 +64,15 @@ def write_quickstart_run(path: Path) -> Path:
     store.wait()
     store.close()
     return path
+
+
+def _export_onnx(run: Path, out: Path) -> Path:
+    """`run` exported as `scripts/export.py --format onnx` does (in a child process, so this
+    one stays free of JAX)."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "export.py"), str(run)]
+    cmd += ["--format", "onnx", "--out", str(out)]
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return out
 
 
 def free_port() -> int:
@@ -102,11 +113,12 @@ def _predict(url: str, png: bytes) -> int:
         return r.status
 
 
-def start_once(run: Path, cache: str, timeout_s: float) -> dict[str, Any]:
-    """Launches the server, waits for its first answers, stops it."""
+def start_once(model: list[str], cache: str, timeout_s: float) -> dict[str, Any]:
+    """Launches the server on `model` (["--checkpoint", RUN] or ["--model", EXPORT_DIR]),
+    waits for its first answers, stops it."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    cmd = [sys.executable, str(ROOT / "scripts" / "serve.py"), "--checkpoint", str(run)]
+    cmd = [sys.executable, str(ROOT / "scripts" / "serve.py"), *model]
     cmd += ["--port", str(port), "--compilation-cache", cache]
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -166,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     p.add_argument("--note", default="", help="a sentence for the report (machine, load)")
+    p.add_argument(
+        "--no-onnx", dest="onnx", action="store_false", help="skip the ONNX export's starts"
+    )
     args = p.parse_args(argv)
     if args.restarts < 1:
         p.error(f"--restarts must be a positive integer, got {args.restarts}")
@@ -176,11 +191,17 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="serve_startup_") as tmp:
         run = args.run or write_quickstart_run(Path(tmp) / "run")
         cache = str(Path(tmp) / "jax_cache")
-        results = [{"start": "first start", **start_once(run, cache, args.timeout)}]
+        model = ["--checkpoint", str(run)]
+        results = [{"start": "first start", **start_once(model, cache, args.timeout)}]
         for _ in range(args.restarts):
-            results.append({"start": "restart", **start_once(run, cache, args.timeout)})
-        results.append({"start": "cache off", **start_once(run, "off", args.timeout)})
+            results.append({"start": "restart", **start_once(model, cache, args.timeout)})
+        results.append({"start": "cache off", **start_once(model, "off", args.timeout)})
         cache_mb = sum(f.stat().st_size for f in Path(cache).rglob("*") if f.is_file()) / 2**20
+        if args.onnx:
+            exported = _export_onnx(run, Path(tmp) / "onnx")
+            for _ in range(args.restarts):
+                start = start_once(["--model", str(exported)], "off", args.timeout)
+                results.append({"start": ONNX_START, **start})
     for r in results:
         print(
             f"{r['start']:12s} config {r['config_s']:6.1f} s  predict {r['predict_s']:6.1f} s"
@@ -192,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
         "results": results,
         "cache_mb": round(cache_mb, 1),
         "note": f"The compilation cache of one start holds {cache_mb:.1f} MB. Times are from "
-        "launching `scripts/serve.py` (Python and JAX imports included). " + args.note,
+        "launching `scripts/serve.py` (Python and JAX imports included; an ONNX export's "
+        "server imports no JAX and compiles nothing). " + args.note,
     }
     if args.json:
         write_json(args.json, report)
