@@ -235,7 +235,8 @@ def test_refuses_a_run_without_checkpoint(tmp_path, capsys):
     [
         (["--format", "tflite"], "flag --format=tflite: value should be one of"),
         (["--format", "onnx", "--dtype", "bfloat16"], "--format onnx exports float32 models"),
-        (["--format", "savedmodel", "--dtype", "float16"], "flag --dtype=float16"),
+        (["--format", "savedmodel", "--dtype", "float16"], "--dtype float16 is for --format onnx"),
+        (["--format", "savedmodel", "--dtype", "int8"], "flag --dtype=int8"),
         (["--format", "savedmodel", "--batch", "0"], "--batch must be a positive integer"),
         (["--format", "savedmodel", "--batch", "eight"], "--batch must be a positive integer"),
         (["--format", "stablehlo", "--platforms", "cpu,gpu"], "Unsupported platform(s) ['gpu']"),

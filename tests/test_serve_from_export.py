@@ -211,3 +211,37 @@ def test_wrong_model_folders_are_refused_in_one_line(
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
     assert not (out / "report.json").exists()
+
+
+def test_float16_export_serves_close_to_float32(runs, exported, xrays, tmp_path):
+    """`--dtype float16 --format onnx`: a float16 graph (uint8 in, float32 out) that the
+    predictor runs like any export; on the tiny models its maps stay within 1e-2 of the
+    float32 export's (docs/export.md states the DenseNet figures)."""
+    from qatacov_jax.cli import export as export_cli
+
+    half = tmp_path / "half"
+    argv = [str(runs["infection"]), "--lung-checkpoint", str(runs["lung"])]
+    assert (
+        export_cli.main([*argv, "--format", "onnx", "--dtype", "float16", "--out", str(half)]) == 0
+    )
+    manifest = json.loads((half / "manifest.json").read_text())
+    assert manifest["compute_dtype"] == "float16"
+    images = _images(xrays)
+    got = export_source(half).load(None).predict_batch(images)
+    want = export_source(exported).load(None).predict_batch(images)
+    for g, w in zip(got, want, strict=True):
+        for k in ("infection", "lung"):
+            assert g[k].dtype == np.float32
+            err = np.abs(g[k] - w[k])
+            assert 0 < err.max() < 1e-2  # really float16, and close
+
+
+def test_float16_is_refused_for_the_jax_formats(runs, tmp_path, capsys):
+    from qatacov_jax.cli import export as export_cli
+
+    out = tmp_path / "sm"
+    argv = [str(runs["infection"]), "--format", "stablehlo", "--dtype", "float16"]
+    assert export_cli.main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--dtype float16 is for --format onnx" in err and len(err.splitlines()) == 1
+    assert not out.exists()

@@ -31,7 +31,7 @@ DOC = """Exports a trained run for deployment: pixels in, probabilities out, Bat
 preprocessing and sigmoid inside, optionally with a lung model in the same call.
 
     python scripts/export.py RUN --format savedmodel --out exported/ \\
-        [--lung-checkpoint LUNG_RUN] [--dtype float32|bfloat16] [--batch N|dynamic] \\
+        [--lung-checkpoint LUNG_RUN] [--dtype float32|bfloat16|float16] [--batch N|dynamic] \\
         [--input-dtype uint8|float32] [--platforms cpu,cuda] [--overwrite]
 
 savedmodel: a TF SavedModel (signature 'serving_default') that serves with TensorFlow alone;
@@ -52,8 +52,9 @@ def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_enum(
         "dtype",
         "float32",
-        list(COMPUTE_DTYPES),
-        "compute dtype of the exported models (parameters and outputs stay float32)",
+        [*COMPUTE_DTYPES, "float16"],
+        "compute dtype of the exported models (outputs stay float32); bfloat16 for the JAX "
+        "formats, float16 for --format onnx",
         flag_values=fv,
     )
     flags.DEFINE_string(

@@ -20,6 +20,7 @@ ONNX graph is the same on every platform (the runtime picks its execution provid
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 from collections.abc import Callable, Sequence
@@ -43,9 +44,16 @@ STABLEHLO_FILE = "model.stablehlo"
 SAVEDMODEL_DIR = "saved_model"
 SIGNATURE = "serving_default"
 
+# ONNX Runtime's CPU kernels have no bfloat16 convolutions; float16 is the graph's own
+# conversion (`onnx_export.to_float16`), which the JAX formats do not offer.
+ONNX_DTYPES = ("float32", "float16")
 ONNX_FLOAT32_ONLY = (
-    "--format onnx exports float32 models (ONNX Runtime's CPU kernels have no bfloat16 "
-    "convolutions); leave --dtype at float32."
+    "--format onnx exports float32 models, or float16 ones (--dtype float16); ONNX Runtime's "
+    "CPU kernels have no bfloat16 convolutions."
+)
+FLOAT16_ONNX_ONLY = (
+    "--dtype float16 is for --format onnx (a float16 ONNX graph); the JAX formats compute in "
+    "float32 or bfloat16."
 )
 ONNX_MISSING = (
     "--format onnx needs the onnx package: pip install 'qatacov-jax[onnx]' (onnx and onnxruntime)."
@@ -140,13 +148,17 @@ def export_savedmodel(
 
 
 def export_onnx(
-    serving: ServingModel, directory: Path, platforms: Sequence[str] = ("cpu",)
+    serving: ServingModel,
+    directory: Path,
+    platforms: Sequence[str] = ("cpu",),
+    *,
+    float16: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """Writes `directory/model.onnx` (`export.onnx_export`; imported here, on use, so that
-    the other formats never need the onnx package)."""
+    the other formats never need the onnx package); `float16` computes in float16."""
     from qatacov_jax.export.onnx_export import export_onnx as write
 
-    return write(serving, directory, platforms)
+    return write(serving, directory, platforms, float16=float16)
 
 
 WRITERS: dict[str, Callable[[ServingModel, Path, Sequence[str]], tuple[str, dict[str, Any]]]] = {
@@ -164,8 +176,10 @@ def check_format(fmt: str, dtype: str = "float32") -> None:
     if fmt == "onnx":
         if importlib.util.find_spec("onnx") is None:
             raise FormatUnavailableError(ONNX_MISSING)
-        if dtype != "float32":
+        if dtype not in ONNX_DTYPES:
             raise FormatUnavailableError(ONNX_FLOAT32_ONLY)
+    elif dtype == "float16":
+        raise FormatUnavailableError(FLOAT16_ONNX_ONLY)
 
 
 def write_artifact(
@@ -176,17 +190,20 @@ def write_artifact(
     thresholds: dict[str, float] | None = None,
     platforms: Sequence[str] = ("cpu",),
     overwrite: bool = False,
+    float16: bool = False,
 ) -> dict[str, Any]:
-    """Writes `serving` as `fmt` with its manifest into `out` (staged, then renamed).
+    """Writes `serving` as `fmt` with its manifest into `out` (staged, then renamed);
+    `float16` (ONNX only) converts the float32 graph to compute in float16.
 
     Returns:
       The manifest written to `out/manifest.json`.
     """
-    check_format(fmt, serving.compute_dtype)
+    check_format(fmt, "float16" if float16 else serving.compute_dtype)
     platforms = _check_platforms(platforms)
     thresholds = {n: 0.5 for n in serving.names} | dict(thresholds or {})
+    writer = functools.partial(export_onnx, float16=True) if float16 else WRITERS[fmt]
     with staged_output(out, overwrite=overwrite) as tmp:
-        artifact, info = WRITERS[fmt](serving, tmp, platforms)
+        artifact, info = writer(serving, tmp, platforms)
         manifest = build_manifest(
             serving,
             fmt=fmt,
@@ -196,6 +213,8 @@ def write_artifact(
             platforms=platforms,
             serving_info=info,
         )
+        if float16:
+            manifest["compute_dtype"] = "float16"
         write_json(tmp / MANIFEST_FILE, manifest)
     return manifest
 
@@ -222,15 +241,22 @@ def export_run(
 
     Raises:
       FormatUnavailableError, ValueError: an unsupported format, dtype, batch or platform
-        (ONNX: float32 only, and only with the onnx package installed).
+        (ONNX: float32 or float16, and only with the onnx package installed).
       FileExistsError: `out` exists and may not be replaced (`outdir.check_output`).
       FileNotFoundError: a run directory or its checkpoint is missing.
     """
     check_format(fmt, dtype)
     platforms = _check_platforms(platforms)
     check_output(Path(out).absolute(), overwrite)
+    # A float16 ONNX graph is converted from the float32 one (`onnx_export.to_float16`).
+    float16 = dtype == "float16"
     serving = load_serving_model(
-        run, lung_run=lung_run, which=which, dtype=dtype, input_dtype=input_dtype, batch=batch
+        run,
+        lung_run=lung_run,
+        which=which,
+        dtype="float32" if float16 else dtype,
+        input_dtype=input_dtype,
+        batch=batch,
     )
     thresholds = {"infection": threshold, "lung": lung_threshold}
     manifest = write_artifact(
@@ -240,6 +266,7 @@ def export_run(
         thresholds={n: thresholds[n] for n in serving.names},
         platforms=platforms,
         overwrite=overwrite,
+        float16=float16,
     )
     log.info(
         "wrote %s and %s (%s, %s, batch %s)",

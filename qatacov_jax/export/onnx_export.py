@@ -104,14 +104,21 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def export_onnx(
-    serving: ServingModel, directory: Path, platforms: Sequence[str] = ("cpu",)
+    serving: ServingModel,
+    directory: Path,
+    platforms: Sequence[str] = ("cpu",),
+    *,
+    float16: bool = False,
 ) -> tuple[str, dict[str, Any]]:
-    """Writes `directory/model.onnx` (`artifact.WRITERS["onnx"]`).
+    """Writes `directory/model.onnx` (`artifact.WRITERS["onnx"]`); `float16`: the graph
+    computes in float16 (`to_float16`; pixels in and probabilities out as before).
 
     Returns:
       (artifact path relative to `directory`, what the manifest's `serving` records).
     """
     model = serving_to_onnx(serving)
+    if float16:
+        model = to_float16(model)
     onnx.save_model(model, str(directory / ONNX_FILE))
     return ONNX_FILE, {
         "load": "onnxruntime.InferenceSession(PATH) (ONNX Runtime alone, no JAX)",
