@@ -308,6 +308,7 @@ def test_conv_kernels_runs_end_to_end_and_reports_both_tables(tmp_path, monkeypa
         ("conv_kernels", ["--batch-size", "0"], "--batch-size", "must be a positive integer"),
         ("annotation_sim", ["--folds", "1"], "--folds", "must be at least 2"),
         ("annotation_sim", ["--size", "30"], "--size", "must be a multiple of 4"),
+        ("onnx_precision", ["--run", "nowhere"], "--run", "is not a run directory"),
     ],
 )
 def test_bad_option_is_refused_naming_it(script, argv, option, message, capsys):
@@ -316,3 +317,24 @@ def test_bad_option_is_refused_naming_it(script, argv, option, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert option in err and message in err
+
+
+def test_onnx_precision_compares_both_exports_with_the_run(tmp_path):
+    """benchmarks/onnx_precision.py end to end on a tiny run: float32 within the ONNX
+    parity bound of JAX, float16 measurably further, both written as JSON and Markdown."""
+    from train_utils import write_tiny_run
+
+    run = write_tiny_run(tmp_path / "run", image_size=32, seed=3)
+    out_json, out_md = tmp_path / "p.json", tmp_path / "p.md"
+    argv = ["--run", str(run), "--num-images", "3", "--image-size", "64"]
+    assert (
+        _load_script("onnx_precision").main(
+            [*argv, "--json", str(out_json), "--markdown", str(out_md)]
+        )
+        == 0
+    )
+    results = json.loads(out_json.read_text())["results"]
+    f32, f16 = results["onnx float32"]["infection"], results["onnx float16"]["infection"]
+    assert f32["images"] == f16["images"] == 3
+    assert f32["max_abs_diff"] < 1e-4 < f16["max_abs_diff"] < 1e-2
+    assert "| onnx float16 | infection |" in out_md.read_text()

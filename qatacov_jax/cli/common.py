@@ -255,7 +255,7 @@ def define_model_flag(fv: flags.FlagValues) -> None:
 
 
 def model_source(fv: flags.FlagValues) -> ModelSource:
-    """The models of --checkpoint RUN [--lung-checkpoint LUNG_RUN] [--which], or of
+    """The models of `--checkpoint RUN [--lung-checkpoint LUNG_RUN] [--which]`, or of
     --model EXPORT_DIR; a UsageError for a mix, or for a folder given to the wrong flag."""
     v = lambda name: fv[name].value  # noqa: E731 - dashed flag names need item access
     if (v("checkpoint") is None) == (v("model") is None):
