@@ -17,6 +17,8 @@ Timed, each on the same uint8 batch `(B, H, W, 1)` and each returning NumPy prob
   `serving_default` signature called (TensorFlow runs the embedded StableHLO through XLA);
 * `onnx`: the `--format onnx` artifact in an `onnxruntime.InferenceSession` (CPU execution
   provider, all graph optimizations, default threads), through `export.onnx_runtime`;
+* `onnx_float16`: the same with `--dtype float16` (a float16 graph, uint8 in and float32
+  out); its "max abs diff vs jax" is the float16 error on these random inputs;
 * `keras` (`--keras`): the original Keras model of the same decoder and encoder, built by
   benchmarks/compare_keras.py (`keras_model`: segmentation_models 1.0.1 on tf-keras, random
   weights) and called as compare_keras.py times it, `tf.function` of `model(x,
@@ -49,7 +51,7 @@ xla_flags.apply_defaults()  # before JAX starts its backend
 
 import numpy as np  # noqa: E402
 
-FORMATS = ("stablehlo", "savedmodel", "onnx")
+FORMATS = ("stablehlo", "savedmodel", "onnx", "onnx_float16")
 
 
 def loaded_models(args: argparse.Namespace, label: str = "random init") -> Any:
@@ -115,8 +117,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         p.error("--batch-size and --rounds must be positive.")
     if bad := [f for f in args.formats if f not in FORMATS]:
         p.error(f"--formats: unknown {bad}; choose from {list(FORMATS)}.")
-    if "onnx" in args.formats and args.dtype != "float32":
-        p.error("--formats onnx times float32 exports only.")
+    if any(f.startswith("onnx") for f in args.formats) and args.dtype != "float32":
+        p.error("--formats onnx / onnx_float16 convert the float32 model; leave --dtype float32.")
     if args.keras and args.dtype != "float32":
         p.error("--keras times the float32 Keras model only.")
     for path in (args.json, args.markdown):
@@ -220,7 +222,8 @@ def measure_case(
         for fmt in args.formats:
             out = Path(tmp) / fmt
             t0 = time.perf_counter()
-            manifest = write_artifact(serving, out, fmt=fmt)
+            half = fmt == "onnx_float16"
+            manifest = write_artifact(serving, out, fmt="onnx" if half else fmt, float16=half)
             export_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             runners[fmt] = _artifact_runner(fmt, out, manifest, x)
