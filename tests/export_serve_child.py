@@ -21,6 +21,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout's benchmarks/
+from benchmarks.serve_startup import multipart_png  # noqa: E402 - light: no JAX
+
 HEAVY = ("jax", "jaxlib", "flax", "tensorflow", "orbax")
 
 
@@ -38,19 +41,11 @@ def _script(name: str, argv: list[str]) -> int:
 
 
 def _post(port: int, png: bytes) -> dict:
-    boundary = "exportserveboundary"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
-            "Content-Type: image/png\r\n\r\n"
-        ).encode()
-        + png
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
+    body, content_type = multipart_png(png)
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/api/predict",
         data=body,
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        headers={"Content-Type": content_type},
     )
     with urllib.request.urlopen(request, timeout=60) as r:
         answer = json.loads(r.read())

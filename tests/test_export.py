@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 from _trained_run import trained_run
-from train_utils import tiny_config, write_tiny_run
+from train_utils import tiny_config, write_tiny_export_runs
 
 from qatacov_jax.cli import export as export_cli
 from qatacov_jax.data.preprocessing import Preprocessing
@@ -50,19 +50,10 @@ F32_RTOL, F32_ATOL = 1e-4, 1e-6
 BF16_ATOL = 2e-2
 
 
-def _write_tiny_run(path: Path, *, image_size: int, seed: int) -> Path:
-    """An untrained tiny run directory with 'torch' preprocessing (tests/train_utils.py)."""
-    return write_tiny_run(path, image_size=image_size, seed=seed, preprocessing="torch")
-
-
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory) -> dict[str, Path]:
     """An infection run (32x32) and a lung run of another input size (64x64)."""
-    base = tmp_path_factory.mktemp("export_runs")
-    return {
-        "infection": _write_tiny_run(base / "infection", image_size=32, seed=1),
-        "lung": _write_tiny_run(base / "lung", image_size=64, seed=2),
-    }
+    return write_tiny_export_runs(tmp_path_factory.mktemp("export_runs"))
 
 
 def _images(n: int, size: int, seed: int) -> np.ndarray:

@@ -27,7 +27,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from flax import nnx
-from train_utils import write_tiny_run
+from train_utils import write_tiny_export_runs
 
 from qatacov_jax import models
 from qatacov_jax.cli import export as export_cli
@@ -174,13 +174,7 @@ def test_float16_graph_runs_in_onnx_runtime():
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory) -> dict[str, Path]:
     """Untrained tiny run directories: infection at 32x32, lung at 64x64."""
-    base = tmp_path_factory.mktemp("onnx_runs")
-    return {
-        "infection": write_tiny_run(
-            base / "infection", image_size=32, seed=1, preprocessing="torch"
-        ),
-        "lung": write_tiny_run(base / "lung", image_size=64, seed=2, preprocessing="torch"),
-    }
+    return write_tiny_export_runs(tmp_path_factory.mktemp("onnx_runs"))
 
 
 def _serve(mode: list[str], export_dir: Path, feed: dict[str, np.ndarray], tmp: Path) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from train_utils import write_tiny_run
+from train_utils import write_tiny_export_runs
 
+from benchmarks.serve_startup import free_port
 from qatacov_jax.cli import infer as infer_cli
 from qatacov_jax.cli import serve as serve_cli
 from qatacov_jax.export import export_run
@@ -35,11 +35,7 @@ ATOL = 1e-4  # ONNX Runtime vs XLA float32 rounding (tests/test_export_onnx.py)
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("export_runs")
-    return {
-        "infection": write_tiny_run(base / "infection", image_size=32, seed=1),
-        "lung": write_tiny_run(base / "lung", image_size=64, seed=2),
-    }
+    return write_tiny_export_runs(tmp_path_factory.mktemp("export_runs"), preprocessing="unit")
 
 
 @pytest.fixture(scope="module")
@@ -126,15 +122,9 @@ def test_infer_from_export_runs_without_jax_and_reports_as_the_run(runs, exporte
             assert (a != b).mean() < 1e-3  # pixels a rounding away from the threshold at most
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_server_from_export_answers_without_jax(exported, xrays):
     png = sorted(xrays.glob("*.png"))[0]
-    answer, status = _child(["serve", str(_free_port()), str(png), "--", "--model", str(exported)])
+    answer, status = _child(["serve", str(free_port()), str(png), "--", "--model", str(exported)])
     assert status["code"] == 0 and status["modules"] == [], status
     assert answer["status"] == "ok" and answer["height"] == 300 and answer["width"] == 280
     assert answer["checkpoint"] == answer["lung_checkpoint"] == str(exported)

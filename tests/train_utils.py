@@ -93,3 +93,14 @@ def write_tiny_run(
     store.wait()
     store.close()
     return path
+
+
+def write_tiny_export_runs(base: Path, *, preprocessing: str = "torch") -> dict[str, Path]:
+    """An infection run (32x32) and a lung run of another input size (64x64) under `base`:
+    what the export tests export together (one graph, two inputs of different sizes)."""
+    return {
+        "infection": write_tiny_run(
+            base / "infection", image_size=32, seed=1, preprocessing=preprocessing
+        ),
+        "lung": write_tiny_run(base / "lung", image_size=64, seed=2, preprocessing=preprocessing),
+    }
