@@ -144,6 +144,14 @@ def test_export_engine_proposes_candidates_for_annotation(exported, xrays, tmp_p
         assert engine.roles == {"onnx": "infection", "second": "infection"}
         for probs in cands.values():
             np.testing.assert_array_equal(probs, demo["infection"])
+        # The page learns the models run from an export (its lung hint names export.py).
+        from fastapi.testclient import TestClient
+
+        from qatacov_jax.webapp.app import create_app
+
+        config = TestClient(create_app(engine)).get("/api/config").json()
+        assert config["engine"] == "onnxruntime" and config["lung"] is True
+        assert "ONNX export" in config["models"]["second"]["label"]
     finally:
         engine.close()
 

@@ -129,6 +129,7 @@ class Engine:
       candidate_names: names of the candidate models, in `--candidates` order.
       roles: name -> the model's role inside its export directory (a candidate's is
         "infection"); names absent are their own role.
+      engine: "jax" (trained runs) or "onnxruntime" (ONNX exports, `load_export_engine`).
     """
 
     runs: dict[str, Path]
@@ -136,6 +137,7 @@ class Engine:
     candidates: BatchQueue | None
     candidate_names: tuple[str, ...]
     roles: dict[str, str] = dataclasses.field(default_factory=dict)
+    engine: str = "jax"
 
     @property
     def with_lung(self) -> bool:
@@ -293,4 +295,4 @@ def load_export_engine(
         cand_queue = BatchQueue(_joined(parts), batch_size, wait_ms)
         runs.update({n: Path(p) for n, p in zip(names, paths, strict=True)})
         roles = dict.fromkeys(names, "infection")
-    return Engine(runs, infer, cand_queue, names, roles)
+    return Engine(runs, infer, cand_queue, names, roles, engine="onnxruntime")

@@ -63,7 +63,13 @@ class ConfigResponse(BaseModel):
     display_floor: float
     max_upload_mb: float
     severity_scale: SeverityScaleInfo
-    checkpoint: str = Field(description="run directory of the infection model; empty when --blind")
+    checkpoint: str = Field(
+        description="run (or export) directory of the infection model; empty when --blind"
+    )
+    engine: str = Field(
+        description="what runs the models: 'jax' (trained runs, --checkpoint) or "
+        "'onnxruntime' (an ONNX export, --model)"
+    )
     models: dict[str, ModelInfo] = Field(
         description="'infection', 'lung' (with a lung model) and each candidate by name; "
         "empty when --blind (the infection model may be a candidate)"
@@ -117,7 +123,9 @@ class PredictResponse(BaseModel):
     threshold: float
     lung_threshold: float | None
     display_floor: float
-    checkpoint: str = Field(description="the infection model's run directory; empty when --blind")
+    checkpoint: str = Field(
+        description="the infection model's run (or export) directory; empty when --blind"
+    )
     lung_checkpoint: str | None
     model: str = Field(
         description="the infection model's `ModelInfo.label`; not named when --blind"

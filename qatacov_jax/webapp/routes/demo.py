@@ -67,6 +67,7 @@ async def config(
             "names": list(DEFAULT_SCALE.names),
         },
         "checkpoint": "" if blind else str(engine.runs["infection"]),
+        "engine": engine.engine,
     }
 
 

@@ -128,7 +128,10 @@ const Demo = (() => {
     $("model-line").textContent = r.model + (r.lung_model ? `; lung: ${r.lung_model}` : "");
     $("intensity").textContent = r.intensity;
     $("analysed-at").textContent = r.analysed_at;
-    $("no-lung").hidden = !!r.lung_mask;
+    // The fix differs: a run takes --lung-checkpoint, an export holds its lung model.
+    const exported = App.config.engine === "onnxruntime";
+    $("no-lung").hidden = !!r.lung_mask || exported;
+    $("no-lung-export").hidden = !!r.lung_mask || !exported;
   }
 
   async function predict(file) {
