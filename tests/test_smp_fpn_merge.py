@@ -6,21 +6,23 @@ as tests/test_smp_models.py checks smp's default (`add`). The paper-2 FPN config
 
 from __future__ import annotations
 
-import jax
+from pathlib import Path
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import train_utils  # noqa: F401 - puts the repository root (configs/) on sys.path
-from flax import nnx, traverse_util
+from flax import nnx
 
 from qatacov_jax.models import count_params, create_smp_model
 from qatacov_jax.models.smp import abstract_smp_model
-from qatacov_jax.models.smp.layers import DropoutKey
-from qatacov_jax.weights.smp_port import torch_table
+from qatacov_jax.weights.smp_port import read_smp_source, torch_table
 from tests.smp_reference import (
     CLASSES,
+    fill,
     perturb_norms,
     relative_error,
+    save_state_dict,
     smp,
     torch,
     torch_logits,
@@ -38,24 +40,13 @@ def _torch_fpn(merge: str):
     )
 
 
-def _ported(ref, merge: str) -> nnx.Module:
-    """Our FPN with the reference's tensors, mapped by PyTorch name."""
+def _ported(ref, merge: str, tmp_path: Path) -> nnx.Module:
+    """Our FPN with the reference's tensors, through the weight port
+    (`weights.smp_port.read_smp_source`), which reads the merge policy from the file."""
+    source = read_smp_source(save_state_dict(ref, tmp_path / f"fpn_{merge}.pth"), "fpn", ENCODER)
+    assert source.whole and source.merge_policy == merge
     model = abstract_smp_model("fpn", ENCODER, classes=CLASSES, decoder_merge_policy=merge)
-    tensors = {k: v.numpy() for k, v in ref.state_dict().items() if "num_batches" not in k}
-    flat = {}
-    for key, target in torch_table(model).items():
-        array = tensors.pop(key)
-        flat[target.path] = array.transpose(2, 3, 1, 0) if target.transpose else array
-    assert not tensors, f"smp tensors without a counterpart: {sorted(tensors)}"
-    keys = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, DropoutKey)))
-    for path, value in keys.items():  # any key: dropout is off in eval mode
-        key = jax.random.key_data(jax.random.key(0))
-        flat[tuple(str(p) for p in path)] = np.asarray(key, value.dtype)
-    state = nnx.state(model)
-    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(flat))
-    nnx.update(model, state)
-    model.eval()
-    return model
+    return fill(model, source.pure)
 
 
 def test_cat_has_smp_parameters_and_a_4x_wider_head():
@@ -73,9 +64,9 @@ def test_cat_has_smp_parameters_and_a_4x_wider_head():
 
 
 @pytest.mark.parametrize("merge", ["cat", "add"])
-def test_logits_equal_smp(merge):
+def test_logits_equal_smp(merge, tmp_path):
     ref = _torch_fpn(merge)
-    model = _ported(ref, merge)
+    model = _ported(ref, merge, tmp_path)
     x = np.random.default_rng(1).normal(size=(2, SIZE, SIZE, 3)).astype(np.float32)
     ours = np.asarray(model(jnp.asarray(x)))
     theirs = torch_logits(ref, x)
@@ -95,3 +86,19 @@ def test_merge_policy_is_checked_and_reaches_the_model_from_the_config():
     assert config.model.decoder_merge_policy == "cat"
     model, _ = build_model(config, seed=0, load_weights=False, abstract=True)
     assert model.decoder.merge_policy == "cat" and model.decoder.out_channels == 512
+
+
+def test_port_cli_takes_the_merge_policy_from_the_file(tmp_path):
+    """`scripts/port_weights.py --family smp --arch fpn`: the paper-2 config says `cat`, the
+    file is smp's default `add` FPN; the ported run follows the file and loads."""
+    from qatacov_jax.cli import port_weights
+    from qatacov_jax.training import rundir
+
+    ref = _torch_fpn("add")
+    src = save_state_dict(ref, tmp_path / "fpn_add.pth")
+    argv = [str(src), "--family", "smp", "--arch", "fpn", "--encoder", ENCODER]
+    assert port_weights.main([*argv, "--out", str(tmp_path / "run")]) == 0
+    model, config, _ = rundir.load_model(tmp_path / "run")
+    assert config.model.decoder_merge_policy == "add" and model.decoder.out_channels == 128
+    x = np.random.default_rng(2).normal(size=(1, SIZE, SIZE, 3)).astype(np.float32)
+    assert relative_error(np.asarray(model(jnp.asarray(x))), torch_logits(ref, x)) <= TOLERANCE

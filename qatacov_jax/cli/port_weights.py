@@ -124,6 +124,8 @@ def _port_smp(fv: flags.FlagValues, src: str) -> int:
         )
     config.model.classes = source.classes
     config.model.encoder_weights = None
+    if source.merge_policy is not None:  # the file's FPN decides, whatever the config said
+        config.model.decoder_merge_policy = source.merge_policy
     pre = (
         Preprocessing.from_mode(fv.preprocessing)
         if fv.preprocessing
@@ -138,6 +140,7 @@ def _port_smp(fv: flags.FlagValues, src: str) -> int:
         "arch": fv.arch,
         "encoder": fv.encoder,
         "classes": source.classes,
+        "decoder_merge_policy": source.merge_policy,
         "num_tensors": source.num_tensors,
         "num_values": source.num_values,
         "config_file": str(config_path),

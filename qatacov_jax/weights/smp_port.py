@@ -132,6 +132,8 @@ class SmpSource:
       pure: our pure state dict (the model's, or the encoder's for encoder files).
       num_tensors, num_values: what was read (after dropping heads and counters).
       dropped: the classification-head tensors left out.
+      merge_policy: a whole FPN's `decoder_merge_policy` ("add" or "cat"), read from its
+        head's input channels; None otherwise.
     """
 
     whole: bool
@@ -140,6 +142,21 @@ class SmpSource:
     num_tensors: int
     num_values: int
     dropped: list[str]
+    merge_policy: str | None = None
+
+
+def _fpn_merge_policy(encoder: str, head: np.ndarray) -> str:
+    """smp FPN's merge policy a head weight (classes, C, k, k) belongs to: "cat" feeds the
+    head the four pyramid levels concatenated (4x the channels of "add"). A head matching
+    neither keeps "add", whose shape error then names the tensor."""
+    for policy in ("cat", "add"):
+        model = abstract_smp_model(
+            "fpn", encoder, classes=int(head.shape[0]), decoder_merge_policy=policy
+        )
+        target = torch_table(model)["segmentation_head.0.weight"]
+        if _torch_shape(target) == tuple(head.shape):
+            return policy
+    return "add"
 
 
 def read_smp_source(src: str | Path, arch: str, encoder: str) -> SmpSource:
@@ -161,7 +178,7 @@ def read_smp_source(src: str | Path, arch: str, encoder: str) -> SmpSource:
     whole = any(k.startswith(MODEL_PREFIXES) for k in tensors)
     dropped = [] if whole else [k for k in tensors if k.startswith(HEAD_PREFIXES)]
     tensors = {k: v for k, v in tensors.items() if k not in dropped}
-    classes = None
+    classes, merge_policy = None, None
     if whole:
         head = tensors.get("segmentation_head.0.weight")
         if head is None or head.ndim != 4:
@@ -171,7 +188,10 @@ def read_smp_source(src: str | Path, arch: str, encoder: str) -> SmpSource:
                 f"state dict of an smp Unet/UnetPlusPlus/FPN.{_looks_like(tensors, True, arch, encoder)}",
             )
         classes = int(head.shape[0])
-        model = abstract_smp_model(arch, encoder, classes=classes)
+        merge_policy = _fpn_merge_policy(encoder, head) if arch == "fpn" else None
+        model = abstract_smp_model(
+            arch, encoder, classes=classes, decoder_merge_policy=merge_policy
+        )
         table = torch_table(model)
     else:
         model = abstract_smp_model(arch, encoder)
@@ -214,6 +234,7 @@ def read_smp_source(src: str | Path, arch: str, encoder: str) -> SmpSource:
         num_tensors=len(tensors),
         num_values=int(sum(a.size for a in tensors.values())),
         dropped=dropped,
+        merge_policy=merge_policy,
     )
 
 
