@@ -53,6 +53,11 @@ class ImageRefusedError(ValueError):
         self.reason = reason
 
 
+class ImageTooLargeError(ImageRefusedError):
+    """Refused for its pixel count (the --max-megapixels budget, or Pillow's own limit): the
+    web app answers 413, as for an upload over --max-upload-mb."""
+
+
 def set_max_megapixels(megapixels: float | None) -> None:
     """Sets the pixel budget of this process (None: back to the environment or default)."""
     if megapixels is not None and not megapixels > 0:
@@ -83,7 +88,7 @@ def check_pixel_budget(height: int, width: int, frames: int = 1, budget: int | N
     n = int(height) * int(width) * max(1, int(frames))
     if n > budget:
         of = f" x {frames} frames" if frames > 1 else ""
-        raise ImageRefusedError(
+        raise ImageTooLargeError(
             f"the image is {width} x {height} pixels{of} ({n / 1e6:.1f} million), over the "
             f"limit of {budget / 1e6:g} million that --max-megapixels ({MAX_MEGAPIXELS_ENV}) "
             "sets; downsample it, or raise the limit if the machine has the memory"

@@ -29,7 +29,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from qatacov_jax.data import image_limits
-from qatacov_jax.data.image_limits import ImageRefusedError
+from qatacov_jax.data.image_limits import ImageRefusedError, ImageTooLargeError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -40,12 +40,15 @@ class ImageReadError(ValueError):
     """A file could not be read as a chest X-ray; the message names the file and the cause
     (`reason`, one line without paths: the web app shows it to whoever uploaded the file).
     `refused` is True for a readable file that is not used (over the pixel budget, not a
-    radiograph, too small: `image_limits`)."""
+    radiograph, too small: `image_limits`); `too_large` for the pixel budget alone."""
 
-    def __init__(self, path: str | Path, reason: str, *, refused: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, reason: str, *, refused: bool = False, too_large: bool = False
+    ) -> None:
         self.path = Path(path)
         self.reason = reason
         self.refused = refused
+        self.too_large = too_large
         super().__init__(f"{path}: {reason}")
 
 
@@ -100,7 +103,8 @@ def read_xray_with_info(
         if min_side is not None:
             image_limits.check_min_side(*arr.shape, min_side)
     except ImageRefusedError as e:
-        raise ImageReadError(path, e.reason, refused=True) from None
+        too_large = isinstance(e, ImageTooLargeError)
+        raise ImageReadError(path, e.reason, refused=True, too_large=too_large) from None
     return arr, note
 
 
@@ -168,7 +172,7 @@ def _read_pil(path: Path, budget: int) -> tuple[np.ndarray, str]:
     except Image.DecompressionBombError as e:  # Pillow's own limit, met at open
         pixels = re.search(r"\((\d+) pixels\)", str(e))
         n = f" ({int(pixels.group(1)) / 1e6:.0f} million pixels)" if pixels else ""
-        raise ImageRefusedError(
+        raise ImageTooLargeError(
             f"the image is too large to decode{n}, over the --max-megapixels limit of "
             f"{budget / 1e6:g} million"
         ) from None

@@ -22,6 +22,7 @@ import pydicom
 from PIL import Image
 
 from qatacov_jax.data import imageio
+from qatacov_jax.data.image_limits import MIN_RADIOGRAPH_SIDE
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -68,8 +69,10 @@ def decode_upload(data: bytes) -> Upload:
     """Bytes of an uploaded X-ray -> `Upload`.
 
     Raises:
-      UploadError: empty, not an image, corrupt, or a DICOM layout we cannot read (415). The
-        message says what is wrong with the file, never a server path or exception name.
+      UploadError: empty, not an image, corrupt, smaller than a radiograph (422); over the
+        pixel budget (413, as an upload over --max-upload-mb); a DICOM layout we cannot read
+        (415). The message says what is wrong with the file, never a server path or
+        exception name.
     """
     if not data:
         raise UploadError("the uploaded file is empty")
@@ -78,17 +81,23 @@ def decode_upload(data: bytes) -> Upload:
         path = Path(tmp) / ("upload.dcm" if dicom else "upload")
         path.write_bytes(data)
         try:
-            img, note = imageio.read_xray_with_info(path)
+            # The same smallest side infer.py decides on (image_limits.MIN_RADIOGRAPH_SIDE).
+            img, note = imageio.read_xray_with_info(path, min_side=MIN_RADIOGRAPH_SIDE)
         except imageio.ImageReadError as e:
             reason = e.reason.replace(str(path), "the file").replace(tmp, "")
+            if e.too_large:
+                raise UploadError(reason, 413) from None
             if dicom:
                 raise UploadError(f"unsupported DICOM: {reason}", 415) from None
+            if e.refused:  # readable, but not used (too small for a radiograph)
+                raise UploadError(reason) from None
             reason = reason.removeprefix("not a readable image: ")
             raise UploadError(f"not a readable chest X-ray image: {reason}") from None
         except Image.DecompressionBombError:
             raise UploadError(
                 f"the image has more pixels than the {Image.MAX_IMAGE_PIXELS} this server "
-                "decodes; downsample it"
+                "decodes; downsample it",
+                413,
             ) from None
         except Exception:  # noqa: BLE001 - any other decoder failure is a bad file
             raise UploadError("the file could not be decoded as an image") from None
@@ -97,8 +106,6 @@ def decode_upload(data: bytes) -> Upload:
             upload = dataclasses.replace(upload, dicom=dicom_identifiers(path))
         else:
             upload = dataclasses.replace(upload, colour_fraction=colour_fraction(path))
-    if min(img.shape) < 8:
-        raise UploadError(f"image of {img.shape[1]}x{img.shape[0]} pixels is too small")
     return upload
 
 

@@ -76,9 +76,12 @@ async def config(
     response_model=PredictResponse,
     response_model_exclude_unset=True,  # no lung model: no lung fields, not nulls
     responses={
-        413: {"model": ErrorResponse, "description": "over --max-upload-mb"},
+        413: {"model": ErrorResponse, "description": "over --max-upload-mb or --max-megapixels"},
         415: {"model": ErrorResponse, "description": "a DICOM layout that cannot be read"},
-        422: {"model": ErrorResponse, "description": "not a readable X-ray, or no `file`"},
+        422: {
+            "model": ErrorResponse,
+            "description": "not a readable X-ray, smaller than a radiograph, or no `file`",
+        },
     },
 )
 async def predict(
