@@ -128,8 +128,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; 0 done, 2 refused, 74 disk full, 75 interrupted (rerun to resume)."""
 
     def body() -> int:
-        from qatacov_jax.annotation.stage import StageSpec, run_stage
-
         rest, overrides = split_overrides(argv or [])
         fv, files = parse_command(_define, rest, PROG, DOC)
         v = lambda name: fv[name].value  # noqa: E731 - dashed flag names need item access
@@ -145,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for key, value in overrides:
                 apply_override(config, key, parse_value(value))
             configs[name] = config
+        # After the flags are checked: the training code loads TensorFlow (seconds), which
+        # --help and a refused command line should not wait for.
+        from qatacov_jax.annotation.stage import StageSpec, run_stage, summary_table
+
         spec = StageSpec(
             masks_dir=Path(v("masks")),
             target=v("target"),
@@ -156,8 +158,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_per_device=v("batch-per-device"),
             config_files=dict(zip(configs, files, strict=True)),
         )
-        from qatacov_jax.annotation.stage import summary_table
-
         summary = run_stage(spec)
         print(summary_table(summary))
         log.info("candidates in %s; review them with scripts/serve.py --review", spec.workdir)
