@@ -243,3 +243,19 @@ def test_float16_is_refused_for_the_jax_formats(runs, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "--dtype float16 is for --format onnx" in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_fixed_batch_export_takes_any_number_of_images(runs, exported, xrays, tmp_path):
+    """`export.py --batch 2`: the predictor feeds 2 at a time (padding the last call), so 3
+    images give the dynamic export's maps."""
+    fixed = tmp_path / "fixed"
+    export_run(runs["infection"], fixed, fmt="onnx", lung_run=runs["lung"], batch=2)
+    predictor = export_source(fixed).load(8)
+    assert predictor.batch_size == 2
+    images = _images(xrays)
+    got = predictor.predict_batch(images)
+    want = export_source(exported).load(None).predict_batch(images)
+    assert len(got) == len(want) == 3
+    for g, w in zip(got, want, strict=True):
+        for k in ("infection", "lung"):
+            np.testing.assert_allclose(g[k], w[k], atol=1e-6)

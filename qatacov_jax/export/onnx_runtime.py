@@ -170,15 +170,18 @@ class OnnxPredictor:
 
     Images are quantised and resized as the JAX `Predictor` does (`model_batches`), fed at
     the export's input dtype (uint8, or float32 in [0, 1]), and the maps resized back
-    (`maps_per_image`). The export's batch axis is dynamic, so any number of images runs
-    in one call without padding.
+    (`maps_per_image`). A dynamic-batch export runs any number of images in one call; one
+    exported with a fixed batch (`export.py --batch N`) takes N at a time, the last call
+    padded with copies of its first image (their outputs dropped), and `batch_size` is N.
     """
 
     def __init__(self, serving: OnnxServing, batch_size: int = 8) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.serving = serving
-        self.batch_size = int(batch_size)
+        fixed = serving.manifest.get("batch")
+        self.fixed_batch = fixed if isinstance(fixed, int) else None
+        self.batch_size = self.fixed_batch or int(batch_size)
         self.names = tuple(serving.output_tensors)
         self.sizes = {k: (h, w) for k, (h, w, _) in serving.inputs.items()}
 
@@ -195,6 +198,14 @@ class OnnxPredictor:
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
         if not len(images):
             return []
+        if self.fixed_batch is not None and len(images) != self.fixed_batch:
+            n = self.fixed_batch
+            out = []
+            for start in range(0, len(images), n):
+                chunk = list(images[start : start + n])
+                padded = chunk + [chunk[0]] * (n - len(chunk))
+                out += self.predict_batch(padded)[: len(chunk)]
+            return out
         feed = {}
         for name, batch in model_batches(images, self.sizes).items():
             dtype = np.dtype(self.serving.inputs[name][2])
