@@ -29,7 +29,12 @@ if TYPE_CHECKING:
         write_artifact,
     )
     from qatacov_jax.export.manifest import MANIFEST_FILE, read_manifest, verify_checksums
-    from qatacov_jax.export.onnx_runtime import ONNX_FILE, OnnxServing
+    from qatacov_jax.export.onnx_runtime import (
+        ONNX_FILE,
+        OnnxPredictor,
+        OnnxServing,
+        export_source,
+    )
     from qatacov_jax.export.serving import (
         COMPUTE_DTYPES,
         INPUT_DTYPES,
@@ -54,7 +59,9 @@ _HOMES = {
     "read_manifest": "manifest",
     "verify_checksums": "manifest",
     "ONNX_FILE": "onnx_runtime",
+    "OnnxPredictor": "onnx_runtime",
     "OnnxServing": "onnx_runtime",
+    "export_source": "onnx_runtime",
     "COMPUTE_DTYPES": "serving",
     "INPUT_DTYPES": "serving",
     "ServingModel": "serving",
@@ -74,9 +81,11 @@ __all__ = [
     "SIGNATURE",
     "STABLEHLO_FILE",
     "FormatUnavailableError",
+    "OnnxPredictor",
     "OnnxServing",
     "ServingModel",
     "export_run",
+    "export_source",
     "load_serving_model",
     "load_stablehlo",
     "read_manifest",
