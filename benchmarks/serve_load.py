@@ -14,7 +14,9 @@ so their Python work does not share the server's interpreter lock. Reported per 
 requests/s, p50/p99 latency, errors (expected: none), device calls and mean batch size.
 The model is randomly initialised (`--arch`/`--encoder`/`--image-size`, default the
 quickstart's U-Net DenseNet-121 at 64x64) unless `--run` names a trained run; timing does
-not depend on the weights.
+not depend on the weights. `--engines jax,onnx` serves it both ways: `jax` the run on JAX
+(`serve.py --checkpoint`), `onnx` the same model exported to ONNX and served on ONNX Runtime
+(`serve.py --model`), each setting back to back under the same load.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -75,13 +78,26 @@ def _clients(url: str, n: int, seconds: float, png: bytes, out: Any) -> None:
     out.put({"results": results, "elapsed": time.perf_counter() - t_start})
 
 
-def measure(loaded: Any, png: bytes, batch_size: int, args: argparse.Namespace) -> dict:
+def make_engine(name: str, loaded: Any, export_dir: Path, batch_size: int, wait_ms: float) -> Any:
+    """The server's models: `loaded` on JAX, or its ONNX export in `export_dir` (written on
+    first use) on ONNX Runtime."""
+    from qatacov_jax.webapp.engine import load_engine, load_export_engine
+
+    if name == "jax":
+        return load_engine("unused", loaded=loaded, batch_size=batch_size, wait_ms=wait_ms)
+    if not (export_dir / "manifest.json").exists():
+        from qatacov_jax.export import serving_model, write_artifact
+
+        write_artifact(serving_model(loaded), export_dir, fmt="onnx")
+    return load_export_engine(export_dir, batch_size=batch_size, wait_ms=wait_ms)
+
+
+def measure(engine: Any, png: bytes, batch_size: int, args: argparse.Namespace) -> dict:
+    """Serves `engine` (closed at the end) to the clients; the figures of one setting."""
     import uvicorn
 
     from qatacov_jax.webapp.app import Settings, create_app
-    from qatacov_jax.webapp.engine import load_engine
 
-    engine = load_engine("unused", loaded=loaded, batch_size=batch_size, wait_ms=args.wait_ms)
     app = create_app(engine, Settings())
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
@@ -110,6 +126,7 @@ def measure(loaded: Any, png: bytes, batch_size: int, args: argparse.Namespace) 
     n_ok = int(lat.size)
     errors = len(got["results"]) - n_ok
     return {
+        "engine": engine.engine,
         "batch_size": batch_size,
         "requests": len(got["results"]),
         "errors": errors,
@@ -130,12 +147,14 @@ def markdown(report: dict) -> str:
         f"`/api/predict` for {report['seconds']:g} s per setting, server and clients on "
         f"this machine ({report['device']}); model: {report['model']}.",
         "",
-        "| --batch-size | requests/s | p50 ms | p99 ms | errors | device calls | mean batch |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| engine | --batch-size | requests/s | p50 ms | p99 ms | errors | device calls "
+        "| mean batch |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         lines.append(
-            f"| {r['batch_size']} | {r['requests_per_s']:.2f} | {r['p50_ms']:.0f} | "
+            f"| {r.get('engine', 'jax')} | {r['batch_size']} | {r['requests_per_s']:.2f} | "
+            f"{r['p50_ms']:.0f} | "
             f"{r['p99_ms']:.0f} | {r['errors']} | {r['device_calls']} | "
             f"{r['mean_batch']:.2f} |"
         )
@@ -153,11 +172,15 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--batch-sizes", default="1,8")
+    ap.add_argument("--engines", default="jax,onnx", help="jax, onnx (its ONNX export)")
     ap.add_argument("--wait-ms", type=float, default=2.0)
     ap.add_argument("--note", default="")
     ap.add_argument("--json", default=None)
     ap.add_argument("--markdown", default=None)
     args = ap.parse_args()
+    engines = [e for e in args.engines.split(",") if e]
+    if bad := [e for e in engines if e not in ("jax", "onnx")]:
+        ap.error(f"--engines: unknown {bad}; choose from jax, onnx")
 
     import io
 
@@ -173,14 +196,18 @@ def main() -> None:
     label = f"random-init {args.arch}_{args.encoder} {args.image_size}px"
     loaded = loaded_models(args, label)
     results = []
-    for b in (int(x) for x in args.batch_sizes.split(",")):
-        r = measure(loaded, png, b, args)
-        print(
-            f"batch {b}: {r['requests_per_s']:.2f} req/s, p50 {r['p50_ms']:.0f} ms, "
-            f"p99 {r['p99_ms']:.0f} ms, errors {r['errors']}, mean batch {r['mean_batch']:.2f}",
-            flush=True,
-        )
-        results.append(r)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in engines:
+            for b in (int(x) for x in args.batch_sizes.split(",")):
+                engine = make_engine(name, loaded, Path(tmp) / "onnx", b, args.wait_ms)
+                r = measure(engine, png, b, args)
+                print(
+                    f"{name} batch {b}: {r['requests_per_s']:.2f} req/s, p50 "
+                    f"{r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, errors {r['errors']}, "
+                    f"mean batch {r['mean_batch']:.2f}",
+                    flush=True,
+                )
+                results.append(r)
     report = {
         "clients": args.clients,
         "seconds": args.seconds,
