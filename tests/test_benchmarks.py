@@ -309,6 +309,8 @@ def test_conv_kernels_runs_end_to_end_and_reports_both_tables(tmp_path, monkeypa
         ("annotation_sim", ["--folds", "1"], "--folds", "must be at least 2"),
         ("annotation_sim", ["--size", "30"], "--size", "must be a multiple of 4"),
         ("onnx_precision", ["--run", "nowhere"], "--run", "is not a run directory"),
+        ("xla_defaults", ["--rounds", "0"], "--rounds", "must be a positive integer"),
+        ("xla_defaults", ["--image-size", "100"], "--image-size", "must be a multiple of 32"),
     ],
 )
 def test_bad_option_is_refused_naming_it(script, argv, option, message, capsys):
