@@ -259,3 +259,17 @@ def test_fixed_batch_export_takes_any_number_of_images(runs, exported, xrays, tm
     for g, w in zip(got, want, strict=True):
         for k in ("infection", "lung"):
             np.testing.assert_allclose(g[k], w[k], atol=1e-6)
+
+
+def test_a_server_takes_runs_or_exports_as_candidates_not_both(
+    runs, exported, xrays, tmp_path, capsys
+):
+    base = ["--annotate", str(xrays), "--annotations", str(tmp_path / "a")]
+    mixed = [*base, "--checkpoint", str(runs["infection"]), "--candidates", str(exported)]
+    assert serve_cli.main(mixed) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is an exported model; serve exports with --model" in err, err
+    wrong = [*base, "--model", str(exported), "--candidates", str(runs["infection"])]
+    assert serve_cli.main(wrong) == 2
+    assert "is a training run: pass it as --checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()

@@ -180,7 +180,8 @@ def _check(v: Callable[[str], Any], rest: list[str]) -> None:
             )
         if (v("annotate") is None) != (v("annotations") is None):
             raise UsageError("--annotate IMAGES_DIR and --annotations OUT_DIR go together")
-        if v("candidates") and (v("annotate") is None or v("checkpoint") == v("model")):
+        no_model = v("checkpoint") is None and v("model") is None
+        if v("candidates") and (v("annotate") is None or no_model):
             raise UsageError("--candidates needs --annotate and --checkpoint (or --model)")
         if v("order") in ("disagreement", "entropy"):
             raise UsageError(f"--order {v('order')} needs a candidate store (--review)")
@@ -200,6 +201,7 @@ def _check(v: Callable[[str], Any], rest: list[str]) -> None:
 def _source(v: Callable[[str], Any], threshold: float) -> Any:
     """The annotation candidates' source (checked before any model loads or any folder is
     written: a wrong path is refused in seconds), or None on a demo-only server."""
+    from qatacov_jax.export.manifest import read_manifest
     from qatacov_jax.export.onnx_runtime import check_onnx_export
     from qatacov_jax.webapp.annotation import LiveCandidates, StoredCandidates
     from qatacov_jax.webapp.engine import candidate_names
@@ -209,9 +211,15 @@ def _source(v: Callable[[str], Any], threshold: float) -> Any:
     if v("annotate") is not None:
         model = v("checkpoint") or v("model")
         runs = v("candidates") or ([model] if model else [])
-        if v("model") is not None:
-            for export in v("candidates"):  # the candidates of an export server are exports
-                check_onnx_export(export)
+        # A server runs either trained runs on JAX or exports on ONNX Runtime, not both.
+        for candidate in v("candidates"):
+            if v("model") is not None:
+                check_onnx_export(candidate)
+            elif read_manifest(candidate) is not None:
+                raise UsageError(
+                    f"--candidates {candidate} is an exported model; serve exports with "
+                    "--model EXPORT_DIR (all candidates exports), or give their runs"
+                )
         return LiveCandidates(v("annotate"), candidate_names(runs), threshold)
     return None
 
