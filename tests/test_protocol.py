@@ -206,7 +206,8 @@ def test_infer_and_evaluate_decide_detection_on_the_model_grid(tmp_path):
     from qatacov_jax.data.preprocessing import Preprocessing
     from qatacov_jax.data.resize import resize_image, resize_map
     from qatacov_jax.inference import files as infer
-    from qatacov_jax.inference.predictor import Predictor, grid_max_key
+    from qatacov_jax.inference.batching import grid_max_key
+    from qatacov_jax.inference.predictor import Predictor
     from qatacov_jax.runtime.sharding import make_mesh
 
     model = tiny_model(3)

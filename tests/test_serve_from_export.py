@@ -160,7 +160,7 @@ def test_threshold_defaults_to_the_one_exported(runs, tmp_path):
     out = tmp_path / "t07"
     export_run(runs["infection"], out, fmt="onnx", threshold=0.7)
     predictor = OnnxPredictor.load(out)
-    assert predictor.thresholds == {"infection": 0.7}
+    assert predictor.serving.thresholds == {"infection": 0.7}
     fv, _ = serve_cli.parse_command(serve_cli._define, ["--model", str(out)], "serve", "")
     assert serve_cli.map_settings(fv, export_source(out))[0] == 0.7
     fv, _ = serve_cli.parse_command(

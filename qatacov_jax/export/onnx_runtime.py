@@ -37,6 +37,11 @@ ONNX_FILE = "model.onnx"
 log = logging.getLogger(__name__)
 
 
+def recorded_thresholds(manifest: dict[str, Any]) -> dict[str, float]:
+    """role -> the threshold an export's manifest records (`scripts/export.py --threshold`)."""
+    return {k: float(m["threshold"]) for k, m in manifest["models"].items()}
+
+
 def check_onnx_export(directory: str | Path) -> dict[str, Any]:
     """The manifest of the ONNX export in `directory`, or an error saying what the folder is
     instead and what to pass.
@@ -122,7 +127,7 @@ class OnnxServing:
             manifest=manifest,
             session=session,
             inputs=inputs,
-            thresholds={k: float(m["threshold"]) for k, m in manifest["models"].items()},
+            thresholds=recorded_thresholds(manifest),
             output_tensors=dict(manifest["serving"]["output_tensors"]),
         )
 
@@ -190,11 +195,6 @@ class OnnxPredictor:
         """`OnnxServing.load(directory, **kwargs)` behind a predictor."""
         return cls(OnnxServing.load(directory, **kwargs), batch_size)
 
-    @property
-    def thresholds(self) -> dict[str, float]:
-        """role -> the threshold recorded at export."""
-        return dict(self.serving.thresholds)
-
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
         if not len(images):
             return []
@@ -231,6 +231,7 @@ def export_source(directory: str | Path) -> ModelSource:
         )
         return predictor
 
-    models = manifest.get("models", {})
-    thresholds = {k: float(m["threshold"]) for k, m in models.items() if "threshold" in m}
-    return ModelSource(directory, None, "lung" in models, "onnxruntime", load, thresholds)
+    with_lung = "lung" in manifest["models"]
+    return ModelSource(
+        directory, None, with_lung, "onnxruntime", load, recorded_thresholds(manifest)
+    )

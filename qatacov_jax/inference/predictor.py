@@ -24,15 +24,12 @@ from jax.sharding import Mesh
 
 from qatacov_jax.data.preprocessing import Preprocessing
 from qatacov_jax.data.resize import height_width
-from qatacov_jax.inference.batching import grid_max_key, maps_per_image, model_batches
+from qatacov_jax.inference.batching import maps_per_image, model_batches
 from qatacov_jax.models import foreground_probability
 from qatacov_jax.models.folding import make_forward
 from qatacov_jax.runtime.sharding import data_sharding, replicate
 
 Models = nnx.Module | Mapping[str, nnx.Module]
-
-
-__all__ = ["Predictor", "grid_max_key", "make_predict_fn", "make_probability_fn"]
 
 
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
@@ -204,8 +201,8 @@ class Predictor:
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """(H_i, W_i) float [0, 1] images -> per image, name -> (H_i, W_i) probabilities,
-        plus `grid_max_key(name)` -> () float32, the map's maximum on the model's own grid
-        (`inference.batching.maps_per_image`: the decision is taken on it)."""
+        plus `batching.grid_max_key(name)` -> () float32, the map's maximum on the model's
+        own grid (`inference.batching.maps_per_image`: the decision is taken on it)."""
         if not images:
             return []
         batch = {
