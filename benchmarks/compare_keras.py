@@ -312,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(report: dict[str, Any]) -> str:
+    from qatacov_jax.benchmarking import timing
+
     env = report["environment"]
     train = report.get("mode") == "train"
     what = (
@@ -335,11 +337,9 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---:|---:|---:|",
     ]
     for r in report["rows"]:
-        k, o = r["keras_timing"], r["ours_timing"]
         lines.append(
-            f"| {r['arch']} {r['encoder']} | {1e3 * k['median']:.1f} "
-            f"({1e3 * k['p10']:.1f}-{1e3 * k['p90']:.1f}) | {1e3 * o['median']:.1f} "
-            f"({1e3 * o['p10']:.1f}-{1e3 * o['p90']:.1f}) | {r['keras_over_ours']:.2f}x |"
+            f"| {r['arch']} {r['encoder']} | {timing.ms_with_spread(r['keras_timing'])} | "
+            f"{timing.ms_with_spread(r['ours_timing'])} | {r['keras_over_ours']:.2f}x |"
         )
     return "\n".join(lines)
 

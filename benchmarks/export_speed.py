@@ -329,6 +329,8 @@ def _num(value: float | None) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
+    from qatacov_jax.benchmarking import timing
+
     env = report["environment"]
     keras = report.get("keras", False)
     lines = [
@@ -349,11 +351,11 @@ def markdown(report: dict[str, Any]) -> str:
         h, w = case["image_size"]
         ms = {r["runner"]: r["ms_per_sample"] for r in case["rows"]}
         for r in case["rows"]:
-            t, diff = r["timing"], r["max_abs_diff_vs_jax"]
+            diff = r["max_abs_diff_vs_jax"]
             lines.append(
                 f"| {case['model']} ({case['source']}) | {h}x{w} | {case['batch_size']} | "
-                f"{r['runner']} | {1e3 * t['median']:.1f} ({1e3 * t['p10']:.1f}-"
-                f"{1e3 * t['p90']:.1f}) | {r['ms_per_sample'] / ms['jax']:.2f}x | "
+                f"{r['runner']} | {timing.ms_with_spread(r['timing'])} | "
+                f"{r['ms_per_sample'] / ms['jax']:.2f}x | "
                 + (f"{r['ms_per_sample'] / ms['keras']:.2f}x | " if keras else "")
                 + f"{'-' if diff is None else f'{diff:.1e}'} | {_num(r.get('export_s'))} | "
                 f"{_num(r.get('load_and_first_call_s', r.get('compile_s')))} | "

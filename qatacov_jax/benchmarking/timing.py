@@ -14,7 +14,7 @@ import datetime
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -81,6 +81,12 @@ class Timing:
 
     def to_dict(self) -> dict[str, float | int]:
         return dataclasses.asdict(self)
+
+
+def ms_with_spread(timing: Mapping[str, float]) -> str:
+    """A report's cell for a `Timing.to_dict()` in seconds: "median (p10-p90)" in ms."""
+    ms = {k: 1e3 * timing[k] for k in ("median", "p10", "p90")}
+    return f"{ms['median']:.1f} ({ms['p10']:.1f}-{ms['p90']:.1f})"
 
 
 def time_calls(
