@@ -234,7 +234,7 @@ def write_outputs(
     """Writes metrics.json, tables.md and the figures for one (possibly cumulative) result.
 
     `summary` replaces `acc.summary()` (the pooled summary of folds tested on the same
-    images, whose CIs count each test image once: `cross_validation.shared_test_summary`).
+    images, whose CIs count each test image once: `metrics.shared_test_summary`).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summary or acc.summary()

@@ -277,7 +277,8 @@ def load_export_engine(
     Runtime: `model` answers the demo (with its lung model when it was exported with one);
     in annotation mode each of `candidates` (exports too; default `model`) proposes masks.
 
-    The export's batch axis is dynamic: a group runs as it is, with nothing to compile.
+    Nothing is compiled: a group runs as it is on a dynamic-batch export (a fixed-batch one
+    is padded by `OnnxPredictor`).
     """
     main = OnnxPredictor.load(model, batch_size)
     dummy = np.zeros((8, 8), np.float32)

@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx, traverse_util
 
 from qatacov_jax.models import SMP_ARCHS, SMP_ENCODERS, abstract_smp_model
+from qatacov_jax.models.smp import SmpSegmentationModel
 from qatacov_jax.models.smp.layers import DropoutKey
 from qatacov_jax.weights.errors import WeightsError
 from qatacov_jax.weights.torch_state import read_torch_state
@@ -145,18 +146,18 @@ class SmpSource:
     merge_policy: str | None = None
 
 
-def _fpn_merge_policy(encoder: str, head: np.ndarray) -> str:
-    """smp FPN's merge policy a head weight (classes, C, k, k) belongs to: "cat" feeds the
-    head the four pyramid levels concatenated (4x the channels of "add"). A head matching
-    neither keeps "add", whose shape error then names the tensor."""
-    for policy in ("cat", "add"):
-        model = abstract_smp_model(
-            "fpn", encoder, classes=int(head.shape[0]), decoder_merge_policy=policy
-        )
+def _whole_model(arch: str, encoder: str, head: np.ndarray) -> SmpSegmentationModel:
+    """The abstract smp model a whole file's head weight (classes, C, k, k) belongs to. For
+    an FPN the merge policy is read from it: "cat" feeds the head the four pyramid levels
+    concatenated (4x the channels of "add"); a head matching neither gets smp's default
+    "add", whose shape error then names the tensor."""
+    classes = int(head.shape[0])
+    for policy in ("cat", "add") if arch == "fpn" else (None,):
+        model = abstract_smp_model(arch, encoder, classes=classes, decoder_merge_policy=policy)
         target = torch_table(model)["segmentation_head.0.weight"]
         if _torch_shape(target) == tuple(head.shape):
-            return policy
-    return "add"
+            return model
+    return model
 
 
 def read_smp_source(src: str | Path, arch: str, encoder: str) -> SmpSource:
@@ -188,10 +189,8 @@ def read_smp_source(src: str | Path, arch: str, encoder: str) -> SmpSource:
                 f"state dict of an smp Unet/UnetPlusPlus/FPN.{_looks_like(tensors, True, arch, encoder)}",
             )
         classes = int(head.shape[0])
-        merge_policy = _fpn_merge_policy(encoder, head) if arch == "fpn" else None
-        model = abstract_smp_model(
-            arch, encoder, classes=classes, decoder_merge_policy=merge_policy
-        )
+        model = _whole_model(arch, encoder, head)
+        merge_policy = model.decoder_merge_policy  # None but for an FPN
         table = torch_table(model)
     else:
         model = abstract_smp_model(arch, encoder)
