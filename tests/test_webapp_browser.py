@@ -502,3 +502,30 @@ def test_blind_review_names_no_model_and_records_the_truth(blind_review, browser
     assert rec["key"] == "covid_1" and rec["outcome"] == "pick" and rec["annotator"] == "Dr. Blind"
     assert rec["chosen"] in sources, (rec["chosen"], sources)
     assert sorted(rec["candidates"]) == sorted([*MODELS, "manual"])
+
+
+# ------------------------------------------------------------------ from an ONNX export
+
+
+def test_demo_from_an_onnx_export_names_it_and_how_to_add_a_lung_model(browser, shots, tmp_path):
+    """`serve.py --model EXPORT_DIR`: the page labels the model an ONNX export and, with no
+    lung model in the export, says to re-export with one (not a --lung-checkpoint flag the
+    export server does not take)."""
+    from qatacov_jax.export import export_run
+
+    run = write_tiny_run(tmp_path / "run", seed=1)
+    export_run(run, tmp_path / "onnx", fmt="onnx")
+    xray = tmp_path / "case.png"
+    write_xray(xray, synthetic.generate(SAMPLE_SEED, 0, SIZE, positive_fraction=1.0).image)
+    proc, log, url = _start(["--model", tmp_path / "onnx"], tmp_path / "server.log")
+    try:
+        page, errors = _page(browser, url)
+        _upload(page, xray)
+        assert page.get_attribute("body", "data-demo") == "ready"
+        assert "ONNX export" in page.text_content("#model-line")
+        assert page.is_visible("#no-lung-export") and not page.is_visible("#no-lung")
+        assert "--lung-checkpoint LUNG_RUN --format onnx" in page.text_content("#no-lung-export")
+        _shot(page, shots / "webapp_demo_onnx.png")
+        assert errors == []
+    finally:
+        _stop(proc, log, tmp_path / "server.log")
